@@ -1,0 +1,49 @@
+"""aimcluster: run a fleet of interactive command-line tools as one supervised async cluster."""
+
+from __future__ import annotations
+
+from ._cluster import Cluster as Cluster
+from ._cluster import launch_cluster as launch_cluster
+from ._exceptions import AimclusterError as AimclusterError
+from ._exceptions import ClusterClosedError as ClusterClosedError
+from ._exceptions import InstanceCrashedError as InstanceCrashedError
+from ._exceptions import NoHealthyInstancesError as NoHealthyInstancesError
+from ._exceptions import PromptCancelledError as PromptCancelledError
+from ._exceptions import ReplyTimeoutError as ReplyTimeoutError
+from ._exceptions import ReplyTooLargeError as ReplyTooLargeError
+from ._exceptions import StartupError as StartupError
+from ._exceptions import ToolNotFoundError as ToolNotFoundError
+from ._instance import InstanceStalledError as InstanceStalledError
+from ._instance import InstanceState as InstanceState
+from ._lease import Session as Session
+from ._metrics import ClusterMetrics as ClusterMetrics
+from ._metrics import InstanceMetrics as InstanceMetrics
+from ._policy import RestartPolicy as RestartPolicy
+from ._request import Reply as Reply
+from ._request import Ticket as Ticket
+from ._spec import ToolSpec as ToolSpec
+from ._transport import LocalTransport as LocalTransport
+
+__all__ = [
+    "AimclusterError",
+    "Cluster",
+    "ClusterClosedError",
+    "ClusterMetrics",
+    "InstanceCrashedError",
+    "InstanceMetrics",
+    "InstanceStalledError",
+    "InstanceState",
+    "LocalTransport",
+    "NoHealthyInstancesError",
+    "PromptCancelledError",
+    "Reply",
+    "ReplyTimeoutError",
+    "ReplyTooLargeError",
+    "RestartPolicy",
+    "Session",
+    "StartupError",
+    "Ticket",
+    "ToolNotFoundError",
+    "ToolSpec",
+    "launch_cluster",
+]

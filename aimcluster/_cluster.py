@@ -1,0 +1,488 @@
+"""The cluster: N supervised instances of one tool behind one routed, async API."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from types import TracebackType
+from typing import Literal, overload
+
+import anyio
+import structlog
+
+from ._dispatch import Dispatcher
+from ._exceptions import AimclusterError, ClusterClosedError, NoHealthyInstancesError
+from ._instance import Instance, InstanceState
+from ._lease import LeaseRequest, Session
+from ._metrics import ClusterMetrics
+from ._policy import RestartPolicy
+from ._request import Reply, Request, Ticket
+from ._routing import make_router
+from ._spec import ToolSpec
+from ._transport import LocalTransport
+from .abc import Transport
+from .tools import get as get_tool
+
+__all__ = ["Cluster", "launch_cluster"]
+
+# Linux's canonical-mode line limit (N_TTY_BUF_SIZE): a longer line sent to a pty is truncated.
+_PTY_MAX_LINE = 4095
+
+
+class Cluster:
+    """A running cluster. Create it with :func:`launch_cluster` and use it as ``async with``."""
+
+    def __init__(
+        self,
+        spec: ToolSpec,
+        count: int,
+        *,
+        routing: str,
+        restart: RestartPolicy | None,
+        max_pending: int,
+        transport: Transport,
+        logger: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        self.spec = spec
+        self._count = count
+        self._router = make_router(routing)
+        self._restart = restart
+        self._max_pending = max_pending
+        self._transport = transport
+        self._log = logger.bind(tool=spec.name)
+        self._healthy: list[int] = list(range(count))
+        self._completed_in, self._completed_out = anyio.create_memory_object_stream[Request](
+            math.inf
+        )
+        self._stack: AsyncExitStack | None = None
+        self._closing = False
+        # Event loop objects; created on entry, since launch_cluster() itself is synchronous.
+        self._dispatcher: Dispatcher
+        self._instances: list[Instance] = []
+        self._task_group: anyio.abc.TaskGroup
+        self._closed: anyio.Event
+
+    def _new_instance(self, index: int) -> Instance:
+        return Instance(
+            index=index,
+            spec=self.spec,
+            transport=self._transport,
+            dispatcher=self._dispatcher,
+            policy=self._restart,
+            log=self._log,
+            on_state=self._on_state,
+            requeue=self._requeue,
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Cluster:
+        if self._instances:
+            raise RuntimeError("a Cluster can be entered only once")
+        self._transport.check(self.spec)
+        self._closed = anyio.Event()
+        self._dispatcher = Dispatcher(self._count, max_pending=self._max_pending)
+        self._instances = [self._new_instance(index) for index in range(self._count)]
+        async with AsyncExitStack() as stack:
+            self._task_group = await stack.enter_async_context(anyio.create_task_group())
+            stack.push_async_callback(self._shutdown_shielded)
+            try:
+                async with anyio.create_task_group() as starters:
+                    for instance in self._instances:
+                        starters.start_soon(self._task_group.start, instance.run)
+            except BaseExceptionGroup as group:
+                raise _unwrap(group) from None
+            self._log.info("cluster_started", size=self.size, routing=self._router.name)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._stack is not None
+        try:
+            return await self._stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            raise _unwrap(group) from None
+
+    async def _shutdown_shielded(self) -> None:
+        # Runs on every way out, cancellation included, so it must not be cancellable; each
+        # instance bounds its own stop sequence.
+        with anyio.CancelScope(shield=True):
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop every instance (``exit_command``, SIGTERM, SIGKILL to each process group).
+
+        Queued prompts fail with :class:`ClusterClosedError`. Idempotent; leaving the
+        ``async with`` block does it too.
+        """
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        self._dispatcher.close()
+        for instance in self._instances:
+            instance.stop()
+        for instance in self._instances:
+            await instance.stopped.wait()
+        self._completed_in.close()
+        self._log.info("cluster_stopped", size=self.size)
+        self._closed.set()
+
+    # -- routing ----------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """The number of instance slots."""
+        return self._count
+
+    def _on_state(self, instance: Instance) -> None:
+        healthy = [i.index for i in self._instances if i.healthy]
+        if healthy == self._healthy:
+            return
+        self._healthy = healthy
+        if instance.state is InstanceState.FAILED and not self._closing:
+            self._reroute_from(instance.index)
+
+    def _reroute_from(self, index: int) -> None:
+        """Instance *index* failed for good: move its queued work to the healthy instances."""
+        for item in self._dispatcher.take_private(index):
+            if item.pinned or not self._healthy:
+                item.resolve(self._no_healthy(index if item.pinned else None))
+            else:
+                item.target = self._router.route(item.key, self._healthy)
+                self._dispatcher.put_nowait(item)
+        if not self._healthy:
+            self._dispatcher.fail_shared(self._no_healthy(None))
+
+    def _no_healthy(self, index: int | None) -> NoHealthyInstancesError:
+        if index is not None:
+            return NoHealthyInstancesError(
+                f"instance {index} has failed (restart budget spent) and the prompt was "
+                "pinned to it"
+            )
+        return NoHealthyInstancesError(
+            f"all {self.size} instances of {self.spec.name!r} have failed (restart budget spent)"
+        )
+
+    def _requeue(self, request: Request) -> None:
+        if not request.pinned:
+            # Any instance may take the retry; the one that failed is restarting, so another
+            # ready instance normally gets there first.
+            request.target = None
+        if request.pinned and request.target not in self._healthy:
+            request.resolve(self._no_healthy(request.target))
+        elif not self._healthy:
+            request.resolve(self._no_healthy(None))
+        else:
+            self._dispatcher.put_nowait(request)
+
+    def _new_request(
+        self,
+        prompt: str,
+        *,
+        key: str | None,
+        instance: int | None,
+        timeout: float | None,
+        retries: int,
+    ) -> Request:
+        if self._closing:
+            raise ClusterClosedError("the cluster is shut down")
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries!r}")
+        if instance is not None and not 0 <= instance < self.size:
+            raise ValueError(f"instance must be in range(0, {self.size}), got {instance!r}")
+        if self.spec.pty:
+            for line in prompt.split("\n"):
+                if len(line.encode(self.spec.encoding)) > _PTY_MAX_LINE:
+                    raise ValueError(
+                        f"a prompt line of {len(line)} characters is longer than a terminal "
+                        f"accepts ({_PTY_MAX_LINE} bytes); use pipes (pty=False) for long input"
+                    )
+        timeout = self.spec.reply_timeout if timeout is None else timeout
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout!r}")
+        deadline = None if timeout is None else anyio.current_time() + timeout
+        return Request(
+            prompt=prompt,
+            key=key,
+            target=instance,
+            pinned=instance is not None,
+            deadline=deadline,
+            retries=retries,
+        )
+
+    async def _enqueue(self, item: Request | LeaseRequest) -> None:
+        if item.pinned:
+            assert item.target is not None
+            if item.target not in self._healthy:
+                raise self._no_healthy(item.target)
+        else:
+            if not self._healthy:
+                raise self._no_healthy(None)
+            item.target = self._router.route(item.key, self._healthy)
+        await self._dispatcher.put(item)
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def send(
+        self,
+        prompt: str,
+        *,
+        key: str | None = None,
+        instance: int | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+    ) -> Reply:
+        """Send *prompt* to an instance chosen by the routing strategy and return its reply.
+
+        :param key: the sticky routing key (``sticky`` routing keeps a key on one instance)
+        :param instance: send to this instance index, whatever the routing
+        :param timeout: seconds until :class:`ReplyTimeoutError` (default
+            ``ToolSpec.reply_timeout``), counted from now, queueing included
+        :param retries: re-send up to this many times if the instance crashes or stalls
+            before the reply is complete (prompts to agents are not idempotent: opt in)
+        """
+        request = self._new_request(
+            prompt, key=key, instance=instance, timeout=timeout, retries=retries
+        )
+        try:
+            await self._enqueue(request)
+            return await request.wait()
+        except anyio.get_cancelled_exc_class():
+            request.abandon()
+            raise
+
+    async def submit(
+        self,
+        prompt: str,
+        *,
+        key: str | None = None,
+        instance: int | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+    ) -> Ticket:
+        """Route *prompt* now and return without waiting for its reply.
+
+        Collect the reply by awaiting the ticket, or with :meth:`read_any`. Waits while
+        ``max_pending`` prompts are queued.
+        """
+        request = self._new_request(
+            prompt, key=key, instance=instance, timeout=timeout, retries=retries
+        )
+        request.add_done_callback(self._completed_in.send_nowait)
+        await self._enqueue(request)
+        return Ticket(request)
+
+    async def read_any(self, timeout: float | None = None) -> Reply:
+        """The next reply of a submitted prompt to complete, in completion order.
+
+        Each submitted prompt is returned (or raises its error) exactly once.
+
+        :raises TimeoutError: if nothing completes within *timeout* seconds
+        """
+        with anyio.fail_after(timeout):
+            try:
+                request = await self._completed_out.receive()
+            except anyio.EndOfStream:
+                raise ClusterClosedError("the cluster is shut down") from None
+        return request.result()
+
+    @overload
+    async def map(
+        self,
+        prompts: Iterable[str],
+        *,
+        keys: Iterable[str | None] | None = ...,
+        return_exceptions: Literal[False] = ...,
+        timeout: float | None = ...,
+        retries: int = ...,
+    ) -> list[Reply]: ...
+
+    @overload
+    async def map(
+        self,
+        prompts: Iterable[str],
+        *,
+        keys: Iterable[str | None] | None = ...,
+        return_exceptions: Literal[True],
+        timeout: float | None = ...,
+        retries: int = ...,
+    ) -> list[Reply | AimclusterError]: ...
+
+    async def map(
+        self,
+        prompts: Iterable[str],
+        *,
+        keys: Iterable[str | None] | None = None,
+        return_exceptions: bool = False,
+        timeout: float | None = None,
+        retries: int = 0,
+    ) -> list[Reply] | list[Reply | AimclusterError]:
+        """Run *prompts* concurrently across the instances; results come in input order.
+
+        With ``return_exceptions=False`` the first error is raised at once and the prompts
+        not yet sent are withdrawn; with ``True`` each failed prompt's error takes its place.
+        """
+        prompt_list = list(prompts)
+        key_list = [None] * len(prompt_list) if keys is None else list(keys)
+        if len(key_list) != len(prompt_list):
+            raise ValueError(f"got {len(key_list)} keys for {len(prompt_list)} prompts")
+        requests = [
+            self._new_request(p, key=k, instance=None, timeout=timeout, retries=retries)
+            for p, k in zip(prompt_list, key_list, strict=True)
+        ]
+        all_done = anyio.Event()
+        remaining = len(requests)
+        failure: BaseException | None = None
+
+        def on_done(request: Request) -> None:
+            nonlocal remaining, failure
+            remaining -= 1
+            error = request.exception()
+            if error is not None and not return_exceptions and failure is None:
+                failure = error
+                all_done.set()
+            if remaining == 0:
+                all_done.set()
+
+        async def feed() -> None:
+            for request in requests:
+                request.add_done_callback(on_done)
+                try:
+                    await self._enqueue(request)
+                except AimclusterError as exc:
+                    request.resolve(exc)
+
+        try:
+            if requests:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(feed)
+                    await all_done.wait()
+                    tg.cancel_scope.cancel()
+        except BaseException:
+            for request in requests:
+                request.abandon()
+            raise
+        if failure is not None:
+            for request in requests:
+                request.abandon()
+            raise failure
+        if return_exceptions:
+            return [_result_or_error(request) for request in requests]
+        return [request.result() for request in requests]
+
+    @asynccontextmanager
+    async def lease(
+        self, key: str | None = None, *, instance: int | None = None
+    ) -> AsyncIterator[Session]:
+        """Hold one instance exclusively for the duration of the block.
+
+        While the block runs, no other prompt goes to that instance: what a multi-step agent
+        job needs (``/add``, then instruct, then ``/drop``).
+        """
+        if self._closing:
+            raise ClusterClosedError("the cluster is shut down")
+        lease = LeaseRequest(key=key, target=instance, pinned=instance is not None)
+        try:
+            await self._enqueue(lease)
+            await lease.wait_granted()
+            yield Session(self, lease)
+        finally:
+            lease.release()
+
+    # -- observing --------------------------------------------------------------------------
+
+    def metrics(self) -> ClusterMetrics:
+        """A snapshot of the cluster's and each instance's counters and state."""
+        return ClusterMetrics(
+            instances=tuple(instance.metrics() for instance in self._instances),
+            queued=self._dispatcher.queued(None),
+        )
+
+    def restart_instance(self, index: int) -> None:
+        """Kill instance *index*'s process now; the supervisor restarts it (budget applies)."""
+        self._instances[index].restart_now()
+
+    @property
+    def pids(self) -> list[int | None]:
+        """The current process id of each instance (``None`` while not running)."""
+        return [instance.pid for instance in self._instances]
+
+
+def _result_or_error(request: Request) -> Reply | AimclusterError:
+    error = request.exception()
+    if error is None:
+        return request.result()
+    assert isinstance(error, AimclusterError)
+    return error
+
+
+def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Raise what a task group collected as itself, not as a group, at the public boundary."""
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                collect(inner)
+        else:
+            leaves.append(exc)
+
+    collect(group)
+    for leaf in leaves:
+        if not isinstance(leaf, anyio.get_cancelled_exc_class()):
+            return leaf
+    return leaves[0] if leaves else group
+
+
+def launch_cluster(
+    tool: str | ToolSpec,
+    count: int = 1,
+    *,
+    routing: str = "least_busy",
+    restart: RestartPolicy | bool = True,
+    max_pending: int = 1024,
+    transport: Transport | None = None,
+    logger: structlog.typing.FilteringBoundLogger | None = None,
+) -> Cluster:
+    """Describe a cluster of *count* instances of *tool*; ``async with`` starts it.
+
+    Entering the block returns once every instance shows its ready prompt.
+
+    :param tool: a registered tool name (see :func:`aimcluster.tools.names`) or a ToolSpec
+    :param routing: ``"least_busy"`` (late binding), ``"round_robin"`` or ``"sticky"``
+    :param restart: a :class:`RestartPolicy`, ``True`` for the default one, ``False`` for none
+    :param max_pending: how many prompts may wait in the queues before ``submit`` waits
+    :param transport: where processes run (default: :class:`LocalTransport`)
+    :param logger: a structlog logger (default: ``structlog.get_logger("aimcluster")``)
+    :raises ValueError: for an unknown tool or routing name, or ``count < 1``
+    """
+    spec = tool if isinstance(tool, ToolSpec) else get_tool(tool)
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be an integer >= 1, got {count!r}")
+    if max_pending < 1:
+        raise ValueError(f"max_pending must be >= 1, got {max_pending!r}")
+    if restart is True:
+        policy: RestartPolicy | None = RestartPolicy()
+    elif restart is False:
+        policy = None
+    else:
+        policy = restart
+    return Cluster(
+        spec,
+        count,
+        routing=routing,
+        restart=policy,
+        max_pending=max_pending,
+        transport=transport or LocalTransport(),
+        logger=logger or structlog.get_logger("aimcluster"),
+    )
+

@@ -1,0 +1,590 @@
+"""One supervised tool instance: a slot that keeps a process alive and feeds it prompts.
+
+The data path of a prompt, in order: the dispatcher hands it to :meth:`Instance._serve`, which
+writes it to the process; the process's reader task (:meth:`Instance._pump`) feeds output to the
+framer and puts each complete reply on the instance's frame queue; :meth:`Instance._exchange`
+takes it from there and resolves the request.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import signal
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio
+import attrs
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._exceptions import (
+    AimclusterError,
+    ClusterClosedError,
+    InstanceCrashedError,
+    ReplyTimeoutError,
+    ReplyTooLargeError,
+    StartupError,
+)
+from ._framing import FrameOverflow, Framer, clean_reply
+from ._metrics import InstanceMetrics, percentile
+from ._policy import RestartBudget, RestartPolicy
+from ._request import Reply, Request, RequestState
+
+if TYPE_CHECKING:
+    import structlog
+
+    from ._dispatch import Dispatcher
+    from ._lease import LeaseRequest
+    from ._spec import ToolSpec
+    from .abc import ProcessHandle, Transport
+
+__all__ = ["Instance", "InstanceState", "InstanceStalledError"]
+
+# After the process exits, how long its output may take to reach EOF. Only a grandchild that left
+# our process group (setsid) can hold the stream open past the group SIGKILL.
+_EOF_GRACE = 1.0
+# Frames a tool may print while nobody asked (stray prompts) before its reader blocks.
+_FRAME_BUFFER = 16
+_LATENCY_SAMPLES = 1024
+
+
+class InstanceState(str, enum.Enum):
+    """The life cycle of a slot: ``starting -> ready <-> busy -> restarting -> failed | stopped``."""
+
+    STARTING = "starting"
+    READY = "ready"
+    BUSY = "busy"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class InstanceStalledError(InstanceCrashedError):
+    """The instance printed nothing for ``stall_timeout`` seconds mid-reply and was restarted."""
+
+
+@attrs.frozen
+class _Frame:
+    text: str
+
+
+@attrs.frozen
+class _Overflow:
+    size: int
+    partial: str
+
+
+class _Ended(enum.Enum):
+    """Why a process's service ended."""
+
+    EXITED = "exited"  # it went away by itself
+    KILL = "kill"  # it is alive but unusable (timed out, stalled, flooded): kill it
+
+
+@attrs.define(eq=False)
+class Instance:
+    """A slot in the cluster. Its index is stable; the process behind it comes and goes."""
+
+    index: int
+    spec: ToolSpec
+    transport: Transport
+    dispatcher: Dispatcher
+    policy: RestartPolicy | None
+    log: structlog.typing.FilteringBoundLogger
+    #: Called (synchronously) whenever the state changes.
+    on_state: Callable[[Instance], None]
+    #: Called with a request whose attempt failed but which may be retried.
+    requeue: Callable[[Request], None]
+    clock: Callable[[], float] = anyio.current_time
+
+    state: InstanceState = attrs.field(init=False, default=InstanceState.STARTING)
+    pid: int | None = attrs.field(init=False, default=None)
+    node: str | None = attrs.field(init=False, default=None)
+    sent: int = attrs.field(init=False, default=0)
+    completed: int = attrs.field(init=False, default=0)
+    failed: int = attrs.field(init=False, default=0)
+    timeouts: int = attrs.field(init=False, default=0)
+    restarts: int = attrs.field(init=False, default=0)
+    in_flight: int = attrs.field(init=False, default=0)
+    stopped: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+
+    _latencies: deque[float] = attrs.field(init=False, factory=lambda: deque(maxlen=_LATENCY_SAMPLES))
+    _budget: RestartBudget | None = attrs.field(init=False, default=None)
+    _life_scope: anyio.CancelScope = attrs.field(init=False, factory=anyio.CancelScope)
+    _stopping: bool = attrs.field(init=False, default=False)
+    _plog: structlog.typing.FilteringBoundLogger = attrs.field(init=False)
+    # Per-process state, reset by _spawn.
+    _handle: ProcessHandle | None = attrs.field(init=False, default=None)
+    _framer: Framer | None = attrs.field(init=False, default=None)
+    _exit_code: int | None = attrs.field(init=False, default=None)
+    _wait_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
+    _stall_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
+    _stderr_tail: bytearray = attrs.field(init=False, factory=bytearray)
+
+    def __attrs_post_init__(self) -> None:
+        self._plog = self.log.bind(instance=self.index, pid=None)
+        if self.policy is not None:
+            self._budget = RestartBudget(self.policy)
+
+    # -- public surface for the cluster -----------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop for good, gracefully (``exit_command``, SIGTERM, SIGKILL). Returns at once;
+        wait on :attr:`stopped`."""
+        self._stopping = True
+        self._life_scope.cancel()
+
+    def restart_now(self) -> None:
+        """Kill the current process so that the supervisor starts a new one."""
+        if self._handle is not None and self._exit_code is None:
+            self._handle.signal_group(signal.SIGKILL)
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the slot can still take work (possibly after a restart)."""
+        return self.state not in (InstanceState.FAILED, InstanceState.STOPPED)
+
+    def metrics(self) -> InstanceMetrics:
+        return InstanceMetrics(
+            index=self.index,
+            pid=self.pid,
+            state=self.state.value,
+            node=self.node,
+            sent=self.sent,
+            completed=self.completed,
+            failed=self.failed,
+            timeouts=self.timeouts,
+            restarts=self.restarts,
+            in_flight=self.in_flight,
+            queued=self.dispatcher.queued(self.index),
+            latency_p50=percentile(self._latencies, 50),
+            latency_p95=percentile(self._latencies, 95),
+        )
+
+    # -- supervision --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The slot's whole life: start, serve, restart within budget, until stopped.
+
+        Reports readiness through *task_status* once the first process showed its prompt; a
+        first start that fails raises :class:`StartupError` instead.
+        """
+        try:
+            with self._life_scope:
+                await self._supervise(task_status)
+        finally:
+            self._set_state(InstanceState.STOPPED)
+            self.stopped.set()
+
+    async def _supervise(self, task_status: TaskStatus[None]) -> None:
+        started = False
+        while True:
+            try:
+                await self._run_process(task_status if not started else None)
+                started = True
+            except StartupError as exc:
+                if not started:
+                    raise
+                self._plog.warning("instance_start_failed", error=str(exc).splitlines()[0])
+            if self.policy is None or self._budget is None:
+                self._set_state(InstanceState.FAILED)
+                return
+            if not self._budget.try_spend(self.clock()):
+                self._set_state(InstanceState.FAILED)
+                self._plog.error(
+                    "instance_failed",
+                    reason="restart budget spent",
+                    max_restarts=self.policy.max_restarts,
+                    window=self.policy.window,
+                )
+                if self.policy.quarantine is None:
+                    return
+                await anyio.sleep(self.policy.quarantine)
+                self._budget.reset()
+                self._plog.info("instance_quarantine_over")
+                continue
+            delay = self.policy.delay(self._budget.streak)
+            self._set_state(InstanceState.RESTARTING)
+            self._plog.info("instance_restarting", attempt=self._budget.streak, delay=delay)
+            await anyio.sleep(delay)
+            self.restarts += 1
+
+    def _set_state(self, state: InstanceState) -> None:
+        if state is not self.state:
+            self.state = state
+            self.on_state(self)
+
+    # -- one process ----------------------------------------------------------------------
+
+    async def _run_process(self, task_status: TaskStatus[None] | None) -> None:
+        """Start a process, wait for its prompt, serve until it ends; always leave it dead."""
+        self._set_state(InstanceState.STARTING)
+        handle = await self._spawn()
+        frames_in, frames_out = anyio.create_memory_object_stream[_Frame | _Overflow](
+            _FRAME_BUFFER
+        )
+        ended = _Ended.EXITED
+        try:
+            async with anyio.create_task_group() as tg:
+                eof = anyio.Event()
+                tg.start_soon(self._pump, handle, frames_in, eof)
+                tg.start_soon(self._watch_exit, handle, eof)
+                if not self.spec.merge_stderr and not self.spec.pty:
+                    tg.start_soon(self._pump_stderr, handle)
+                await self._await_ready(frames_out)
+                if task_status is not None:
+                    task_status.started()
+                ended = await self._serve(handle, frames_out)
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.move_on_after(self.spec.shutdown_grace * 2 + _EOF_GRACE, shield=True):
+                await self._terminate(handle, graceful=self._stopping and ended is _Ended.EXITED)
+            frames_out.close()
+            self.pid = None
+
+    async def _spawn(self) -> ProcessHandle:
+        try:
+            handle = await self.transport.spawn(self.spec, instance=self.index)
+        except OSError as exc:
+            raise StartupError(
+                f"could not start {list(self.spec.argv)!r}: {exc}", instance=self.index, output=""
+            ) from exc
+        self._handle = handle
+        self._framer = Framer(
+            self.spec.ready,
+            window=self.spec.ready_window,
+            max_bytes=self.spec.max_reply_bytes,
+            encoding=self.spec.encoding,
+        )
+        self._exit_code = None
+        self._stderr_tail.clear()
+        self.pid = handle.pid
+        self.node = handle.node
+        self._plog = self.log.bind(instance=self.index, pid=handle.pid)
+        self._plog.info("instance_started", argv=list(self.spec.argv), node=handle.node)
+        return handle
+
+    async def _pump(
+        self, handle: ProcessHandle, frames: MemoryObjectSendStream[_Frame | _Overflow],
+        eof: anyio.Event,
+    ) -> None:
+        """The reader: output -> framer -> frame queue. Never blocks on the consumer unless a
+        tool prints stray prompts faster than we serve it."""
+        framer = self._framer
+        assert framer is not None
+        stall = self.spec.stall_timeout
+        try:
+            while True:
+                try:
+                    data = await handle.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return
+                if stall is not None and self._stall_scope is not None:
+                    self._stall_scope.deadline = self.clock() + stall
+                try:
+                    text = framer.feed(data)
+                except FrameOverflow as exc:
+                    await frames.send(_Overflow(exc.size, exc.partial))
+                    continue
+                if text is not None:
+                    await frames.send(_Frame(text))
+        finally:
+            eof.set()
+            frames.close()
+
+    async def _pump_stderr(self, handle: ProcessHandle) -> None:
+        """Keep the tail of a separate stderr for error reports, and log it."""
+        while True:
+            try:
+                data = await handle.receive_stderr()
+            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+            self._stderr_tail += data
+            del self._stderr_tail[:-8192]
+            self._plog.debug("instance_stderr", data=data.decode(self.spec.encoding, "replace"))
+
+    async def _watch_exit(self, handle: ProcessHandle, eof: anyio.Event) -> None:
+        """Exit detection: the transport's wait() (pidfd or waitpid), never polling."""
+        code = await handle.wait()
+        # Grandchildren left in the group would hold the output open, and must die anyway.
+        handle.signal_group(signal.SIGKILL)
+        with anyio.move_on_after(_EOF_GRACE):
+            await eof.wait()
+        self._exit_code = code
+        self._plog.info("instance_exited", exit_code=code)
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    async def _await_ready(self, frames: MemoryObjectReceiveStream[_Frame | _Overflow]) -> None:
+        assert self._framer is not None
+        event: _Frame | _Overflow | None = None
+        with anyio.move_on_after(self.spec.startup_timeout), anyio.CancelScope() as scope:
+            self._wait_scope = scope
+            try:
+                event = await frames.receive()
+            except anyio.EndOfStream:
+                await anyio.sleep_forever()  # output closed: the exit watcher will cancel us
+        self._wait_scope = None
+        if isinstance(event, _Frame):
+            self._set_state(InstanceState.READY)
+            self._plog.info("instance_ready", banner=clean_reply(event.text, echo=None)[-200:])
+            return
+        output = self._framer.partial() + self._stderr_tail.decode(self.spec.encoding, "replace")
+        if isinstance(event, _Overflow):
+            message = (
+                f"printed more than {self.spec.max_reply_bytes} bytes without a ready prompt "
+                f"matching {self.spec.ready!r}"
+            )
+            output = event.partial
+        elif self._exit_code is not None:
+            message = (
+                f"{self.spec.name!r} exited with code {self._exit_code} before showing a ready "
+                f"prompt matching {self.spec.ready!r}"
+            )
+        else:
+            message = (
+                f"{self.spec.name!r} showed no ready prompt matching {self.spec.ready!r} "
+                f"within {self.spec.startup_timeout} s"
+            )
+        raise StartupError(message, instance=self.index, output=output, exit_code=self._exit_code)
+
+    async def _serve(
+        self, handle: ProcessHandle, frames: MemoryObjectReceiveStream[_Frame | _Overflow]
+    ) -> _Ended:
+        """Take work from the dispatcher until the process ends or must be killed."""
+        from ._lease import LeaseRequest
+
+        while True:
+            if self._exit_code is not None:
+                return _Ended.EXITED
+            item = None
+            with anyio.CancelScope() as scope:
+                self._wait_scope = scope
+                item = await self.dispatcher.get(self.index)
+            self._wait_scope = None
+            if item is None:
+                return _Ended.EXITED
+            if isinstance(item, LeaseRequest):
+                ended = await self._serve_lease(item, handle, frames)
+            else:
+                assert isinstance(item, Request)
+                ended = await self._exchange(item, handle, frames)
+            if ended is not None:
+                return ended
+            self._set_state(InstanceState.READY)
+
+    async def _serve_lease(
+        self,
+        lease: LeaseRequest,
+        handle: ProcessHandle,
+        frames: MemoryObjectReceiveStream[_Frame | _Overflow],
+    ) -> _Ended | None:
+        self._set_state(InstanceState.BUSY)
+        lease.grant(self.index)
+        try:
+            while True:
+                request = None
+                if self._exit_code is None:
+                    with anyio.CancelScope() as scope:
+                        self._wait_scope = scope
+                        request = await lease.next()
+                    self._wait_scope = None
+                    if request is None and not scope.cancelled_caught:
+                        return None  # released: back to the pool
+                if request is None:
+                    lease.lose(self._crash_error(None, "exited while leased"))
+                    return _Ended.EXITED
+                ended = await self._exchange(request, handle, frames)
+                if ended is not None:
+                    lease.lose(request.exception() or self._crash_error(None, "was restarted"))
+                    return ended
+        except BaseException:
+            lease.lose(ClusterClosedError("the cluster was shut down during the lease"))
+            raise
+
+    async def _exchange(
+        self,
+        request: Request,
+        handle: ProcessHandle,
+        frames: MemoryObjectReceiveStream[_Frame | _Overflow],
+    ) -> _Ended | None:
+        """Send one prompt and wait for its reply. Returns how the process ended, if it did."""
+        framer = self._framer
+        assert framer is not None
+        # Anything the tool printed while idle (stray prompts, notices) belongs to no prompt.
+        stray_frames = 0
+        while True:
+            try:
+                frames.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break
+            stray_frames += 1
+        if stray_frames or framer.buffered_bytes:
+            self._plog.debug(
+                "unsolicited_output", frames=stray_frames, text=framer.partial()[-200:]
+            )
+            framer.discard()
+        if self._exit_code is not None:
+            # It died between being picked and being written: it was never sent, so requeue.
+            self.requeue(request)
+            return _Ended.EXITED
+
+        request.state = RequestState.SENT
+        request.attempts += 1
+        self.sent += 1
+        self.in_flight = 1
+        self._set_state(InstanceState.BUSY)
+        self._plog.debug("prompt_sent", key=request.key, attempt=request.attempts)
+        started = self.clock()
+        stall = self.spec.stall_timeout
+        event: _Frame | _Overflow | None = None
+        try:
+            try:
+                await handle.send((request.prompt + self.spec.newline).encode(self.spec.encoding))
+            except anyio.BrokenResourceError:
+                pass  # it is exiting; the exit watcher reports how
+            with anyio.CancelScope(
+                deadline=request.deadline if request.deadline is not None else math.inf
+            ) as deadline_scope:
+                with anyio.CancelScope(
+                    deadline=started + stall if stall is not None else math.inf
+                ) as stall_scope:
+                    self._wait_scope = self._stall_scope = stall_scope
+                    try:
+                        event = await frames.receive()
+                    except anyio.EndOfStream:
+                        await anyio.sleep_forever()  # the exit watcher cancels us
+            self._wait_scope = self._stall_scope = None
+            if event is None:
+                # Cancelled by the exit watcher, the stall watchdog or the deadline. An exiting
+                # process may still have completed the reply: frames read before EOF count.
+                try:
+                    event = frames.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    pass
+        except BaseException:
+            self.in_flight = 0
+            self.failed += 1
+            request.resolve(
+                ClusterClosedError("the cluster was shut down while the prompt was in flight")
+            )
+            raise
+        self.in_flight = 0
+        elapsed = self.clock() - started
+
+        if isinstance(event, _Frame):
+            reply = Reply(
+                text=clean_reply(event.text, echo=request.prompt if self.spec.pty else None),
+                instance=self.index,
+                prompt=request.prompt,
+                key=request.key,
+                elapsed=elapsed,
+                attempts=request.attempts,
+            )
+            self.completed += 1
+            self._latencies.append(elapsed)
+            self._plog.debug("reply_received", elapsed=elapsed, key=request.key)
+            request.resolve(reply)
+            return None
+
+        self.failed += 1
+        partial = framer.partial()
+        error: AimclusterError
+        if isinstance(event, _Overflow):
+            error = ReplyTooLargeError(
+                f"instance {self.index} printed more than {self.spec.max_reply_bytes} bytes "
+                f"without a ready prompt; restarting it",
+                instance=self.index,
+                exit_code=None,
+                partial_output=event.partial[-65536:],
+                prompt=request.prompt,
+            )
+            self._fail(request, error, retry=False)
+            return _Ended.KILL
+        if self._exit_code is not None:
+            self._fail(request, self._crash_error(request, "exited", partial), retry=True)
+            return _Ended.EXITED
+        if stall_scope.cancelled_caught:
+            error = InstanceStalledError(
+                f"instance {self.index} printed nothing for {stall} s while replying to "
+                f"{request.prompt[:60]!r}; restarting it",
+                instance=self.index,
+                exit_code=None,
+                partial_output=partial,
+                prompt=request.prompt,
+            )
+            self._plog.warning("instance_stalled", stall_timeout=stall)
+            self._fail(request, error, retry=True)
+            return _Ended.KILL
+        assert deadline_scope.cancelled_caught
+        self.timeouts += 1
+        self._plog.warning("reply_timed_out", elapsed=elapsed)
+        self._fail(
+            request,
+            ReplyTimeoutError(
+                f"instance {self.index} did not finish replying to {request.prompt[:60]!r} "
+                f"in time; restarting it",
+                prompt=request.prompt,
+                instance=self.index,
+                partial_output=partial,
+            ),
+            retry=False,
+        )
+        return _Ended.KILL
+
+    def _crash_error(
+        self, request: Request | None, what: str, partial: str = ""
+    ) -> InstanceCrashedError:
+        about = f" while replying to {request.prompt[:60]!r}" if request is not None else ""
+        return InstanceCrashedError(
+            f"instance {self.index} ({self.spec.name}) {what} with code {self._exit_code}{about}",
+            instance=self.index,
+            exit_code=self._exit_code,
+            partial_output=partial,
+            prompt=request.prompt if request is not None else None,
+        )
+
+    def _fail(self, request: Request, error: AimclusterError, *, retry: bool) -> None:
+        if retry and not request.done and request.attempts <= request.retries:
+            self._plog.info("prompt_retried", attempt=request.attempts, error=type(error).__name__)
+            request.state = RequestState.QUEUED
+            self.requeue(request)
+        else:
+            request.resolve(error)
+
+    async def _terminate(self, handle: ProcessHandle, *, graceful: bool) -> None:
+        """Stop the process group: exit_command, grace, SIGTERM, grace, SIGKILL; then reap."""
+        how = "exited"
+        if self._exit_code is None:
+            how = "sigkill"
+            if graceful:
+                how = await self._stop_gracefully(handle)
+            else:
+                handle.signal_group(signal.SIGKILL)
+        code = await handle.wait()
+        handle.signal_group(signal.SIGKILL)  # whatever the tool left behind in its group
+        await handle.aclose()
+        self._handle = None
+        if self._stopping:
+            self._plog.info("cluster_shutdown", exit_code=code, how=how)
+
+    async def _stop_gracefully(self, handle: ProcessHandle) -> str:
+        grace = self.spec.shutdown_grace
+        if self.spec.exit_command is not None:
+            try:
+                await handle.send((self.spec.exit_command + self.spec.newline).encode())
+            except anyio.BrokenResourceError:
+                pass
+            with anyio.move_on_after(grace):
+                await handle.wait()
+                return "exit_command"
+        handle.signal_group(signal.SIGTERM)
+        with anyio.move_on_after(grace):
+            await handle.wait()
+            return "sigterm"
+        handle.signal_group(signal.SIGKILL)
+        return "sigkill"
+

@@ -1,0 +1,125 @@
+"""Leases: one instance held exclusively for a multi-step job (``/add``, instruct, ``/drop``)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import anyio
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._exceptions import ClusterClosedError
+
+if TYPE_CHECKING:
+    from ._cluster import Cluster
+    from ._request import Reply, Request
+
+__all__ = ["LeaseRequest", "Session"]
+
+
+@attrs.define(eq=False)
+class LeaseRequest:
+    """Queued like a prompt; the instance that takes it serves only this lease until release."""
+
+    key: str | None
+    target: int | None
+    pinned: bool = False
+    holds_slot: bool = False
+    instance: int | None = None
+    abandoned: bool = False
+    #: Why the lease can no longer be used (its instance crashed, the cluster closed).
+    error: BaseException | None = None
+    _granted: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+    _send: MemoryObjectSendStream[Request] = attrs.field(init=False)
+    _receive: MemoryObjectReceiveStream[Request] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._send, self._receive = anyio.create_memory_object_stream["Request"](math.inf)
+
+    @property
+    def live(self) -> bool:
+        return self.instance is None and not self.abandoned and self.error is None
+
+    # -- the instance's side ----------------------------------------------------------------
+
+    def grant(self, instance: int) -> None:
+        self.instance = instance
+        self._granted.set()
+
+    async def next(self) -> Request | None:
+        """The session's next prompt, or ``None`` once the lease is released."""
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            return None
+
+    def lose(self, error: BaseException) -> None:
+        """The instance can no longer serve this lease: fail its prompts from now on."""
+        if self.error is None:
+            self.error = error
+        self._receive.close()
+        self._granted.set()
+
+    # -- the dispatcher's side (never-granted leases) -------------------------------------------
+
+    def resolve(self, result: BaseException) -> bool:
+        if self.instance is not None or self.error is not None:
+            return False
+        self.lose(result)
+        return True
+
+    # -- the holder's side ------------------------------------------------------------------
+
+    async def wait_granted(self) -> int:
+        await self._granted.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.instance is not None
+        return self.instance
+
+    def submit(self, request: Request) -> None:
+        if self.error is not None:
+            raise self.error
+        try:
+            self._send.send_nowait(request)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            raise self.error or ClusterClosedError("the lease was released") from None
+
+    def release(self) -> None:
+        self.abandoned = True
+        self._send.close()
+
+
+@attrs.define(eq=False)
+class Session:
+    """An instance held exclusively. Every prompt sent through it goes to that one instance."""
+
+    _cluster: Cluster
+    _lease: LeaseRequest
+
+    @property
+    def instance(self) -> int:
+        """The index of the held instance."""
+        assert self._lease.instance is not None
+        return self._lease.instance
+
+    @property
+    def key(self) -> str | None:
+        return self._lease.key
+
+    async def send(self, prompt: str, *, timeout: float | None = None) -> Reply:
+        """Send *prompt* to the held instance and return its reply.
+
+        :raises InstanceCrashedError: if the instance crashed during the lease (its state,
+            such as the files added to an agent's chat, is gone, so later sends fail too)
+        """
+        request = self._cluster._new_request(
+            prompt, key=self._lease.key, instance=self.instance, timeout=timeout, retries=0
+        )
+        self._lease.submit(request)
+        try:
+            return await request.wait()
+        except anyio.get_cancelled_exc_class():
+            request.abandon()
+            raise

@@ -1,0 +1,92 @@
+"""Point-in-time metric snapshots of a cluster and of each of its instances."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+__all__ = ["ClusterMetrics", "InstanceMetrics", "percentile"]
+
+
+def percentile(samples: Iterable[float], q: float) -> float | None:
+    """The *q*-th percentile (0 < q < 100, inclusive method), or ``None`` with no samples."""
+    data = list(samples)
+    if not data:
+        return None
+    if len(data) == 1:
+        return data[0]
+    return statistics.quantiles(data, n=100, method="inclusive")[round(q) - 1]
+
+
+@attrs.frozen(kw_only=True)
+class InstanceMetrics:
+    """What one instance (slot) has done so far."""
+
+    #: The slot index; it stays the same across restarts.
+    index: int
+    #: The process id now, or ``None`` while no process runs.
+    pid: int | None
+    #: ``starting``, ``ready``, ``busy``, ``restarting``, ``failed`` or ``stopped``.
+    state: str
+    #: Where the process runs (``None``: this machine).
+    node: str | None
+    #: Prompts written to the tool.
+    sent: int
+    #: Prompts that got a complete reply.
+    completed: int
+    #: Prompts that ended in an error on this instance (timeouts included).
+    failed: int
+    #: Prompts that ran out of time on this instance.
+    timeouts: int
+    #: Times the process was restarted.
+    restarts: int
+    #: Prompts written and not yet answered (0 or 1).
+    in_flight: int
+    #: Prompts routed to this instance and waiting for it.
+    queued: int
+    #: Median reply latency over recent prompts, in seconds.
+    latency_p50: float | None
+    #: 95th percentile reply latency over recent prompts, in seconds.
+    latency_p95: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class ClusterMetrics:
+    """A snapshot of the whole cluster; totals are sums over :attr:`instances`."""
+
+    #: One entry per slot, index-aligned.
+    instances: tuple[InstanceMetrics, ...]
+    #: Prompts waiting in the shared (late-binding) queue.
+    queued: int
+
+    @property
+    def sent(self) -> int:
+        return sum(m.sent for m in self.instances)
+
+    @property
+    def completed(self) -> int:
+        return sum(m.completed for m in self.instances)
+
+    @property
+    def failed(self) -> int:
+        return sum(m.failed for m in self.instances)
+
+    @property
+    def restarts(self) -> int:
+        return sum(m.restarts for m in self.instances)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "completed": self.completed,
+            "failed": self.failed,
+            "restarts": self.restarts,
+            "queued": self.queued,
+            "instances": [m.as_dict() for m in self.instances],
+        }

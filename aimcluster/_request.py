@@ -1,0 +1,156 @@
+"""A prompt on its way through the cluster, and the reply that ends it."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Generator
+from typing import Any
+
+import anyio
+import attrs
+
+from ._exceptions import PromptCancelledError, ReplyTimeoutError
+
+__all__ = ["Reply", "Request", "RequestState", "Ticket"]
+
+
+@attrs.frozen(kw_only=True)
+class Reply:
+    """A complete reply of one tool instance to one prompt."""
+
+    #: The tool's output for the prompt, without the echoed prompt, the trailing ready prompt
+    #: and the trailing newline; ``\r\n`` is turned into ``\n``.
+    text: str
+    #: The index of the instance that answered.
+    instance: int
+    #: The prompt as it was sent (without the newline).
+    prompt: str
+    #: The routing key the prompt was sent with.
+    key: str | None
+    #: Seconds from the prompt being written to the reply being complete.
+    elapsed: float
+    #: How many times the prompt was sent (more than 1 only with ``retries``).
+    attempts: int = 1
+
+
+class RequestState(enum.Enum):
+    QUEUED = "queued"
+    SENT = "sent"
+    DONE = "done"
+
+
+@attrs.define(eq=False)
+class Request:
+    """One prompt and its one-shot result. Resolved exactly once, by whoever finishes it."""
+
+    prompt: str
+    key: str | None
+    target: int | None
+    deadline: float | None
+    retries: int = 0
+    #: Sent with an explicit ``instance=``: it may go to no other instance.
+    pinned: bool = False
+    state: RequestState = RequestState.QUEUED
+    attempts: int = 0
+    #: The caller no longer wants the result: a queued request is dropped unsent, the reply of
+    #: one in flight is read and discarded.
+    abandoned: bool = False
+    #: Whether the request holds one of the cluster's ``max_pending`` queue slots.
+    holds_slot: bool = False
+    _event: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+    _result: Reply | BaseException | None = attrs.field(init=False, default=None)
+    _callbacks: list[Callable[[Request], None]] = attrs.field(init=False, factory=list)
+
+    @property
+    def live(self) -> bool:
+        """Whether a worker should still send it."""
+        return self.state is RequestState.QUEUED and not self.abandoned
+
+    @property
+    def done(self) -> bool:
+        return self.state is RequestState.DONE
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        self.resolve(PromptCancelledError(f"prompt {self.prompt[:60]!r} was cancelled"))
+
+    def add_done_callback(self, callback: Callable[[Request], None]) -> None:
+        if self.done:
+            callback(self)
+        else:
+            self._callbacks.append(callback)
+
+    def resolve(self, result: Reply | BaseException) -> bool:
+        """Set the result unless one is set already; return whether this call set it."""
+        if self.state is RequestState.DONE:
+            return False
+        self.state = RequestState.DONE
+        self._result = result
+        self._event.set()
+        for callback in self._callbacks:
+            callback(self)
+        self._callbacks.clear()
+        return True
+
+    def result(self) -> Reply:
+        assert self._result is not None, "request is not done"
+        if isinstance(self._result, BaseException):
+            raise self._result
+        return self._result
+
+    def exception(self) -> BaseException | None:
+        return self._result if isinstance(self._result, BaseException) else None
+
+    async def wait(self) -> Reply:
+        """Wait for the result, enforcing the deadline while the request is still queued.
+
+        Once the request is in flight its worker enforces the deadline (it must also restart
+        the instance), so past that point this only waits.
+        """
+        if self.deadline is not None and not self.done:
+            with anyio.move_on_at(self.deadline):
+                await self._event.wait()
+            if not self.done and self.state is RequestState.QUEUED:
+                self.abandoned = True
+                self.resolve(
+                    ReplyTimeoutError(
+                        f"no instance took the prompt {self.prompt[:60]!r} before its deadline",
+                        prompt=self.prompt,
+                        instance=None,
+                    )
+                )
+        await self._event.wait()
+        return self.result()
+
+
+@attrs.define(eq=False)
+class Ticket:
+    """A submitted prompt. Await it for its own reply, or collect replies with ``read_any``."""
+
+    _request: Request
+
+    @property
+    def prompt(self) -> str:
+        return self._request.prompt
+
+    @property
+    def key(self) -> str | None:
+        return self._request.key
+
+    @property
+    def done(self) -> bool:
+        return self._request.done
+
+    async def wait(self) -> Reply:
+        """The reply; raises the prompt's error if it failed."""
+        return await self._request.wait()
+
+    def cancel(self) -> None:
+        """Withdraw the prompt: unsent, it is never sent; in flight, its reply is discarded.
+
+        The ticket then resolves with :class:`PromptCancelledError` (unless it was done).
+        """
+        self._request.abandon()
+
+    def __await__(self) -> Generator[Any, None, Reply]:
+        return self.wait().__await__()

@@ -1,0 +1,81 @@
+"""Interfaces a user may implement to host tool processes somewhere else.
+
+The cluster never touches a subprocess directly: it asks a :class:`Transport` to spawn a
+:class:`ProcessHandle` and then only sends bytes, receives bytes, waits for the exit and signals
+the process group through it. The built-in :class:`aimcluster.LocalTransport` runs children on
+this machine through pipes or a pseudo-terminal.
+"""
+
+from __future__ import annotations
+
+from abc import ABCMeta, abstractmethod
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._spec import ToolSpec
+
+__all__ = ["ProcessHandle", "Transport"]
+
+
+class ProcessHandle(metaclass=ABCMeta):
+    """One running tool process, however it is hosted."""
+
+    @property
+    @abstractmethod
+    def pid(self) -> int | None:
+        """The process id where it runs (``None`` if the host does not expose one)."""
+
+    @property
+    def node(self) -> str | None:
+        """Where the process runs, for metrics and logs (``None``: this machine)."""
+        return None
+
+    @abstractmethod
+    async def receive(self) -> bytes:
+        """Return the next chunk of output (stdout, with stderr if merged).
+
+        :raises anyio.EndOfStream: when the output is closed for good
+        """
+
+    async def receive_stderr(self) -> bytes:
+        """Return the next chunk of the separate stderr stream, if there is one.
+
+        :raises anyio.EndOfStream: when there is no (more) separate stderr
+        """
+        import anyio
+
+        raise anyio.EndOfStream
+
+    @abstractmethod
+    async def send(self, data: bytes) -> None:
+        """Write *data* to the tool's input.
+
+        :raises anyio.BrokenResourceError: if the tool no longer reads its input
+        """
+
+    @abstractmethod
+    async def wait(self) -> int:
+        """Wait for the process to exit and return its exit code (negative: killed by signal)."""
+
+    @abstractmethod
+    def signal_group(self, signum: int) -> None:
+        """Send *signum* to the tool's whole process group; do nothing if it is gone."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release the handle's resources. Called after the process has exited."""
+
+
+class Transport(metaclass=ABCMeta):
+    """Starts tool processes. One transport serves every instance of a cluster."""
+
+    @abstractmethod
+    def check(self, spec: ToolSpec) -> None:
+        """Fail fast, before anything starts, if *spec* cannot run here.
+
+        :raises aimcluster.ToolNotFoundError: if the executable does not exist
+        """
+
+    @abstractmethod
+    async def spawn(self, spec: ToolSpec, *, instance: int) -> ProcessHandle:
+        """Start one process for slot *instance* in a new session (its own process group)."""
