@@ -10,6 +10,7 @@ from typing import Literal, overload
 
 import anyio
 import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._dispatch import Dispatcher
 from ._exceptions import AimclusterError, ClusterClosedError, NoHealthyInstancesError
@@ -52,9 +53,6 @@ class Cluster:
         self._transport = transport
         self._log = logger.bind(tool=spec.name)
         self._healthy: list[int] = list(range(count))
-        self._completed_in, self._completed_out = anyio.create_memory_object_stream[Request](
-            math.inf
-        )
         self._stack: AsyncExitStack | None = None
         self._closing = False
         # Event loop objects; created on entry, since launch_cluster() itself is synchronous.
@@ -62,6 +60,8 @@ class Cluster:
         self._instances: list[Instance] = []
         self._task_group: anyio.abc.TaskGroup
         self._closed: anyio.Event
+        self._completed_in: MemoryObjectSendStream[Request]
+        self._completed_out: MemoryObjectReceiveStream[Request]
 
     def _new_instance(self, index: int) -> Instance:
         return Instance(
@@ -82,6 +82,10 @@ class Cluster:
             raise RuntimeError("a Cluster can be entered only once")
         self._transport.check(self.spec)
         self._closed = anyio.Event()
+        # Finished submit() requests, in completion order, for read_any().
+        self._completed_in, self._completed_out = anyio.create_memory_object_stream[Request](
+            math.inf
+        )
         self._dispatcher = Dispatcher(self._count, max_pending=self._max_pending)
         self._instances = [self._new_instance(index) for index in range(self._count)]
         async with AsyncExitStack() as stack:
@@ -131,6 +135,7 @@ class Cluster:
         for instance in self._instances:
             await instance.stopped.wait()
         self._completed_in.close()
+        self._completed_out.close()
         self._log.info("cluster_stopped", size=self.size)
         self._closed.set()
 
@@ -291,7 +296,7 @@ class Cluster:
         with anyio.fail_after(timeout):
             try:
                 request = await self._completed_out.receive()
-            except anyio.EndOfStream:
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
                 raise ClusterClosedError("the cluster is shut down") from None
         return request.result()
 
@@ -485,4 +490,3 @@ def launch_cluster(
         transport=transport or LocalTransport(),
         logger=logger or structlog.get_logger("aimcluster"),
     )
-

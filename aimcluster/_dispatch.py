@@ -21,7 +21,9 @@ __all__ = ["Dispatcher", "Queued"]
 class Queued(Protocol):
     """What the dispatcher needs of a queued item (a prompt or a lease)."""
 
+    key: str | None
     target: int | None
+    pinned: bool
     holds_slot: bool
 
     @property

@@ -33,8 +33,16 @@ class Framer:
     the rest of the stream cannot be framed reliably.
     """
 
-    __slots__ = ("_chunks", "_decoder", "_max_bytes", "_nbytes", "_overflowed", "_pattern",
-                 "_tail", "_window")
+    __slots__ = (
+        "_chunks",
+        "_decoder",
+        "_max_bytes",
+        "_nbytes",
+        "_overflowed",
+        "_pattern",
+        "_tail",
+        "_window",
+    )
 
     def __init__(self, ready: str, *, window: int, max_bytes: int, encoding: str) -> None:
         # \Z anchors the prompt at the very end of what has arrived so far; MULTILINE lets a

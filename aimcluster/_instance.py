@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from ._spec import ToolSpec
     from .abc import ProcessHandle, Transport
 
-__all__ = ["Instance", "InstanceState", "InstanceStalledError"]
+__all__ = ["Instance", "InstanceStalledError", "InstanceState"]
 
 # After the process exits, how long its output may take to reach EOF. Only a grandchild that left
 # our process group (setsid) can hold the stream open past the group SIGKILL.
@@ -51,8 +51,8 @@ _FRAME_BUFFER = 16
 _LATENCY_SAMPLES = 1024
 
 
-class InstanceState(str, enum.Enum):
-    """The life cycle of a slot: ``starting -> ready <-> busy -> restarting -> failed | stopped``."""
+class InstanceState(enum.StrEnum):
+    """A slot's life cycle: ``starting -> ready <-> busy -> restarting -> failed | stopped``."""
 
     STARTING = "starting"
     READY = "ready"
@@ -111,7 +111,9 @@ class Instance:
     in_flight: int = attrs.field(init=False, default=0)
     stopped: anyio.Event = attrs.field(init=False, factory=anyio.Event)
 
-    _latencies: deque[float] = attrs.field(init=False, factory=lambda: deque(maxlen=_LATENCY_SAMPLES))
+    _latencies: deque[float] = attrs.field(
+        init=False, factory=lambda: deque(maxlen=_LATENCY_SAMPLES)
+    )
     _budget: RestartBudget | None = attrs.field(init=False, default=None)
     _life_scope: anyio.CancelScope = attrs.field(init=False, factory=anyio.CancelScope)
     _stopping: bool = attrs.field(init=False, default=False)
@@ -223,9 +225,7 @@ class Instance:
         """Start a process, wait for its prompt, serve until it ends; always leave it dead."""
         self._set_state(InstanceState.STARTING)
         handle = await self._spawn()
-        frames_in, frames_out = anyio.create_memory_object_stream[_Frame | _Overflow](
-            _FRAME_BUFFER
-        )
+        frames_in, frames_out = anyio.create_memory_object_stream[_Frame | _Overflow](_FRAME_BUFFER)
         ended = _Ended.EXITED
         try:
             async with anyio.create_task_group() as tg:
@@ -268,7 +268,9 @@ class Instance:
         return handle
 
     async def _pump(
-        self, handle: ProcessHandle, frames: MemoryObjectSendStream[_Frame | _Overflow],
+        self,
+        handle: ProcessHandle,
+        frames: MemoryObjectSendStream[_Frame | _Overflow],
         eof: anyio.Event,
     ) -> None:
         """The reader: output -> framer -> frame queue. Never blocks on the consumer unless a
@@ -404,6 +406,8 @@ class Instance:
         except BaseException:
             lease.lose(ClusterClosedError("the cluster was shut down during the lease"))
             raise
+        finally:
+            lease.finish()
 
     async def _exchange(
         self,
@@ -587,4 +591,3 @@ class Instance:
             return "sigterm"
         handle.signal_group(signal.SIGKILL)
         return "sigkill"
-

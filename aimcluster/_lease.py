@@ -86,9 +86,15 @@ class LeaseRequest:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             raise self.error or ClusterClosedError("the lease was released") from None
 
+    def finish(self) -> None:
+        """The instance is done with the lease (released, lost or shut down)."""
+        self._receive.close()
+
     def release(self) -> None:
         self.abandoned = True
         self._send.close()
+        if self.instance is None:
+            self._receive.close()  # never granted: no instance will finish it
 
 
 @attrs.define(eq=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,10 @@ def _valid_regex(instance: Any, attribute: attrs.Attribute[Any], value: str) -> 
         raise ValueError(f"{attribute.name} must not match the empty string, got {value!r}")
 
 
+def _argv_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 def _non_empty_argv(instance: Any, attribute: attrs.Attribute[Any], value: Sequence[str]) -> None:
     if not value or not all(isinstance(arg, str) for arg in value):
         raise ValueError(f"argv must be a non-empty sequence of strings, got {value!r}")
@@ -39,7 +43,7 @@ class ToolSpec:
     #: A short name used in logs, metrics and error messages.
     name: str
     #: The command line; ``argv[0]`` is looked up on ``PATH``. Never run through a shell.
-    argv: Sequence[str] = attrs.field(converter=tuple, validator=_non_empty_argv)
+    argv: Sequence[str] = attrs.field(converter=_argv_tuple, validator=_non_empty_argv)
     #: A regex that matches at the *end* of the output when the tool waits for input.
     ready: str = attrs.field(validator=_valid_regex)
     #: Give the tool a pseudo-terminal (a real controlling tty) instead of pipes.

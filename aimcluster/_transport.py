@@ -45,11 +45,12 @@ def _signal_group(pid: int, signum: int) -> None:
 
 
 class _PipeProcess(ProcessHandle):
-    __slots__ = ("_process", "_stdin", "_stdout", "_stderr")
+    __slots__ = ("_process", "_stderr", "_stdin", "_stdout")
 
     def __init__(self, process: Process) -> None:
         self._process = process
-        assert process.stdin is not None and process.stdout is not None
+        assert process.stdin is not None
+        assert process.stdout is not None
         self._stdin: ByteSendStream = process.stdin
         self._stdout: ByteReceiveStream = process.stdout
         self._stderr: ByteReceiveStream | None = process.stderr
@@ -147,7 +148,9 @@ def _child_env(spec: ToolSpec, instance: int) -> dict[str, str] | None:
     if not spec.env:
         return None
     env = dict(os.environ)
-    env.update({name: value.replace("{instance}", str(instance)) for name, value in spec.env.items()})
+    env.update(
+        {name: value.replace("{instance}", str(instance)) for name, value in spec.env.items()}
+    )
     return env
 
 
@@ -207,4 +210,3 @@ class LocalTransport(Transport):
             # The child holds its own copy; ours would keep the pty from ever reporting EOF.
             os.close(slave)
         return _PtyProcess(process, master)
-
