@@ -10,10 +10,16 @@ from typing import Literal, overload
 
 import anyio
 import structlog
+from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._dispatch import Dispatcher
-from ._exceptions import AimclusterError, ClusterClosedError, NoHealthyInstancesError
+from ._exceptions import (
+    AimclusterError,
+    ClusterClosedError,
+    NoHealthyInstancesError,
+    StartupError,
+)
 from ._instance import Instance, InstanceState
 from ._lease import LeaseRequest, Session
 from ._metrics import ClusterMetrics
@@ -91,15 +97,25 @@ class Cluster:
         async with AsyncExitStack() as stack:
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._shutdown_shielded)
-            try:
-                async with anyio.create_task_group() as starters:
-                    for instance in self._instances:
-                        starters.start_soon(self._task_group.start, instance.run)
-            except BaseExceptionGroup as group:
-                raise _unwrap(group) from None
-            self._log.info("cluster_started", size=self.size, routing=self._router.name)
-            self._stack = stack.pop_all()
+            launch = _Launch(self._count)
+            for instance in self._instances:
+                self._task_group.start_soon(self._host, instance, launch)
+            await launch.done.wait()
+            if launch.error is None:
+                self._log.info("cluster_started", size=self.size, routing=self._router.name)
+                self._stack = stack.pop_all()
+        # Raised once the stack has shut the other instances down, and outside the task group,
+        # which would wrap it in an ExceptionGroup.
+        if launch.error is not None:
+            raise launch.error
         return self
+
+    async def _host(self, instance: Instance, launch: _Launch) -> None:
+        """Run one instance, reporting its first start (or failure to start) to *launch*."""
+        try:
+            await instance.run(task_status=launch)
+        except StartupError as exc:
+            launch.fail(exc)
 
     async def __aexit__(
         self,
@@ -420,6 +436,25 @@ class Cluster:
     def pids(self) -> list[int | None]:
         """The current process id of each instance (``None`` while not running)."""
         return [instance.pid for instance in self._instances]
+
+
+class _Launch(TaskStatus[None]):
+    """Collects the instances' first starts: done when all are ready or the first one failed."""
+
+    def __init__(self, count: int) -> None:
+        self.remaining = count
+        self.error: StartupError | None = None
+        self.done = anyio.Event()
+
+    def started(self, value: None = None) -> None:
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.done.set()
+
+    def fail(self, error: StartupError) -> None:
+        if self.error is None:
+            self.error = error
+        self.done.set()
 
 
 def _result_or_error(request: Request) -> Reply | AimclusterError:

@@ -227,6 +227,7 @@ class Instance:
         handle = await self._spawn()
         frames_in, frames_out = anyio.create_memory_object_stream[_Frame | _Overflow](_FRAME_BUFFER)
         ended = _Ended.EXITED
+        startup_error: StartupError | None = None
         try:
             async with anyio.create_task_group() as tg:
                 eof = anyio.Event()
@@ -234,11 +235,18 @@ class Instance:
                 tg.start_soon(self._watch_exit, handle, eof)
                 if not self.spec.merge_stderr and not self.spec.pty:
                     tg.start_soon(self._pump_stderr, handle)
-                await self._await_ready(frames_out)
-                if task_status is not None:
-                    task_status.started()
-                ended = await self._serve(handle, frames_out)
+                try:
+                    await self._await_ready(frames_out)
+                except StartupError as exc:
+                    # Raised outside the task group, which would wrap it in an ExceptionGroup.
+                    startup_error = exc
+                else:
+                    if task_status is not None:
+                        task_status.started()
+                    ended = await self._serve(handle, frames_out)
                 tg.cancel_scope.cancel()
+            if startup_error is not None:
+                raise startup_error
         finally:
             with anyio.move_on_after(self.spec.shutdown_grace * 2 + _EOF_GRACE, shield=True):
                 await self._terminate(handle, graceful=self._stopping and ended is _Ended.EXITED)
@@ -570,6 +578,9 @@ class Instance:
                 handle.signal_group(signal.SIGKILL)
         code = await handle.wait()
         handle.signal_group(signal.SIGKILL)  # whatever the tool left behind in its group
+        if self._exit_code is None:  # the exit watcher was cancelled before it could say so
+            self._exit_code = code
+            self._plog.info("instance_exited", exit_code=code)
         await handle.aclose()
         self._handle = None
         if self._stopping:
