@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Literal, overload
@@ -66,6 +66,7 @@ class Cluster:
         self._instances: list[Instance] = []
         self._task_group: anyio.abc.TaskGroup
         self._closed: anyio.Event
+        self._changed: anyio.Event  # replaced on every instance state change
         self._completed_in: MemoryObjectSendStream[Request]
         self._completed_out: MemoryObjectReceiveStream[Request]
 
@@ -88,6 +89,7 @@ class Cluster:
             raise RuntimeError("a Cluster can be entered only once")
         self._transport.check(self.spec)
         self._closed = anyio.Event()
+        self._changed = anyio.Event()
         # Finished submit() requests, in completion order, for read_any().
         self._completed_in, self._completed_out = anyio.create_memory_object_stream[Request](
             math.inf
@@ -163,6 +165,8 @@ class Cluster:
         return self._count
 
     def _on_state(self, instance: Instance) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
         healthy = [i.index for i in self._instances if i.healthy]
         if healthy == self._healthy:
             return
@@ -427,6 +431,22 @@ class Cluster:
             instances=tuple(instance.metrics() for instance in self._instances),
             queued=self._dispatcher.queued(None),
         )
+
+    async def wait_for(
+        self, predicate: Callable[[ClusterMetrics], bool], *, timeout: float | None = None
+    ) -> ClusterMetrics:
+        """Wait until ``predicate(cluster.metrics())`` holds and return that snapshot.
+
+        It is checked again at every instance state change, so no polling is involved::
+
+            await cluster.wait_for(lambda m: all(i.state == "ready" for i in m.instances))
+
+        :raises TimeoutError: if it does not hold within *timeout* seconds
+        """
+        with anyio.fail_after(timeout):
+            while not predicate(metrics := self.metrics()):
+                await self._changed.wait()
+        return metrics
 
     def restart_instance(self, index: int) -> None:
         """Kill instance *index*'s process now; the supervisor restarts it (budget applies)."""

@@ -178,7 +178,8 @@ class Instance:
             with self._life_scope:
                 await self._supervise(task_status)
         finally:
-            self._set_state(InstanceState.STOPPED)
+            if self.state is not InstanceState.FAILED:
+                self._set_state(InstanceState.STOPPED)
             self.stopped.set()
 
     async def _supervise(self, task_status: TaskStatus[None]) -> None:
@@ -319,8 +320,8 @@ class Instance:
     async def _watch_exit(self, handle: ProcessHandle, eof: anyio.Event) -> None:
         """Exit detection: the transport's wait() (pidfd or waitpid), never polling."""
         code = await handle.wait()
-        # Grandchildren left in the group would hold the output open, and must die anyway.
-        handle.signal_group(signal.SIGKILL)
+        # Grandchildren left behind would hold the output open, and must die anyway.
+        handle.kill_all()
         with anyio.move_on_after(_EOF_GRACE):
             await eof.wait()
         self._exit_code = code
@@ -439,8 +440,16 @@ class Instance:
                 "unsolicited_output", frames=stray_frames, text=framer.partial()[-200:]
             )
             framer.discard()
-        if self._exit_code is not None:
-            # It died between being picked and being written: it was never sent, so requeue.
+        data = (request.prompt + self.spec.newline).encode(self.spec.encoding)
+        delivered = False
+        if self._exit_code is None:
+            try:
+                await handle.send(data)
+                delivered = True
+            except anyio.BrokenResourceError:
+                await self._wait_exited()
+        if not delivered:
+            # The process was gone before it could read the prompt: not lost, requeued.
             self.requeue(request)
             return _Ended.EXITED
 
@@ -454,10 +463,6 @@ class Instance:
         stall = self.spec.stall_timeout
         event: _Frame | _Overflow | None = None
         try:
-            try:
-                await handle.send((request.prompt + self.spec.newline).encode(self.spec.encoding))
-            except anyio.BrokenResourceError:
-                pass  # it is exiting; the exit watcher reports how
             with anyio.CancelScope(
                 deadline=request.deadline if request.deadline is not None else math.inf
             ) as deadline_scope:
@@ -465,6 +470,8 @@ class Instance:
                     deadline=started + stall if stall is not None else math.inf
                 ) as stall_scope:
                     self._wait_scope = self._stall_scope = stall_scope
+                    if self._exit_code is not None:  # it exited while we were writing
+                        stall_scope.cancel()
                     try:
                         event = await frames.receive()
                     except anyio.EndOfStream:
@@ -547,6 +554,14 @@ class Instance:
         )
         return _Ended.KILL
 
+    async def _wait_exited(self) -> None:
+        """Wait until the exit watcher has seen the process go."""
+        with anyio.CancelScope() as scope:
+            self._wait_scope = scope
+            if self._exit_code is None:
+                await anyio.sleep_forever()
+        self._wait_scope = None
+
     def _crash_error(
         self, request: Request | None, what: str, partial: str = ""
     ) -> InstanceCrashedError:
@@ -577,7 +592,7 @@ class Instance:
             else:
                 handle.signal_group(signal.SIGKILL)
         code = await handle.wait()
-        handle.signal_group(signal.SIGKILL)  # whatever the tool left behind in its group
+        handle.kill_all()  # whatever the tool left behind
         if self._exit_code is None:  # the exit watcher was cancelled before it could say so
             self._exit_code = code
             self._plog.info("instance_exited", exit_code=code)

@@ -6,6 +6,7 @@ import errno
 import fcntl
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -44,6 +45,37 @@ def _signal_group(pid: int, signum: int) -> None:
         pass  # the group is already gone (or the pid was reused by someone else's group)
 
 
+def _kill_session(sid: int) -> None:
+    """SIGKILL the process group *sid* and every other process in session *sid*.
+
+    A shell with job control (bash in a pty) puts each background job in a process group of
+    its own, out of reach of killpg; they all stay in the tool's session, though. Only a
+    process that started a session of its own (setsid) escapes.
+    """
+    _signal_group(sid, signal.SIGKILL)
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                data = stat.read()
+        except OSError:
+            continue
+        # Fields after "(comm)": state ppid pgrp session ...; comm may contain spaces.
+        fields = data[data.rindex(b")") + 2 :].split(maxsplit=4)
+        if int(fields[3]) == sid and int(fields[2]) != sid:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 class _PipeProcess(ProcessHandle):
     __slots__ = ("_process", "_stderr", "_stdin", "_stdout")
 
@@ -78,6 +110,9 @@ class _PipeProcess(ProcessHandle):
 
     def signal_group(self, signum: int) -> None:
         _signal_group(self._process.pid, signum)
+
+    def kill_all(self) -> None:
+        _kill_session(self._process.pid)
 
     async def aclose(self) -> None:
         await self._process.aclose()
@@ -135,6 +170,9 @@ class _PtyProcess(ProcessHandle):
 
     def signal_group(self, signum: int) -> None:
         _signal_group(self._process.pid, signum)
+
+    def kill_all(self) -> None:
+        _kill_session(self._process.pid)
 
     async def aclose(self) -> None:
         if not self._closed:

@@ -61,6 +61,13 @@ class ProcessHandle(metaclass=ABCMeta):
     def signal_group(self, signum: int) -> None:
         """Send *signum* to the tool's whole process group; do nothing if it is gone."""
 
+    def kill_all(self) -> None:
+        """SIGKILL everything the tool started: its process group, and more where the host
+        can find it (the local transport sweeps the whole session)."""
+        import signal
+
+        self.signal_group(signal.SIGKILL)
+
     @abstractmethod
     async def aclose(self) -> None:
         """Release the handle's resources. Called after the process has exited."""

@@ -1,0 +1,121 @@
+"""Local processes through pipes and a pseudo-terminal."""
+
+from __future__ import annotations
+
+import sys
+
+import attrs
+import pytest
+
+import aimcluster
+from aimcluster import tools
+
+pytestmark = pytest.mark.anyio
+
+INTERLEAVE = (
+    "import os\n"
+    "for i in range(3):\n"
+    "    os.write(1, b'out%d\\n' % i)\n"
+    "    os.write(2, b'err%d\\n' % i)\n"
+    "os.write(2, b'> ')\n"
+    "import sys\n"
+    "for line in sys.stdin:\n"
+    "    os.write(1, b'o\\n'); os.write(2, b'e\\n'); os.write(1, b'o2\\n'); os.write(2, b'> ')\n"
+)
+
+
+async def test_bash_in_a_pty_has_a_controlling_terminal(cluster_factory) -> None:
+    cluster = await cluster_factory("bash")
+    assert (await cluster.send("test -t 0 && echo tty || echo pipe")).text == "tty"
+    assert (await cluster.send("tty >/dev/null && echo has-ctty")).text == "has-ctty"
+
+
+async def test_pty_echo_is_stripped(cluster_factory) -> None:
+    cluster = await cluster_factory("bash")
+    reply = await cluster.send("echo hello; echo world")
+    assert reply.text == "hello\nworld"
+
+
+async def test_pty_reply_with_no_output_is_empty(cluster_factory) -> None:
+    cluster = await cluster_factory("bash")
+    assert (await cluster.send("true")).text == ""
+
+
+async def test_python_repl_in_a_pty(cluster_factory) -> None:
+    spec = attrs.evolve(tools.python(), pty=True, argv=[sys.executable, "-i", "-q"])
+    cluster = await cluster_factory(spec)
+    assert (await cluster.send("1+1")).text == "2"
+    assert (await cluster.send("import sys; sys.stdin.isatty()")).text == "True"
+
+
+async def test_pty_rejects_a_line_longer_than_the_terminal_accepts(cluster_factory) -> None:
+    cluster = await cluster_factory("bash")
+    with pytest.raises(ValueError, match="longer than a terminal accepts"):
+        await cluster.send("echo " + "x" * 5000)
+    assert (await cluster.send("echo ok")).text == "ok"
+
+
+async def test_pty_grandchildren_die_with_the_cluster(cluster_factory) -> None:
+    cluster = await cluster_factory("bash")
+    # Job control puts the job in a process group of its own: killpg alone would miss it.
+    reply = await cluster.send("sleep 1000 & echo $!")
+    assert int(reply.text.splitlines()[-1]) > 0  # no_leaked_processes checks that it is gone
+
+
+async def test_merged_stderr_keeps_os_level_order(cluster_factory) -> None:
+    spec = aimcluster.ToolSpec(
+        name="interleave", argv=[sys.executable, "-c", INTERLEAVE], ready="> "
+    )
+    cluster = await cluster_factory(spec)
+    assert (await cluster.send("go")).text == "o\ne\no2"
+
+
+async def test_separate_stderr_stays_out_of_the_reply(cluster_factory) -> None:
+    spec = aimcluster.ToolSpec(
+        name="interleave",
+        argv=[sys.executable, "-c", INTERLEAVE.replace("os.write(2, b'> ')", "os.write(1, b'> ')")],
+        ready="> ",
+        merge_stderr=False,
+    )
+    cluster = await cluster_factory(spec)
+    assert (await cluster.send("go")).text == "o\no2"
+
+
+async def test_invalid_utf8_output_is_replaced_not_fatal(cluster_factory) -> None:
+    cluster = await cluster_factory("python")
+    reply = await cluster.send("import sys; sys.stdout.buffer.write(b'\\xff\\xfeok\\n') and None")
+    assert reply.text == "\ufffd\ufffdok"
+    assert (await cluster.send("1+1")).text == "2"
+
+
+async def test_prompt_arriving_one_byte_at_a_time_is_found(cluster_factory) -> None:
+    script = (
+        "import os, sys, time\n"
+        "def prompt():\n"
+        "    for b in b'>>> ':\n"
+        "        os.write(1, bytes([b])); time.sleep(0.01)\n"
+        "prompt()\n"
+        "for line in sys.stdin:\n"
+        "    os.write(1, b'got ' + line.strip().encode() + b'\\n'); prompt()\n"
+    )
+    spec = aimcluster.ToolSpec(name="slowprompt", argv=[sys.executable, "-c", script], ready=">>> ")
+    cluster = await cluster_factory(spec)
+    assert (await cluster.send("x")).text == "got x"
+
+
+async def test_env_and_cwd_placeholders_are_per_instance(cluster_factory, tmp_path) -> None:
+    for i in range(2):
+        (tmp_path / f"w{i}").mkdir()
+    spec = tools.mock(cwd=tmp_path / "w{instance}", env={"SLOT": "slot-{instance}"})
+    cluster = await cluster_factory(spec, count=2)
+    for i in range(2):
+        assert (await cluster.send("/env SLOT", instance=i)).text == f"slot-{i}"
+        await cluster.send("/pid", instance=i)
+    assert (await cluster.send("/add nothing", instance=1)).text == "No such file: nothing"
+
+
+async def test_missing_working_directory_is_a_startup_error() -> None:
+    spec = tools.mock(cwd="/no/such/dir")
+    with pytest.raises(aimcluster.StartupError, match="could not start"):
+        async with aimcluster.launch_cluster(spec):
+            pytest.fail("must not start")
