@@ -21,6 +21,7 @@ from ._metrics import InstanceMetrics as InstanceMetrics
 from ._policy import RestartPolicy as RestartPolicy
 from ._request import Reply as Reply
 from ._request import Ticket as Ticket
+from ._spec import Probe as Probe
 from ._spec import ToolSpec as ToolSpec
 from ._transport import LocalTransport as LocalTransport
 
@@ -35,6 +36,7 @@ __all__ = [
     "InstanceState",
     "LocalTransport",
     "NoHealthyInstancesError",
+    "Probe",
     "PromptCancelledError",
     "Reply",
     "ReplyTimeoutError",

@@ -172,24 +172,25 @@ class Cluster:
             return
         self._healthy = healthy
         if instance.state is InstanceState.FAILED and not self._closing:
-            self._reroute_from(instance.index)
+            self._reroute_from(instance.index, why="has failed (restart budget spent)")
 
-    def _reroute_from(self, index: int) -> None:
-        """Instance *index* failed for good: move its queued work to the healthy instances."""
+    def _reroute_from(self, index: int, *, why: str) -> None:
+        """Instance *index* is gone for good: move its queued work to the healthy instances."""
         for item in self._dispatcher.take_private(index):
             if item.pinned or not self._healthy:
-                item.resolve(self._no_healthy(index if item.pinned else None))
+                item.resolve(self._no_healthy(index if item.pinned else None, why=why))
             else:
                 item.target = self._router.route(item.key, self._healthy)
                 self._dispatcher.put_nowait(item)
         if not self._healthy:
             self._dispatcher.fail_shared(self._no_healthy(None))
 
-    def _no_healthy(self, index: int | None) -> NoHealthyInstancesError:
+    def _no_healthy(
+        self, index: int | None, *, why: str = "has failed (restart budget spent)"
+    ) -> NoHealthyInstancesError:
         if index is not None:
             return NoHealthyInstancesError(
-                f"instance {index} has failed (restart budget spent) and the prompt was "
-                "pinned to it"
+                f"instance {index} {why} and the prompt was pinned to it"
             )
         return NoHealthyInstancesError(
             f"all {self.size} instances of {self.spec.name!r} have failed (restart budget spent)"
@@ -247,6 +248,8 @@ class Cluster:
     async def _enqueue(self, item: Request | LeaseRequest) -> None:
         if item.pinned:
             assert item.target is not None
+            if item.target >= self._count:
+                raise ValueError(f"instance must be in range(0, {self._count}), got {item.target}")
             if item.target not in self._healthy:
                 raise self._no_healthy(item.target)
         else:
@@ -447,6 +450,70 @@ class Cluster:
             while not predicate(metrics := self.metrics()):
                 await self._changed.wait()
         return metrics
+
+    async def restart(self, index: int, *, timeout: float | None = None) -> None:
+        """Restart instance *index* gracefully: after its current prompt or lease, it is
+        stopped (``exit_command``, SIGTERM, SIGKILL) and started afresh. Returns once it is
+        ready again. A requested restart does not count against the restart budget."""
+        instance = self._instances[index]
+        before = instance.restarts
+        instance.request_restart()
+        await self.wait_for(
+            lambda m: (
+                m.instances[index].state == "failed"
+                or (m.instances[index].restarts > before and m.instances[index].state == "ready")
+            ),
+            timeout=timeout,
+        )
+
+    async def scale(self, count: int) -> None:
+        """Grow or shrink the cluster to *count* instances.
+
+        New instances are ready when this returns. Shrinking removes the highest indices: they
+        take no new work, finish their current prompt or lease, then stop gracefully; work
+        queued for them moves to the others. With sticky routing only the keys of removed
+        instances move (rendezvous hashing).
+        """
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be an integer >= 1, got {count!r}")
+        if self._closing:
+            raise ClusterClosedError("the cluster is shut down")
+        while self._count < count:
+            await self._grow()
+        if count < self._count:
+            await self._shrink(count)
+        self._log.info("cluster_scaled", size=self._count)
+
+    async def _grow(self) -> None:
+        index = self._dispatcher.add_slot()
+        instance = self._new_instance(index)
+        self._instances.append(instance)
+        self._count += 1
+        launch = _Launch(1)
+        self._task_group.start_soon(self._host, instance, launch)
+        await launch.done.wait()
+        if launch.error is not None:
+            await instance.stopped.wait()
+            self._instances.pop()
+            self._dispatcher.remove_slots(index)
+            self._count -= 1
+            self._on_state(instance)
+            raise launch.error
+        self._on_state(instance)
+
+    async def _shrink(self, count: int) -> None:
+        leaving = self._instances[count:]
+        for instance in leaving:
+            instance.retire()
+        self._on_state(leaving[0])  # they are no longer healthy: nothing new is routed there
+        for instance in leaving:
+            self._reroute_from(instance.index, why="was removed by scale()")
+        for instance in leaving:
+            await instance.stopped.wait()
+        del self._instances[count:]
+        self._dispatcher.remove_slots(count)
+        self._count = count
+        self._on_state(self._instances[0])
 
     def restart_instance(self, index: int) -> None:
         """Kill instance *index*'s process now; the supervisor restarts it (budget applies)."""

@@ -115,6 +115,12 @@ class Dispatcher:
         self._private.append(deque())
         return len(self._private) - 1
 
+    def remove_slots(self, keep: int) -> None:
+        """Forget the queues of slots ``keep`` and above (already emptied with take_private)."""
+        for queue in self._private[keep:]:
+            assert not any(item.live for item in queue)
+        del self._private[keep:]
+
     def queued(self, index: int | None = None) -> int:
         """Items waiting (for instance *index*, or in the shared queue)."""
         queue = self._shared if index is None else self._private[index]

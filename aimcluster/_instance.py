@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import enum
 import math
+import random
+import re
 import signal
 from collections import deque
 from collections.abc import Callable
@@ -81,7 +83,9 @@ class _Ended(enum.Enum):
     """Why a process's service ended."""
 
     EXITED = "exited"  # it went away by itself
-    KILL = "kill"  # it is alive but unusable (timed out, stalled, flooded): kill it
+    KILL = "kill"  # it is alive but unusable (timed out, stalled, flooded, failed a probe)
+    RECYCLE = "recycle"  # stop it gracefully and start a fresh one (no budget, no backoff)
+    RETIRE = "retire"  # stop it gracefully for good (the cluster shrank)
 
 
 @attrs.define(eq=False)
@@ -117,6 +121,10 @@ class Instance:
     _budget: RestartBudget | None = attrs.field(init=False, default=None)
     _life_scope: anyio.CancelScope = attrs.field(init=False, factory=anyio.CancelScope)
     _stopping: bool = attrs.field(init=False, default=False)
+    _retiring: bool = attrs.field(init=False, default=False)
+    _restart_requested: bool = attrs.field(init=False, default=False)
+    #: Set only while idle in the serve loop, so that a restart or retire request can wake it.
+    _idle_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
     _plog: structlog.typing.FilteringBoundLogger = attrs.field(init=False)
     # Per-process state, reset by _spawn.
     _handle: ProcessHandle | None = attrs.field(init=False, default=None)
@@ -125,6 +133,10 @@ class Instance:
     _wait_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
     _stall_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
     _stderr_tail: bytearray = attrs.field(init=False, factory=bytearray)
+    _served: int = attrs.field(init=False, default=0)
+    _recycle_after: int | None = attrs.field(init=False, default=None)
+    _recycle_at: float = attrs.field(init=False, default=math.inf)
+    _next_probe_at: float = attrs.field(init=False, default=math.inf)
 
     def __attrs_post_init__(self) -> None:
         self._plog = self.log.bind(instance=self.index, pid=None)
@@ -144,10 +156,27 @@ class Instance:
         if self._handle is not None and self._exit_code is None:
             self._handle.signal_group(signal.SIGKILL)
 
+    def request_restart(self) -> None:
+        """Restart gracefully once the current prompt or lease is done."""
+        self._restart_requested = True
+        self._wake_idle()
+
+    def retire(self) -> None:
+        """Take no new work, finish the current prompt or lease, then stop gracefully."""
+        self._retiring = True
+        self._wake_idle()
+
+    def _wake_idle(self) -> None:
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+
     @property
     def healthy(self) -> bool:
         """Whether the slot can still take work (possibly after a restart)."""
-        return self.state not in (InstanceState.FAILED, InstanceState.STOPPED)
+        return not self._retiring and self.state not in (
+            InstanceState.FAILED,
+            InstanceState.STOPPED,
+        )
 
     def metrics(self) -> InstanceMetrics:
         return InstanceMetrics(
@@ -186,12 +215,18 @@ class Instance:
         started = False
         while True:
             try:
-                await self._run_process(task_status if not started else None)
+                ended = await self._run_process(task_status if not started else None)
                 started = True
             except StartupError as exc:
                 if not started:
                     raise
                 self._plog.warning("instance_start_failed", error=str(exc).splitlines()[0])
+                ended = _Ended.EXITED
+            if ended is _Ended.RETIRE:
+                return
+            if ended is _Ended.RECYCLE:
+                self.restarts += 1
+                continue
             if self.policy is None or self._budget is None:
                 self._set_state(InstanceState.FAILED)
                 return
@@ -222,7 +257,7 @@ class Instance:
 
     # -- one process ----------------------------------------------------------------------
 
-    async def _run_process(self, task_status: TaskStatus[None] | None) -> None:
+    async def _run_process(self, task_status: TaskStatus[None] | None) -> _Ended:
         """Start a process, wait for its prompt, serve until it ends; always leave it dead."""
         self._set_state(InstanceState.STARTING)
         handle = await self._spawn()
@@ -249,14 +284,21 @@ class Instance:
             if startup_error is not None:
                 raise startup_error
         finally:
+            graceful = ended in (_Ended.RECYCLE, _Ended.RETIRE) or (
+                self._stopping and ended is _Ended.EXITED
+            )
             with anyio.move_on_after(self.spec.shutdown_grace * 2 + _EOF_GRACE, shield=True):
-                await self._terminate(handle, graceful=self._stopping and ended is _Ended.EXITED)
+                await self._terminate(handle, graceful=graceful, reason=ended)
             frames_out.close()
             self.pid = None
+        return ended
 
     async def _spawn(self) -> ProcessHandle:
         try:
-            handle = await self.transport.spawn(self.spec, instance=self.index)
+            # Shielded: a cancellation landing between the fork and our holding the handle
+            # would leave a child nobody kills. Spawning itself is quick.
+            with anyio.CancelScope(shield=True):
+                handle = await self.transport.spawn(self.spec, instance=self.index)
         except OSError as exc:
             raise StartupError(
                 f"could not start {list(self.spec.argv)!r}: {exc}", instance=self.index, output=""
@@ -270,6 +312,23 @@ class Instance:
         )
         self._exit_code = None
         self._stderr_tail.clear()
+        self._served = 0
+        now = self.clock()
+        spread = self.spec.recycle_jitter
+        rng = random.Random()
+        self._recycle_after = (
+            None
+            if self.spec.max_prompts is None
+            else max(1, round(self.spec.max_prompts * rng.uniform(1 - spread, 1 + spread)))
+        )
+        self._recycle_at = (
+            math.inf
+            if self.spec.max_age is None
+            else now + self.spec.max_age * rng.uniform(1 - spread, 1 + spread)
+        )
+        self._next_probe_at = (
+            math.inf if self.spec.probe is None else now + self.spec.probe.interval
+        )
         self.pid = handle.pid
         self.node = handle.node
         self._plog = self.log.bind(instance=self.index, pid=handle.pid)
@@ -365,19 +424,28 @@ class Instance:
     async def _serve(
         self, handle: ProcessHandle, frames: MemoryObjectReceiveStream[_Frame | _Overflow]
     ) -> _Ended:
-        """Take work from the dispatcher until the process ends or must be killed."""
+        """Take work from the dispatcher until the process ends or must be replaced."""
         from ._lease import LeaseRequest
 
         while True:
             if self._exit_code is not None:
                 return _Ended.EXITED
+            due = self._due()
+            if due is not None:
+                return due
             item = None
-            with anyio.CancelScope() as scope:
-                self._wait_scope = scope
+            with anyio.CancelScope(deadline=min(self._next_probe_at, self._recycle_at)) as scope:
+                self._wait_scope = self._idle_scope = scope
                 item = await self.dispatcher.get(self.index)
-            self._wait_scope = None
+            self._wait_scope = self._idle_scope = None
             if item is None:
-                return _Ended.EXITED
+                # Woken without work: the process exited, a restart or retire was asked for,
+                # it is time to recycle (all checked at the top), or time for a probe.
+                if self._exit_code is None and self.clock() >= self._next_probe_at:
+                    ended = await self._probe(handle, frames)
+                    if ended is not None:
+                        return ended
+                continue
             if isinstance(item, LeaseRequest):
                 ended = await self._serve_lease(item, handle, frames)
             else:
@@ -386,6 +454,50 @@ class Instance:
             if ended is not None:
                 return ended
             self._set_state(InstanceState.READY)
+            if self.spec.probe is not None:
+                self._next_probe_at = self.clock() + self.spec.probe.interval
+
+    def _due(self) -> _Ended | None:
+        """Whether the process should be replaced (or retired) now that it is idle."""
+        if self._retiring:
+            return _Ended.RETIRE
+        if self._restart_requested:
+            self._restart_requested = False
+            self._plog.info("instance_recycling", reason="restart requested")
+            return _Ended.RECYCLE
+        if self._recycle_after is not None and self._served >= self._recycle_after:
+            self._plog.info("instance_recycling", reason="max_prompts", prompts=self._served)
+            return _Ended.RECYCLE
+        if self.clock() >= self._recycle_at:
+            self._plog.info("instance_recycling", reason="max_age")
+            return _Ended.RECYCLE
+        return None
+
+    async def _probe(
+        self, handle: ProcessHandle, frames: MemoryObjectReceiveStream[_Frame | _Overflow]
+    ) -> _Ended | None:
+        """Run the idle health check; a wrong or missing answer means restart."""
+        probe = self.spec.probe
+        assert probe is not None
+        request = Request(
+            prompt=probe.command,
+            key=None,
+            target=self.index,
+            pinned=True,
+            deadline=self.clock() + probe.timeout,
+        )
+        ended = await self._exchange(request, handle, frames, internal=True)
+        self._next_probe_at = self.clock() + probe.interval
+        self._set_state(InstanceState.READY)
+        if ended is not None:
+            self._plog.warning("probe_failed", error=str(request.exception()))
+            return ended
+        text = request.result().text
+        if re.search(probe.expect, text) is None:
+            self._plog.warning("probe_failed", expected=probe.expect, reply=text[-200:])
+            return _Ended.KILL
+        self._plog.debug("probe_passed")
+        return None
 
     async def _serve_lease(
         self,
@@ -423,8 +535,13 @@ class Instance:
         request: Request,
         handle: ProcessHandle,
         frames: MemoryObjectReceiveStream[_Frame | _Overflow],
+        *,
+        internal: bool = False,
     ) -> _Ended | None:
-        """Send one prompt and wait for its reply. Returns how the process ended, if it did."""
+        """Send one prompt and wait for its reply. Returns how the process ended, if it did.
+
+        *internal* prompts (probes) are not counted in the metrics and never requeued.
+        """
         framer = self._framer
         assert framer is not None
         # Anything the tool printed while idle (stray prompts, notices) belongs to no prompt.
@@ -450,12 +567,15 @@ class Instance:
                 await self._wait_exited()
         if not delivered:
             # The process was gone before it could read the prompt: not lost, requeued.
-            self.requeue(request)
+            if not internal:
+                self.requeue(request)
             return _Ended.EXITED
 
         request.state = RequestState.SENT
         request.attempts += 1
-        self.sent += 1
+        counted = 0 if internal else 1
+        self._served += counted
+        self.sent += counted
         self.in_flight = 1
         self._set_state(InstanceState.BUSY)
         self._plog.debug("prompt_sent", key=request.key, attempt=request.attempts)
@@ -486,7 +606,7 @@ class Instance:
                     pass
         except BaseException:
             self.in_flight = 0
-            self.failed += 1
+            self.failed += counted
             request.resolve(
                 ClusterClosedError("the cluster was shut down while the prompt was in flight")
             )
@@ -503,13 +623,14 @@ class Instance:
                 elapsed=elapsed,
                 attempts=request.attempts,
             )
-            self.completed += 1
-            self._latencies.append(elapsed)
+            self.completed += counted
+            if counted:
+                self._latencies.append(elapsed)
             self._plog.debug("reply_received", elapsed=elapsed, key=request.key)
             request.resolve(reply)
             return None
 
-        self.failed += 1
+        self.failed += counted
         partial = framer.partial()
         error: AimclusterError
         if isinstance(event, _Overflow):
@@ -524,7 +645,7 @@ class Instance:
             self._fail(request, error, retry=False)
             return _Ended.KILL
         if self._exit_code is not None:
-            self._fail(request, self._crash_error(request, "exited", partial), retry=True)
+            self._fail(request, self._crash_error(request, "exited", partial), retry=not internal)
             return _Ended.EXITED
         if stall_scope.cancelled_caught:
             error = InstanceStalledError(
@@ -536,10 +657,10 @@ class Instance:
                 prompt=request.prompt,
             )
             self._plog.warning("instance_stalled", stall_timeout=stall)
-            self._fail(request, error, retry=True)
+            self._fail(request, error, retry=not internal)
             return _Ended.KILL
         assert deadline_scope.cancelled_caught
-        self.timeouts += 1
+        self.timeouts += counted
         self._plog.warning("reply_timed_out", elapsed=elapsed)
         self._fail(
             request,
@@ -582,7 +703,7 @@ class Instance:
         else:
             request.resolve(error)
 
-    async def _terminate(self, handle: ProcessHandle, *, graceful: bool) -> None:
+    async def _terminate(self, handle: ProcessHandle, *, graceful: bool, reason: _Ended) -> None:
         """Stop the process group: exit_command, grace, SIGTERM, grace, SIGKILL; then reap."""
         how = "exited"
         if self._exit_code is None:
@@ -600,6 +721,8 @@ class Instance:
         self._handle = None
         if self._stopping:
             self._plog.info("cluster_shutdown", exit_code=code, how=how)
+        elif reason in (_Ended.RECYCLE, _Ended.RETIRE):
+            self._plog.info(f"instance_{reason.value}d", exit_code=code, how=how)
 
     async def _stop_gracefully(self, handle: ProcessHandle) -> str:
         grace = self.spec.shutdown_grace

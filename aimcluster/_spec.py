@@ -33,6 +33,25 @@ def _non_empty_argv(instance: Any, attribute: attrs.Attribute[Any], value: Seque
         raise ValueError(f"argv must be a non-empty sequence of strings, got {value!r}")
 
 
+def _fraction(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0 <= value < 1:
+        raise ValueError(f"{attribute.name} must be in [0, 1), got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Probe:
+    """A health check run on idle instances: a command and the reply it must produce."""
+
+    #: What to send, for example ``"1+1"`` or ``"/ls"``.
+    command: str
+    #: A regex that must be found in the reply text.
+    expect: str = attrs.field(validator=_valid_regex)
+    #: Seconds an instance must have been idle before it is probed (and between probes).
+    interval: float = attrs.field(default=30.0, validator=_positive)
+    #: Seconds the probe's reply may take.
+    timeout: float = attrs.field(default=10.0, validator=_positive)
+
+
 @attrs.frozen(kw_only=True)
 class ToolSpec:
     """How to start one interactive tool and how to tell when it waits for input.
@@ -73,6 +92,15 @@ class ToolSpec:
     stall_timeout: float | None = attrs.field(default=None, validator=_positive)
     #: Text encoding of the tool's input and output; undecodable bytes become U+FFFD.
     encoding: str = "utf-8"
+    #: An idle health check; an instance that fails it is restarted.
+    probe: Probe | None = None
+    #: Restart an instance gracefully after this many prompts (long-lived agents bloat).
+    max_prompts: int | None = attrs.field(default=None, validator=_positive)
+    #: Restart an instance gracefully once its process is this many seconds old (when idle).
+    max_age: float | None = attrs.field(default=None, validator=_positive)
+    #: Random spread of ``max_prompts`` and ``max_age`` (0.1: +-10 %), so that instances
+    #: started together are not all recycled at once.
+    recycle_jitter: float = attrs.field(default=0.1, validator=_fraction)
 
     @property
     def executable(self) -> str:

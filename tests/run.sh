@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command (the README's, and the one .ci/run uses): sets up everything the tests need
+# in ./.venv (the package with its test extras) and runs the whole suite with coverage.
+# Extra arguments go to pytest, e.g. `bash tests/run.sh -k sticky`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=${AIMCLUSTER_VENV:-.venv}
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+fi
+"$venv/bin/python" -m pip install -q -e ".[test]"
+
+# pytest exits 5 when it collects no test; like any non-zero status, that fails the run.
+exec "$venv/bin/python" -m pytest --cov --cov-report=term --cov-fail-under=90 "$@"

@@ -1,0 +1,62 @@
+"""The registry of built-in tool profiles."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+import aimcluster
+from aimcluster import tools
+
+
+def test_registered_names() -> None:
+    assert {"mock", "python", "bash"} <= set(tools.names())
+
+
+def test_get_unknown_lists_known_names() -> None:
+    with pytest.raises(ValueError, match=r"unknown tool 'zzz'; known tools are: .*mock"):
+        tools.get("zzz")
+
+
+def test_register_adds_a_profile() -> None:
+    spec = aimcluster.ToolSpec(name="mine", argv=["cat"], ready="x")
+    tools.register("mine-test", lambda: spec)
+    try:
+        assert tools.get("mine-test") is spec
+        assert "mine-test" in tools.names()
+    finally:
+        tools._REGISTRY.pop("mine-test")
+
+
+def test_mock_profile_passes_its_options_as_flags() -> None:
+    spec = tools.mock(delay=0.5, jitter=0.1, crash_rate=0.2, seed=4, extra_args=["--no-banner"])
+    assert spec.argv[0] == sys.executable
+    assert spec.argv[-9:] == (
+        "--delay", "0.5", "--jitter", "0.1", "--crash-rate", "0.2", "--seed", "4", "--no-banner",
+    )  # fmt: skip
+    assert spec.ready == "> "
+    assert spec.exit_command == "/exit"
+
+
+def test_python_profile_is_the_plain_repl_over_pipes() -> None:
+    spec = tools.python()
+    assert spec.argv == (sys.executable, "-i", "-q", "-u")
+    assert spec.pty is False
+
+
+def test_bash_profile_runs_in_a_pty() -> None:
+    spec = tools.bash()
+    assert spec.argv == ("bash", "--norc", "--noprofile", "-i")
+    assert spec.pty is True
+    assert spec.env is not None
+    assert spec.env["PS1"] == tools.BASH_PROMPT
+
+
+@pytest.mark.anyio
+async def test_mock_runs_as_python_dash_m_too(cluster_factory) -> None:
+    spec = aimcluster.ToolSpec(
+        name="mock-m", argv=[sys.executable, "-m", "aimcluster.mock_agent"], ready="> "
+    )
+    cluster = await cluster_factory(spec)
+    assert (await cluster.send("hello")).text == "echo: hello"
