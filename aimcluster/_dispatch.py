@@ -55,6 +55,11 @@ class Dispatcher:
 
     def put_nowait(self, item: Queued) -> None:
         """Queue *item* without taking a slot: for requeues, which must never block a worker."""
+        if self._closed:
+            # A worker requeueing during shutdown: nobody would ever take it.
+            self._release(item)
+            item.resolve(ClusterClosedError("the cluster was shut down before the prompt was sent"))
+            return
         if item.target is None:
             self._shared.append(item)
             self._wake_any()
@@ -107,9 +112,7 @@ class Dispatcher:
 
     def take_private(self, index: int) -> list[Queued]:
         """Remove and return everything queued for instance *index* (it failed for good)."""
-        items = list(self._private[index])
-        self._private[index].clear()
-        return items
+        return self._drain(self._private[index])
 
     def add_slot(self) -> int:
         self._private.append(deque())

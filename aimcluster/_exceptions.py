@@ -40,8 +40,13 @@ class StartupError(AimclusterError):
         self.exit_code = exit_code
 
 
-class ReplyTimeoutError(AimclusterError, TimeoutError):
-    """No complete reply arrived in time. The instance is restarted if it was replying."""
+class ReplyTimeoutError(AimclusterError):
+    """No complete reply arrived in time. The instance is restarted if it was replying.
+
+    Deliberately not a :class:`TimeoutError`: ``read_any(timeout=...)`` raises the built-in
+    one when *nothing* completed, and re-raises this one for a submitted prompt that timed out;
+    the two must not be confused.
+    """
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 import re
 
-__all__ = ["FrameOverflow", "Framer", "clean_reply"]
+__all__ = ["FrameOverflow", "Framer", "clean_reply", "compile_ready"]
 
 _CRLF = re.compile(r"\r+\n")
 
@@ -23,6 +23,21 @@ class FrameOverflow(Exception):
         super().__init__(size)
         self.size = size
         self.partial = partial
+
+
+_INLINE_FLAGS = re.compile(r"^\(\?[aiLmsux]+\)")
+
+
+def compile_ready(ready: str) -> re.Pattern[str]:
+    r"""The ready regex as the framer uses it: anchored at the end of the output (``\Z``), with
+    MULTILINE so that ``^`` means "at the start of a line".
+
+    A leading inline flag group such as ``(?i)`` stays in front of the wrapper, where Python
+    requires it to be.
+    """
+    flags = _INLINE_FLAGS.match(ready)
+    prefix = flags.group() if flags else ""
+    return re.compile(f"{prefix}(?:{ready[len(prefix) :]})\\Z", re.MULTILINE)
 
 
 class Framer:
@@ -45,9 +60,7 @@ class Framer:
     )
 
     def __init__(self, ready: str, *, window: int, max_bytes: int, encoding: str) -> None:
-        # \Z anchors the prompt at the very end of what has arrived so far; MULTILINE lets a
-        # user's pattern say "at the start of a line" with ^.
-        self._pattern = re.compile(f"(?:{ready})\\Z", re.MULTILINE)
+        self._pattern = compile_ready(ready)
         self._window = window
         self._max_bytes = max_bytes
         self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
@@ -70,9 +83,13 @@ class Framer:
             return None
         self._chunks.append(text)
         tail = self._tail + text
+        start = 0
         if len(tail) > self._window:
-            tail = tail[-self._window :]
-        match = self._pattern.search(tail)
+            # Keep one character before the window, so that ^ matches at the window's edge
+            # only where a line really starts there.
+            tail = tail[-self._window - 1 :]
+            start = 1
+        match = self._pattern.search(tail, start)
         if match is None:
             self._tail = tail
             return None

@@ -557,6 +557,15 @@ class Instance:
                 "unsolicited_output", frames=stray_frames, text=framer.partial()[-200:]
             )
             framer.discard()
+        if request.deadline is not None and self.clock() >= request.deadline:
+            request.resolve(
+                ReplyTimeoutError(
+                    f"no instance took the prompt {request.prompt[:60]!r} before its deadline",
+                    prompt=request.prompt,
+                    instance=None,
+                )
+            )
+            return None
         data = (request.prompt + self.spec.newline).encode(self.spec.encoding)
         delivered = False
         if self._exit_code is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,13 +11,17 @@ __all__ = ["ClusterMetrics", "InstanceMetrics", "percentile"]
 
 
 def percentile(samples: Iterable[float], q: float) -> float | None:
-    """The *q*-th percentile (0 < q < 100, inclusive method), or ``None`` with no samples."""
-    data = list(samples)
+    """The *q*-th percentile (0 <= q <= 100), linearly interpolated between the closest
+    ranks (numpy's default method), or ``None`` with no samples."""
+    if not 0 <= q <= 100:
+        raise ValueError(f"q must be between 0 and 100, got {q!r}")
+    data = sorted(samples)
     if not data:
         return None
-    if len(data) == 1:
-        return data[0]
-    return statistics.quantiles(data, n=100, method="inclusive")[round(q) - 1]
+    rank = (len(data) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(data) - 1)
+    return data[low] + (data[high] - data[low]) * (rank - low)
 
 
 @attrs.frozen(kw_only=True)

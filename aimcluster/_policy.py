@@ -44,7 +44,10 @@ class RestartPolicy:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """The backoff before restart number *attempt* (1-based) of one failure streak."""
-        base = min(self.max_delay, self.initial_delay * self.multiplier ** max(0, attempt - 1))
+        try:
+            base = min(self.max_delay, self.initial_delay * self.multiplier ** max(0, attempt - 1))
+        except OverflowError:  # a long streak with a big multiplier: long past the cap
+            base = self.max_delay
         if not self.jitter:
             return base
         spread = base * self.jitter

@@ -9,6 +9,8 @@ from typing import Any
 
 import attrs
 
+from ._framing import compile_ready
+
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None and not value > 0:
@@ -18,6 +20,7 @@ def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float | Non
 def _valid_regex(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     try:
         compiled = re.compile(value)
+        compile_ready(value)  # the form the framer really uses must compile too
     except re.error as exc:
         raise ValueError(f"{attribute.name} is not a valid regex: {value!r} ({exc})") from None
     if compiled.match(""):
@@ -25,6 +28,9 @@ def _valid_regex(instance: Any, attribute: attrs.Attribute[Any], value: str) -> 
 
 
 def _argv_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        # A str is a sequence of one-character strings; it would "work" as argv ('p','y',...).
+        raise ValueError(f"argv must be a sequence of strings, not a string: {value!r}")
     return tuple(value)
 
 

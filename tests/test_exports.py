@@ -55,7 +55,8 @@ def test_errors_share_one_base() -> None:
         "PromptCancelledError",
     ):
         assert issubclass(getattr(aimcluster, name), aimcluster.AimclusterError), name
-    assert issubclass(aimcluster.ReplyTimeoutError, TimeoutError)
+    # read_any's own TimeoutError must not be confused with a prompt's timeout.
+    assert not issubclass(aimcluster.ReplyTimeoutError, TimeoutError)
 
 
 def test_cluster_api_names() -> None:
