@@ -66,7 +66,8 @@ class Cluster:
         self._instances: list[Instance] = []
         self._task_group: anyio.abc.TaskGroup
         self._closed: anyio.Event
-        self._changed: anyio.Event  # replaced on every instance state change
+        # Set (and dropped) at the next instance state change; created only when awaited.
+        self._changed: anyio.Event | None = None
         self._completed_in: MemoryObjectSendStream[Request]
         self._completed_out: MemoryObjectReceiveStream[Request]
 
@@ -89,7 +90,6 @@ class Cluster:
             raise RuntimeError("a Cluster can be entered only once")
         self._transport.check(self.spec)
         self._closed = anyio.Event()
-        self._changed = anyio.Event()
         # Finished submit() requests, in completion order, for read_any().
         self._completed_in, self._completed_out = anyio.create_memory_object_stream[Request](
             math.inf
@@ -165,14 +165,17 @@ class Cluster:
         return self._count
 
     def _on_state(self, instance: Instance) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
-        healthy = [i.index for i in self._instances if i.healthy]
-        if healthy == self._healthy:
-            return
-        self._healthy = healthy
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+        if instance.state in (InstanceState.READY, InstanceState.BUSY):
+            return  # the per-prompt flip: it cannot change which instances are healthy
+        self._refresh_healthy()
         if instance.state is InstanceState.FAILED and not self._closing:
             self._reroute_from(instance.index, why="has failed (restart budget spent)")
+
+    def _refresh_healthy(self) -> None:
+        self._healthy = [i.index for i in self._instances if i.healthy]
 
     def _reroute_from(self, index: int, *, why: str) -> None:
         """Instance *index* is gone for good: move its queued work to the healthy instances."""
@@ -448,6 +451,8 @@ class Cluster:
         """
         with anyio.fail_after(timeout):
             while not predicate(metrics := self.metrics()):
+                if self._changed is None:
+                    self._changed = anyio.Event()
                 await self._changed.wait()
         return metrics
 
@@ -497,15 +502,15 @@ class Cluster:
             self._instances.pop()
             self._dispatcher.remove_slots(index)
             self._count -= 1
-            self._on_state(instance)
+            self._refresh_healthy()
             raise launch.error
-        self._on_state(instance)
+        self._refresh_healthy()
 
     async def _shrink(self, count: int) -> None:
         leaving = self._instances[count:]
         for instance in leaving:
             instance.retire()
-        self._on_state(leaving[0])  # they are no longer healthy: nothing new is routed there
+        self._refresh_healthy()  # they are no longer healthy: nothing new is routed there
         for instance in leaving:
             self._reroute_from(instance.index, why="was removed by scale()")
         for instance in leaving:
@@ -513,7 +518,7 @@ class Cluster:
         del self._instances[count:]
         self._dispatcher.remove_slots(count)
         self._count = count
-        self._on_state(self._instances[0])
+        self._refresh_healthy()
 
     def restart_instance(self, index: int) -> None:
         """Kill instance *index*'s process now; the supervisor restarts it (budget applies)."""

@@ -37,6 +37,7 @@ class Dispatcher:
         self._shared: deque[Queued] = deque()
         self._private: list[deque[Queued]] = [deque() for _ in range(size)]
         self._idle: dict[int, anyio.Event] = {}
+        self._interrupted: set[int] = set()
         self._slots = anyio.Semaphore(max_pending)
         self._closed = False
 
@@ -46,7 +47,10 @@ class Dispatcher:
         """Queue *item*, waiting while ``max_pending`` items are already queued."""
         if self._closed:
             raise ClusterClosedError("the cluster is shut down")
-        await self._slots.acquire()
+        try:
+            self._slots.acquire_nowait()  # the usual case: no event-loop pass on the hot path
+        except anyio.WouldBlock:
+            await self._slots.acquire()
         if self._closed:
             self._slots.release()
             raise ClusterClosedError("the cluster is shut down")
@@ -71,9 +75,16 @@ class Dispatcher:
 
     # -- consumers ------------------------------------------------------------------------
 
-    async def get(self, index: int) -> Queued:
-        """The next live item for instance *index*: its own queue first, then the shared one."""
+    async def get(self, index: int) -> Queued | None:
+        """The next live item for instance *index*: its own queue first, then the shared one.
+
+        Returns ``None`` if :meth:`interrupt` was called for *index* (before or during the
+        wait): cheaper on the hot path than a cancel scope around every wait.
+        """
         while True:
+            if self._interrupted and index in self._interrupted:
+                self._interrupted.discard(index)
+                return None
             item = self._pop(self._private[index]) or self._pop(self._shared)
             if item is not None:
                 return item
@@ -88,6 +99,13 @@ class Dispatcher:
                     # We were woken for a shared item but are leaving (cancelled): pass it on.
                     self._wake_any()
                 raise
+
+    def interrupt(self, index: int) -> None:
+        """Make instance *index*'s current or next :meth:`get` return ``None``."""
+        self._interrupted.add(index)
+        event = self._idle.pop(index, None)
+        if event is not None:
+            event.set()
 
     def _pop(self, queue: deque[Queued]) -> Queued | None:
         while queue:

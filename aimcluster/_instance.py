@@ -79,6 +79,16 @@ class _Overflow:
     partial: str
 
 
+class _Exited(enum.Enum):
+    """Put on the frame queue by the exit watcher, after every frame read before EOF."""
+
+    EXITED = "exited"
+
+
+_EXITED = _Exited.EXITED
+_Event = _Frame | _Overflow | _Exited
+
+
 class _Ended(enum.Enum):
     """Why a process's service ended."""
 
@@ -123,15 +133,19 @@ class Instance:
     _stopping: bool = attrs.field(init=False, default=False)
     _retiring: bool = attrs.field(init=False, default=False)
     _restart_requested: bool = attrs.field(init=False, default=False)
-    #: Set only while idle in the serve loop, so that a restart or retire request can wake it.
-    _idle_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
     _plog: structlog.typing.FilteringBoundLogger = attrs.field(init=False)
     # Per-process state, reset by _spawn.
     _handle: ProcessHandle | None = attrs.field(init=False, default=None)
     _framer: Framer | None = attrs.field(init=False, default=None)
     _exit_code: int | None = attrs.field(init=False, default=None)
     _wait_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
-    _stall_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
+    #: The scope of the reply being awaited, and the request's deadline (see _exchange).
+    _reply_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
+    _reply_deadline: float = attrs.field(init=False, default=math.inf)
+    #: The request whose reply is awaited, when it was written, and whether it is counted.
+    _current: Request | None = attrs.field(init=False, default=None)
+    _started: float = attrs.field(init=False, default=0.0)
+    _counted: bool = attrs.field(init=False, default=True)
     _stderr_tail: bytearray = attrs.field(init=False, factory=bytearray)
     _served: int = attrs.field(init=False, default=0)
     _recycle_after: int | None = attrs.field(init=False, default=None)
@@ -167,8 +181,7 @@ class Instance:
         self._wake_idle()
 
     def _wake_idle(self) -> None:
-        if self._idle_scope is not None:
-            self._idle_scope.cancel()
+        self.dispatcher.interrupt(self.index)
 
     @property
     def healthy(self) -> bool:
@@ -261,14 +274,14 @@ class Instance:
         """Start a process, wait for its prompt, serve until it ends; always leave it dead."""
         self._set_state(InstanceState.STARTING)
         handle = await self._spawn()
-        frames_in, frames_out = anyio.create_memory_object_stream[_Frame | _Overflow](_FRAME_BUFFER)
+        frames_in, frames_out = anyio.create_memory_object_stream[_Event](_FRAME_BUFFER)
         ended = _Ended.EXITED
         startup_error: StartupError | None = None
         try:
             async with anyio.create_task_group() as tg:
                 eof = anyio.Event()
                 tg.start_soon(self._pump, handle, frames_in, eof)
-                tg.start_soon(self._watch_exit, handle, eof)
+                tg.start_soon(self._watch_exit, handle, eof, frames_in.clone())
                 if not self.spec.merge_stderr and not self.spec.pty:
                     tg.start_soon(self._pump_stderr, handle)
                 try:
@@ -338,7 +351,7 @@ class Instance:
     async def _pump(
         self,
         handle: ProcessHandle,
-        frames: MemoryObjectSendStream[_Frame | _Overflow],
+        frames: MemoryObjectSendStream[_Event],
         eof: anyio.Event,
     ) -> None:
         """The reader: output -> framer -> frame queue. Never blocks on the consumer unless a
@@ -352,15 +365,24 @@ class Instance:
                     data = await handle.receive()
                 except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
                     return
-                if stall is not None and self._stall_scope is not None:
-                    self._stall_scope.deadline = self.clock() + stall
+                scope = self._reply_scope
+                if stall is not None and scope is not None:
+                    # Output is a sign of life: push the watchdog back, never past the deadline.
+                    scope.deadline = min(self.clock() + stall, self._reply_deadline)
                 try:
                     text = framer.feed(data)
                 except FrameOverflow as exc:
                     await frames.send(_Overflow(exc.size, exc.partial))
                     continue
                 if text is not None:
-                    await frames.send(_Frame(text))
+                    if self._current is not None:
+                        self._complete(text)
+                    # The instance's task learns from the queue that the exchange is over.
+                    # Hand over without a checkpoint when there is room.
+                    try:
+                        frames.send_nowait(_Frame(text))
+                    except anyio.WouldBlock:
+                        await frames.send(_Frame(text))
         finally:
             eof.set()
             frames.close()
@@ -376,21 +398,31 @@ class Instance:
             del self._stderr_tail[:-8192]
             self._plog.debug("instance_stderr", data=data.decode(self.spec.encoding, "replace"))
 
-    async def _watch_exit(self, handle: ProcessHandle, eof: anyio.Event) -> None:
+    async def _watch_exit(
+        self, handle: ProcessHandle, eof: anyio.Event, frames: MemoryObjectSendStream[_Event]
+    ) -> None:
         """Exit detection: the transport's wait() (pidfd or waitpid), never polling."""
-        code = await handle.wait()
-        # Grandchildren left behind would hold the output open, and must die anyway.
-        handle.kill_all()
-        with anyio.move_on_after(_EOF_GRACE):
-            await eof.wait()
-        self._exit_code = code
-        self._plog.info("instance_exited", exit_code=code)
-        if self._wait_scope is not None:
-            self._wait_scope.cancel()
+        with frames:
+            code = await handle.wait()
+            # Grandchildren left behind would hold the output open, and must die anyway.
+            handle.kill_all()
+            with anyio.move_on_after(_EOF_GRACE):
+                await eof.wait()
+            self._exit_code = code
+            self._plog.info("instance_exited", exit_code=code)
+            # Wake whoever waits: an idle instance in the dispatcher, a reply wait on the
+            # frame queue (behind every frame read before EOF), or any other wait.
+            self.dispatcher.interrupt(self.index)
+            try:
+                frames.send_nowait(_EXITED)
+            except (anyio.WouldBlock, anyio.BrokenResourceError):
+                pass
+            if self._wait_scope is not None:
+                self._wait_scope.cancel()
 
-    async def _await_ready(self, frames: MemoryObjectReceiveStream[_Frame | _Overflow]) -> None:
+    async def _await_ready(self, frames: MemoryObjectReceiveStream[_Event]) -> None:
         assert self._framer is not None
-        event: _Frame | _Overflow | None = None
+        event: _Event | None = None
         with anyio.move_on_after(self.spec.startup_timeout), anyio.CancelScope() as scope:
             self._wait_scope = scope
             try:
@@ -422,7 +454,7 @@ class Instance:
         raise StartupError(message, instance=self.index, output=output, exit_code=self._exit_code)
 
     async def _serve(
-        self, handle: ProcessHandle, frames: MemoryObjectReceiveStream[_Frame | _Overflow]
+        self, handle: ProcessHandle, frames: MemoryObjectReceiveStream[_Event]
     ) -> _Ended:
         """Take work from the dispatcher until the process ends or must be replaced."""
         from ._lease import LeaseRequest
@@ -434,10 +466,12 @@ class Instance:
             if due is not None:
                 return due
             item = None
-            with anyio.CancelScope(deadline=min(self._next_probe_at, self._recycle_at)) as scope:
-                self._wait_scope = self._idle_scope = scope
+            wake_at = min(self._next_probe_at, self._recycle_at)
+            if wake_at == math.inf:
                 item = await self.dispatcher.get(self.index)
-            self._wait_scope = self._idle_scope = None
+            else:
+                with anyio.move_on_at(wake_at):
+                    item = await self.dispatcher.get(self.index)
             if item is None:
                 # Woken without work: the process exited, a restart or retire was asked for,
                 # it is time to recycle (all checked at the top), or time for a probe.
@@ -474,7 +508,7 @@ class Instance:
         return None
 
     async def _probe(
-        self, handle: ProcessHandle, frames: MemoryObjectReceiveStream[_Frame | _Overflow]
+        self, handle: ProcessHandle, frames: MemoryObjectReceiveStream[_Event]
     ) -> _Ended | None:
         """Run the idle health check; a wrong or missing answer means restart."""
         probe = self.spec.probe
@@ -503,7 +537,7 @@ class Instance:
         self,
         lease: LeaseRequest,
         handle: ProcessHandle,
-        frames: MemoryObjectReceiveStream[_Frame | _Overflow],
+        frames: MemoryObjectReceiveStream[_Event],
     ) -> _Ended | None:
         self._set_state(InstanceState.BUSY)
         lease.grant(self.index)
@@ -534,7 +568,7 @@ class Instance:
         self,
         request: Request,
         handle: ProcessHandle,
-        frames: MemoryObjectReceiveStream[_Frame | _Overflow],
+        frames: MemoryObjectReceiveStream[_Event],
         *,
         internal: bool = False,
     ) -> _Ended | None:
@@ -586,58 +620,53 @@ class Instance:
         self._served += counted
         self.sent += counted
         self.in_flight = 1
+        self._current, self._counted = request, bool(counted)
         self._set_state(InstanceState.BUSY)
         self._plog.debug("prompt_sent", key=request.key, attempt=request.attempts)
-        started = self.clock()
+        started = self._started = self.clock()
         stall = self.spec.stall_timeout
-        event: _Frame | _Overflow | None = None
+        # The exit watcher wakes this wait through the frame queue. A cancel scope is needed
+        # only for a deadline or the stall watchdog (the reader pushes the scope's deadline
+        # back on output); which of the two fired is sorted out below.
+        self._reply_deadline = math.inf if request.deadline is None else request.deadline
+        wake_at = self._reply_deadline
+        if stall is not None:
+            wake_at = min(started + stall, wake_at)
+        event: _Event | None = None
         try:
-            with anyio.CancelScope(
-                deadline=request.deadline if request.deadline is not None else math.inf
-            ) as deadline_scope:
-                with anyio.CancelScope(
-                    deadline=started + stall if stall is not None else math.inf
-                ) as stall_scope:
-                    self._wait_scope = self._stall_scope = stall_scope
-                    if self._exit_code is not None:  # it exited while we were writing
-                        stall_scope.cancel()
-                    try:
-                        event = await frames.receive()
-                    except anyio.EndOfStream:
-                        await anyio.sleep_forever()  # the exit watcher cancels us
-            self._wait_scope = self._stall_scope = None
-            if event is None:
-                # Cancelled by the exit watcher, the stall watchdog or the deadline. An exiting
-                # process may still have completed the reply: frames read before EOF count.
+            if self._exit_code is not None:
+                pass  # it exited while we were writing
+            elif wake_at == math.inf:
+                event = await self._next_event(frames)
+            else:
+                with anyio.CancelScope(deadline=wake_at) as scope:
+                    self._reply_scope = scope
+                    event = await self._next_event(frames)
+                self._reply_scope = None
+            if event is None or event is _EXITED:
+                # The process exited, stalled or ran out of time. An exiting process may
+                # still have completed the reply: frames read before EOF count.
                 try:
                     event = frames.receive_nowait()
                 except (anyio.WouldBlock, anyio.EndOfStream):
-                    pass
+                    event = None
         except BaseException:
-            self.in_flight = 0
-            self.failed += counted
+            self._reply_scope = None
+            if self._current is request:
+                self._current = None
+                self.in_flight = 0
+                self.failed += counted
             request.resolve(
                 ClusterClosedError("the cluster was shut down while the prompt was in flight")
             )
             raise
+        if isinstance(event, _Frame):
+            if self._current is request:  # normally the reader completed it already
+                self._complete(event.text)
+            return None
+        self._current = None
         self.in_flight = 0
         elapsed = self.clock() - started
-
-        if isinstance(event, _Frame):
-            reply = Reply(
-                text=clean_reply(event.text, echo=request.prompt if self.spec.pty else None),
-                instance=self.index,
-                prompt=request.prompt,
-                key=request.key,
-                elapsed=elapsed,
-                attempts=request.attempts,
-            )
-            self.completed += counted
-            if counted:
-                self._latencies.append(elapsed)
-            self._plog.debug("reply_received", elapsed=elapsed, key=request.key)
-            request.resolve(reply)
-            return None
 
         self.failed += counted
         partial = framer.partial()
@@ -656,7 +685,7 @@ class Instance:
         if self._exit_code is not None:
             self._fail(request, self._crash_error(request, "exited", partial), retry=not internal)
             return _Ended.EXITED
-        if stall_scope.cancelled_caught:
+        if self.clock() < self._reply_deadline:  # the scope fired before the deadline: stall
             error = InstanceStalledError(
                 f"instance {self.index} printed nothing for {stall} s while replying to "
                 f"{request.prompt[:60]!r}; restarting it",
@@ -668,7 +697,6 @@ class Instance:
             self._plog.warning("instance_stalled", stall_timeout=stall)
             self._fail(request, error, retry=not internal)
             return _Ended.KILL
-        assert deadline_scope.cancelled_caught
         self.timeouts += counted
         self._plog.warning("reply_timed_out", elapsed=elapsed)
         self._fail(
@@ -683,6 +711,36 @@ class Instance:
             retry=False,
         )
         return _Ended.KILL
+
+    @staticmethod
+    async def _next_event(frames: MemoryObjectReceiveStream[_Event]) -> _Event:
+        try:
+            return await frames.receive()
+        except anyio.EndOfStream:
+            return _EXITED
+
+    def _complete(self, text: str) -> None:
+        """Turn a framed reply into the in-flight request's Reply. Called by the reader the
+        moment the ready prompt arrives, so the caller wakes without waiting for this
+        instance's task to run."""
+        request = self._current
+        assert request is not None
+        self._current = None
+        self.in_flight = 0
+        elapsed = self.clock() - self._started
+        reply = Reply(
+            text=clean_reply(text, echo=request.prompt if self.spec.pty else None),
+            instance=self.index,
+            prompt=request.prompt,
+            key=request.key,
+            elapsed=elapsed,
+            attempts=request.attempts,
+        )
+        if self._counted:
+            self.completed += 1
+            self._latencies.append(elapsed)
+        self._plog.debug("reply_received", elapsed=elapsed, key=request.key)
+        request.resolve(reply)
 
     async def _wait_exited(self) -> None:
         """Wait until the exit watcher has seen the process go."""

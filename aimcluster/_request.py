@@ -57,7 +57,8 @@ class Request:
     abandoned: bool = False
     #: Whether the request holds one of the cluster's ``max_pending`` queue slots.
     holds_slot: bool = False
-    _event: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+    # Created only when someone waits: map() and read_any() use callbacks instead.
+    _event: anyio.Event | None = attrs.field(init=False, default=None)
     _result: Reply | BaseException | None = attrs.field(init=False, default=None)
     _callbacks: list[Callable[[Request], None]] = attrs.field(init=False, factory=list)
 
@@ -86,7 +87,8 @@ class Request:
             return False
         self.state = RequestState.DONE
         self._result = result
-        self._event.set()
+        if self._event is not None:
+            self._event.set()
         for callback in self._callbacks:
             callback(self)
         self._callbacks.clear()
@@ -107,7 +109,11 @@ class Request:
         Once the request is in flight its worker enforces the deadline (it must also restart
         the instance), so past that point this only waits.
         """
-        if self.deadline is not None and not self.done:
+        if self.done:
+            return self.result()
+        if self._event is None:
+            self._event = anyio.Event()
+        if self.deadline is not None:
             with anyio.move_on_at(self.deadline):
                 await self._event.wait()
             if not self.done and self.state is RequestState.QUEUED:
