@@ -12,5 +12,14 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q -e ".[test]"
 
+# aider pins its own dependency versions, so it lives in a virtualenv of its own, as with
+# pipx; the integration tests find it through AIMCLUSTER_AIDER.
+AIMCLUSTER_AIDER="$(bash .ci/install-aider | tail -n 1)"
+export AIMCLUSTER_AIDER
+# In CI a missing tool is a failure, never a silent skip.
+if [ "${CI:-}" = "true" ]; then
+    export AIMCLUSTER_REQUIRE_INTEGRATION=1
+fi
+
 # pytest exits 5 when it collects no test; like any non-zero status, that fails the run.
 exec "$venv/bin/python" -m pytest --cov --cov-report=term --cov-fail-under=90 "$@"

@@ -1,0 +1,317 @@
+"""Real aider, driven through pipes by a cluster, against the fake OpenAI server, offline.
+
+aider lives in its own virtualenv (``.ci/install-aider``). The test finds it through
+``$AIMCLUSTER_AIDER``, then ``./.venv-aider/bin/aider``, then ``PATH``; without it the test is
+skipped, unless ``AIMCLUSTER_REQUIRE_INTEGRATION=1``, which turns the skip into a failure so that
+CI can never pass by skipping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import anyio
+import pytest
+
+import aimcluster
+
+from .conftest import wait_gone
+from .fake_openai import FakeOpenAI, chat_files, doc_id
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+#: aider's input prompt: ``> ``, prefixed with the edit format when it is not the model's default
+#: (``diff> ``, ``ask> ``) and with ``multi`` in multiline mode (``ask multi> ``, ``multi> ``).
+#: aider/io.py ``InputOutput.get_input``. Before it, aider lists the files in the chat, one a line.
+AIDER_READY = r"^(?:[a-z][a-z-]*(?: multi)?|multi)?> "
+
+
+def aider_spec(
+    executable: str | os.PathLike[str],
+    *,
+    model: str,
+    api_base: str | None,
+    cwd: str | os.PathLike[str],
+    api_key: str | None = None,
+    model_metadata_file: str | os.PathLike[str] | None = None,
+    edit_format: str = "whole",
+    git: bool = False,
+    env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+) -> aimcluster.ToolSpec:
+    """aider as an interactive chat over pipes that never asks a question and never goes online
+    on its own.
+
+    :param model: a litellm model name; ``openai/<name>`` talks to any OpenAI-compatible server
+    :param api_base: the server's base URL, ending in ``/v1`` (``--openai-api-base``)
+    :param api_key: put in the child's ``OPENAI_API_KEY`` (not on the command line, where ``ps``
+        would show it)
+    :param model_metadata_file: a litellm-style JSON file with the model's context window and
+        costs; without one aider downloads litellm's price list from GitHub at every start
+    :param git: run in the git repository at *cwd* without committing; by default aider runs
+        with ``--no-git``
+    """
+    argv = [
+        os.fspath(executable),
+        "--model", model,
+        "--edit-format", edit_format,
+        # Plain input() and print(): no prompt_toolkit (it needs a terminal) and no ANSI codes.
+        "--no-fancy-input",
+        "--no-pretty",
+        # The whole reply at once: fewer chunk boundaries inside a reply for the framer to see.
+        "--no-stream",
+        # Every confirm_ask() answered at once without printing it, so no question can leave
+        # the pipe waiting; questions needing an explicit yes (shell commands) get "no".
+        "--yes-always",
+        # Start-up network calls and questions: the PyPI version check, the analytics opt-in,
+        # and the release notes offered on a version's first run (webbrowser.open under
+        # --yes-always).
+        "--no-check-update",
+        "--no-analytics",
+        "--no-show-release-notes",
+        # Model warnings offer a docs URL (webbrowser.open under --yes-always) and, for some
+        # providers, pip-install missing packages.
+        "--no-show-model-warnings",
+        # No repo map: no tree-sitter scan of the project and no .aider.tags.cache directory.
+        "--map-tokens", "0",
+        # No flake8 after each edit: with --yes-always, lint errors go back to the model for
+        # another, unrequested round.
+        "--no-auto-lint",
+        # No shell-command suggestions (they would be declined anyway) and no URL scraping.
+        "--no-suggest-shell-commands",
+        "--no-detect-urls",
+        # Instances sharing a directory would interleave .aider.chat.history.md and
+        # .aider.input.history in it; the cluster keeps the replies itself.
+        "--chat-history-file", os.devnull,
+        "--input-history-file", os.devnull,
+    ]  # fmt: skip
+    if git:
+        # No commits (no index.lock fights between instances) and no offer to edit .gitignore.
+        argv += ["--no-auto-commits", "--no-dirty-commits", "--no-gitignore"]
+    else:
+        # Without a repo aider would offer to `git init` the directory (yes, under --yes-always).
+        argv += ["--no-git"]
+    if api_base is not None:
+        argv += ["--openai-api-base", api_base]
+    if model_metadata_file is not None:
+        argv += ["--model-metadata-file", os.fspath(model_metadata_file)]
+    argv += extra_args
+    child_env = {
+        # prompt_toolkit's is_dumb_terminal(): belt and braces for the two flags above.
+        "TERM": "dumb",
+        # litellm downloads its model price list from GitHub on import unless told not to.
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        # Off a terminal, aider's rich console hard-wraps every line at 80 columns, replies
+        # included; rich takes the width from COLUMNS.
+        "COLUMNS": "10000",
+    }
+    if api_key is not None:
+        child_env["OPENAI_API_KEY"] = api_key
+    child_env.update(env or {})
+    return aimcluster.ToolSpec(
+        name="aider",
+        argv=argv,
+        ready=AIDER_READY,
+        env=child_env,
+        cwd=cwd,
+        # A cold start imports litellm and friends: seconds, more on a busy machine.
+        startup_timeout=120,
+        exit_command="/exit",
+        shutdown_grace=10,
+    )
+
+
+def write_model_metadata(path: Path, model: str, *, context_window: int = 128_000) -> Path:
+    """A ``--model-metadata-file`` that tells aider *model*'s limits and that it costs nothing."""
+    info = {
+        "max_tokens": 8192,
+        "max_input_tokens": context_window,
+        "max_output_tokens": 8192,
+        "input_cost_per_token": 0.0,
+        "output_cost_per_token": 0.0,
+        "litellm_provider": model.split("/")[0],
+        "mode": "chat",
+    }
+    path.write_text(json.dumps({model: info}, indent=2))
+    return path
+
+
+def find_aider() -> str | None:
+    configured = os.environ.get("AIMCLUSTER_AIDER")
+    if configured:
+        if not os.access(configured, os.X_OK):
+            pytest.fail(f"AIMCLUSTER_AIDER={configured!r} is not an executable file")
+        return configured
+    for venv in (Path.cwd() / ".venv-aider", Path(__file__).parents[1] / ".venv-aider"):
+        candidate = venv / "bin" / "aider"
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("aider")
+
+
+@pytest.fixture(scope="module")
+def aider_executable() -> str:
+    found = find_aider()
+    if found is None:
+        message = (
+            "aider not found (set AIMCLUSTER_AIDER, or run .ci/install-aider to create "
+            "./.venv-aider)"
+        )
+        if os.environ.get("AIMCLUSTER_REQUIRE_INTEGRATION") == "1":
+            pytest.fail(f"{message}; AIMCLUSTER_REQUIRE_INTEGRATION=1 forbids skipping")
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(model="fake") as server:
+        yield server
+
+
+# Nothing may leave the machine: a request to anything but the fake server (which NO_PROXY
+# exempts) goes to a proxy that refuses connections, so it fails loudly instead of leaking.
+OFFLINE_ENV = {
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "ALL_PROXY": "http://127.0.0.1:9",
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "all_proxy": "http://127.0.0.1:9",
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+}
+
+ORIGINALS = {
+    "a.py": "def answer():\n    return 42\n",
+    "src/b.py": 'GREETING = "hello"\n\n\ndef greet(name):\n    return f"{GREETING}, {name}"\n',
+}
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {
+        path.relative_to(root).as_posix(): path.read_text()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def project_with(tmp_path: Path, files: Mapping[str, str]) -> Path:
+    project = tmp_path / "project"
+    project.mkdir()
+    for name, content in files.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(content)
+    return project
+
+
+@pytest.mark.timeout(300)
+async def test_two_aiders_each_add_a_header_to_their_own_file_in_a_lease(
+    aider_executable: str, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    project = project_with(tmp_path, ORIGINALS)
+    # aider keeps analytics ids, install records and caches under ~/.aider.
+    home = tmp_path / "home"
+    home.mkdir()
+    spec = aider_spec(
+        aider_executable,
+        model="openai/fake",
+        api_base=fake_openai.base_url,
+        api_key="sk-fake-key",
+        cwd=project,
+        model_metadata_file=write_model_metadata(tmp_path / "models.json", "openai/fake"),
+        env={"HOME": str(home), **OFFLINE_ENV},
+    )
+    replies: dict[str, list[str]] = {}
+    instances: dict[str, int] = {}
+
+    async with aimcluster.launch_cluster(spec, count=2) as cluster:
+        pids = cluster.pids
+        both_leased = anyio.Event()
+
+        async def job(path: str) -> None:
+            async with cluster.lease() as session:
+                instances[path] = session.instance
+                if len(instances) == 2:
+                    both_leased.set()
+                # Both leases are held at once, so each job has its own aider.
+                with anyio.fail_after(60):
+                    await both_leased.wait()
+                replies[path] = [
+                    (await session.send(prompt, timeout=120)).text
+                    for prompt in (
+                        f"/add {path}",
+                        f"Add a DOC_ID header to {path}",
+                        f"/drop {path}",
+                    )
+                ]
+
+        async with anyio.create_task_group() as tg:
+            for path in ORIGINALS:
+                tg.start_soon(job, path)
+
+    assert wait_gone(pids, timeout=10) == []
+    assert sorted(instances.values()) == [0, 1]
+
+    for path, (added, edited, dropped) in replies.items():
+        # After each reply aider lists the files in the chat, one a line, before its prompt.
+        assert added == f"\nAdded {path} to the chat\n\n{path}"
+        assert f"+# DOC_ID: {doc_id(path)}\n" in edited
+        assert edited.endswith(f"\nApplied edit to {path}\n\n{path}")
+        assert dropped == f"\nRemoved {path} from the chat\n"
+
+    # Exactly the instructed change, and no aider files (.aider.*) left in the project.
+    assert tree(project) == {
+        path: f"# DOC_ID: {doc_id(path)}\n{content}" for path, content in ORIGINALS.items()
+    }
+
+    # One completion per job, and nothing else: no model lookups, no retries, no reflections.
+    requests = fake_openai.requests
+    assert [(r.method, r.path, r.status) for r in requests] == [
+        ("POST", "/v1/chat/completions", 200)
+    ] * 2
+    by_file = {}
+    for request in requests:
+        assert request.json["model"] == "fake"
+        assert request.json.get("stream", False) is False
+        assert request.headers["authorization"] == "Bearer sk-fake-key"
+        files, _fence = chat_files(request.messages)
+        (path,) = files
+        by_file[path] = (files[path], request.last_user_text)
+    assert set(by_file) == set(ORIGINALS)
+    for path, (sent, instruction) in by_file.items():
+        assert sent == ORIGINALS[path]
+        assert instruction.startswith(f"Add a DOC_ID header to {path}\n")
+
+
+@pytest.mark.timeout(300)
+async def test_rate_limited_requests_are_retried_by_aider_and_the_notice_is_in_the_reply(
+    aider_executable: str, tmp_path: Path
+) -> None:
+    long_answer = " ".join(["word"] * 60)
+    with FakeOpenAI(model="fake", responder=lambda messages, body: long_answer) as server:
+        home = tmp_path / "home"
+        home.mkdir()
+        spec = aider_spec(
+            aider_executable,
+            model="openai/fake",
+            api_base=server.base_url,
+            api_key="sk-fake-key",
+            cwd=project_with(tmp_path, {}),
+            model_metadata_file=write_model_metadata(tmp_path / "models.json", "openai/fake"),
+            env={"HOME": str(home), **OFFLINE_ENV},
+        )
+        async with aimcluster.launch_cluster(spec, count=1) as cluster:
+            # The openai client inside litellm retries twice on its own, silently; the third
+            # 429 reaches aider, which reports it and retries after 0.125 s, doubling.
+            server.fail_next(429, count=3)
+            reply = await cluster.send("hello", timeout=120)
+    statuses = [r.status for r in server.requests]
+    assert statuses == [429, 429, 429, 200]
+    assert "The API provider has rate limited you." in reply.text
+    # Not wrapped at 80 columns (COLUMNS), so the answer arrives as the model sent it.
+    assert f"Retrying in 0.2 seconds...\n{long_answer}\n" in reply.text
