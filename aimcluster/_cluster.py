@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -594,7 +595,8 @@ def launch_cluster(
     :param restart: a :class:`RestartPolicy`, ``True`` for the default one, ``False`` for none
     :param max_pending: how many prompts may wait in the queues before ``submit`` waits
     :param transport: where processes run (default: :class:`LocalTransport`)
-    :param logger: a structlog logger (default: ``structlog.get_logger("aimcluster")``)
+    :param logger: a structlog logger (default: the app's structlog configuration, at INFO
+        and above)
     :raises ValueError: for an unknown tool or routing name, or ``count < 1``
     """
     spec = tool if isinstance(tool, ToolSpec) else get_tool(tool)
@@ -615,5 +617,17 @@ def launch_cluster(
         restart=policy,
         max_pending=max_pending,
         transport=transport or LocalTransport(),
-        logger=logger or structlog.get_logger("aimcluster"),
+        logger=logger or _default_logger(),
     )
+
+
+def _default_logger() -> structlog.typing.FilteringBoundLogger:
+    """The app's structlog configuration, filtered at INFO: lifecycle events (starts, exits,
+    restarts) show by default; the two per-prompt DEBUG events (prompt_sent, reply_received)
+    appear only with a logger passed in, so an unconfigured app is not flooded."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.wrap_logger(
+        None,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_name="aimcluster",
+    )
+    return logger
