@@ -622,9 +622,13 @@ def launch_cluster(
 
 
 def _default_logger() -> structlog.typing.FilteringBoundLogger:
-    """The app's structlog configuration, filtered at INFO: lifecycle events (starts, exits,
-    restarts) show by default; the two per-prompt DEBUG events (prompt_sent, reply_received)
-    appear only with a logger passed in, so an unconfigured app is not flooded."""
+    """The app's structlog configuration if it made one (its level applies). If it made
+    none, structlog's default, filtered at INFO: lifecycle events (starts, exits, restarts)
+    show, and the two per-prompt DEBUG events (prompt_sent, reply_received) do not flood an
+    app that never asked for them."""
+    if structlog.is_configured():
+        configured: structlog.typing.FilteringBoundLogger = structlog.get_logger("aimcluster")
+        return configured
     logger: structlog.typing.FilteringBoundLogger = structlog.wrap_logger(
         None,
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
