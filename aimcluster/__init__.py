@@ -15,6 +15,10 @@ from ._exceptions import StartupError as StartupError
 from ._exceptions import ToolNotFoundError as ToolNotFoundError
 from ._instance import InstanceStalledError as InstanceStalledError
 from ._instance import InstanceState as InstanceState
+from ._jobs import Job as Job
+from ._jobs import JobResult as JobResult
+from ._jobs import JobRun as JobRun
+from ._jobs import run_jobs as run_jobs
 from ._lease import Session as Session
 from ._metrics import ClusterMetrics as ClusterMetrics
 from ._metrics import InstanceMetrics as InstanceMetrics
@@ -34,6 +38,9 @@ __all__ = [
     "InstanceMetrics",
     "InstanceStalledError",
     "InstanceState",
+    "Job",
+    "JobResult",
+    "JobRun",
     "LocalTransport",
     "NoHealthyInstancesError",
     "Probe",
@@ -48,4 +55,5 @@ __all__ = [
     "ToolNotFoundError",
     "ToolSpec",
     "launch_cluster",
+    "run_jobs",
 ]

@@ -15,6 +15,9 @@ EXPECTED = {
     "InstanceMetrics",
     "InstanceStalledError",
     "InstanceState",
+    "Job",
+    "JobResult",
+    "JobRun",
     "LocalTransport",
     "NoHealthyInstancesError",
     "Probe",
@@ -29,6 +32,7 @@ EXPECTED = {
     "ToolNotFoundError",
     "ToolSpec",
     "launch_cluster",
+    "run_jobs",
 }
 
 

@@ -1,0 +1,205 @@
+"""One batch run for the command line: cluster, jobs, journal, progress, signals, summary.
+
+``aimcluster run`` and ``aimcluster demo`` both end up here. Ctrl-C (SIGINT) or SIGTERM stops a
+run gracefully: no new job starts, jobs in flight get ``grace`` seconds to finish and are then
+cancelled, the summary is printed, and the exit code is 128 + the signal number (130 for
+SIGINT). A second Ctrl-C cancels the jobs in flight at once; a third abandons the run.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Sequence
+
+import anyio
+import attrs
+import structlog
+from anyio.abc import TaskStatus
+
+from ._cluster import launch_cluster
+from ._jobs import Job, JobResult, JobRun, run_jobs
+from ._journal import Journal
+from ._metrics import ClusterMetrics
+from ._progress import Display, Tracker
+from ._report import RunSummary, summarize
+from ._spec import ToolSpec
+
+__all__ = ["Batch", "BatchOutcome", "run_batch"]
+
+
+@attrs.frozen(kw_only=True)
+class Batch:
+    """What to run, and how."""
+
+    spec: ToolSpec
+    count: int
+    routing: str
+    jobs: Sequence[Job]
+    #: Items given, and how many of them the journal already had as done.
+    total: int
+    skipped: int
+    timeout: float | None
+    retries: int
+    grace: float
+    #: The open journal each result is appended to, if any.
+    journal: Journal | None
+
+
+@attrs.frozen(kw_only=True)
+class BatchOutcome:
+    summary: RunSummary
+    results: tuple[JobResult, ...]
+    metrics: ClusterMetrics | None
+    #: 0: every item done; 1: some failed; 128 + N: stopped by signal N.
+    exit_code: int
+
+
+@attrs.define(eq=False)
+class _Stopper:
+    """Turns signals into a graceful stop of the run (or of the start-up before it)."""
+
+    grace: float
+    display: Display
+    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+    run: JobRun | None = None
+    signum: int | None = None
+    received: int = 0
+
+    def on_signal(self, signum: int) -> None:
+        self.received += 1
+        if self.signum is None:
+            self.signum = signum
+        name = signal.Signals(signum).name
+        if self.run is None:
+            self.scope.cancel()
+        elif self.received == 1:
+            self.run.stop(self.grace)
+            self.display.notice(
+                f"{name}: starting no new jobs; waiting up to {self.grace:g} s for the "
+                f"{len(self.run.active)} in flight (Ctrl-C again to cancel them now)"
+            )
+        elif self.received == 2:
+            self.run.stop(0)
+            self.display.notice(f"{name} again: cancelling the jobs in flight")
+        else:
+            self.scope.cancel()
+
+
+async def _watch_signals(
+    stopper: _Stopper, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            stopper.on_signal(signum)
+
+
+async def _collect(
+    run: JobRun,
+    journal: Journal | None,
+    tracker: Tracker,
+    display: Display,
+    results: list[JobResult],
+) -> None:
+    """Journal, count and show each result as it comes (journal first: what the display
+    counts is on disk)."""
+    async with anyio.create_task_group() as ui:
+        ui.start_soon(display.refresh_forever)
+        async for result in run:
+            if journal is not None:
+                await journal.append(result)
+            results.append(result)
+            tracker.add(result)
+            display.result(result)
+        ui.cancel_scope.cancel()
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error a task group collected, so that callers can catch it by type."""
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                collect(inner)
+        else:
+            leaves.append(exc)
+
+    collect(group)
+    for leaf in leaves:
+        if not isinstance(leaf, anyio.get_cancelled_exc_class()):
+            return leaf
+    return group
+
+
+async def run_batch(
+    batch: Batch,
+    *,
+    tracker: Tracker,
+    display: Display,
+    logger: structlog.typing.FilteringBoundLogger,
+) -> BatchOutcome:
+    """Run *batch*, journaling each result, counting it in *tracker*, showing it on *display*.
+
+    :raises ToolNotFoundError: before anything starts, if the tool's executable is missing
+    :raises StartupError: if an instance does not start
+    :raises OSError: if the journal cannot be written
+    """
+    try:
+        return await _run_batch(batch, tracker=tracker, display=display, logger=logger)
+    except BaseExceptionGroup as group:
+        raise _single(group) from None
+
+
+async def _run_batch(
+    batch: Batch,
+    *,
+    tracker: Tracker,
+    display: Display,
+    logger: structlog.typing.FilteringBoundLogger,
+) -> BatchOutcome:
+    stopper = _Stopper(grace=batch.grace, display=display)
+    results: list[JobResult] = []
+    metrics: ClusterMetrics | None = None
+    not_started = len(batch.jobs)
+    begin = ready = anyio.current_time()
+    async with anyio.create_task_group() as signals:
+        await signals.start(_watch_signals, stopper)
+        # A signal before the jobs start cancels this scope: the start-up is abandoned.
+        with stopper.scope:
+            async with launch_cluster(
+                batch.spec, batch.count, routing=batch.routing, logger=logger
+            ) as cluster:
+                ready = anyio.current_time()
+                async with run_jobs(
+                    cluster, batch.jobs, timeout=batch.timeout, retries=batch.retries
+                ) as run:
+                    stopper.run = run
+                    tracker.start()
+                    display.attach(cluster, run)
+                    try:
+                        await _collect(run, batch.journal, tracker, display, results)
+                    finally:
+                        display.close()
+                    not_started = len(run.unstarted)
+                metrics = cluster.metrics()
+        signals.cancel_scope.cancel()
+    end = anyio.current_time()
+    interrupted = None if stopper.signum is None else signal.Signals(stopper.signum).name
+    summary = summarize(
+        results,
+        tool=batch.spec.name,
+        count=batch.count,
+        total=batch.total,
+        skipped=batch.skipped,
+        not_started=not_started,
+        startup_time=ready - begin,
+        wall_time=end - begin,
+        metrics=metrics,
+        interrupted=interrupted,
+        journal=None if batch.journal is None else str(batch.journal.path),
+    )
+    code = 0 if summary.succeeded else 1
+    if stopper.signum is not None:
+        code = 128 + stopper.signum
+    return BatchOutcome(summary=summary, results=tuple(results), metrics=metrics, exit_code=code)

@@ -1,0 +1,767 @@
+"""The ``aimcluster`` command line: ``run``, ``demo``, ``tools`` and ``check``.
+
+A thin layer over :func:`aimcluster.run_jobs`: it turns options into jobs, and results into a
+journal, progress and a summary.
+
+Exit codes: 0 every item succeeded (or was already done); 1 some item failed, or an instance
+did not start; 2 bad usage or input (one line on stderr, never a traceback); 128 + N stopped by
+signal N, after a graceful stop with its summary (130 for Ctrl-C, 143 for SIGTERM).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import json
+import logging
+import os
+import re
+import secrets
+import shlex
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import anyio
+import attrs
+import click
+import structlog
+from rich.console import Console
+
+from . import tools
+from ._batch import Batch, BatchOutcome, run_batch
+from ._cluster import launch_cluster
+from ._demo import (
+    DEMO_STEPS,
+    Verification,
+    examples,
+    make_project,
+    unified_diff,
+    verify_project,
+)
+from ._exceptions import AimclusterError, StartupError, ToolNotFoundError
+from ._isolation import ISOLATIONS, IsolationName, isolate
+from ._items import (
+    InputError,
+    WorkItem,
+    build_jobs,
+    items_from_file,
+    items_from_jsonl,
+    items_from_paths,
+)
+from ._journal import Journal, JournalInUseError
+from ._progress import Display, LiveDisplay, NullDisplay, PlainDisplay, Tracker
+from ._report import render_summary, seconds
+from ._routing import ROUTINGS
+from ._spec import ToolSpec
+from ._toolref import resolve_tool
+from ._transport import LocalTransport
+
+__all__ = ["cli", "main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+#: Harmless prompts for ``aimcluster check``, by built-in tool name.
+PROBES = {
+    "mock": "/echo aimcluster-check",
+    "python": "print('aimcluster-check')",
+    "bash": "echo aimcluster-check",
+}
+
+
+class UserError(click.ClickException):
+    """Bad usage or input: shown as one line on stderr, exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+def _fail(message: str) -> NoReturn:
+    raise UserError(message)
+
+
+class _Group(click.Group):
+    """Reports every usage error as one line on stderr, and exits with the command's code."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            message = exc.format_message()
+            if isinstance(exc, click.UsageError) and not isinstance(exc, UserError):
+                command = exc.ctx.command_path if exc.ctx is not None else "aimcluster"
+                message += f" (see '{command} --help')"
+            click.echo(f"aimcluster: error: {message}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("aimcluster: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _console() -> Console:
+    return Console(highlight=False)
+
+
+class _StderrLogger:
+    """structlog's output: one line per event on whatever ``sys.stderr`` is at the time (the
+    live display swaps it to print above itself)."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+def _logger(verbose: int) -> structlog.typing.FilteringBoundLogger:
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logger: structlog.typing.FilteringBoundLogger = structlog.wrap_logger(
+        _StderrLogger(),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+    )
+    return logger
+
+
+def _run_async(ctx: click.Context, function: Callable[[], Any]) -> Any:
+    backend = ctx.find_root().params.get("backend") or "asyncio"
+    return anyio.run(function, backend=backend)
+
+
+def _display(mode: str, console: Console, tracker: Tracker) -> Display:
+    if mode == "auto":
+        mode = "live" if console.is_terminal else "plain"
+    if mode == "live":
+        return LiveDisplay(tracker, console)
+    if mode == "plain":
+        return PlainDisplay(tracker, console)
+    return NullDisplay()
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _run_id() -> str:
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{now}-{secrets.token_hex(2)}"
+
+
+def _check_executable(spec: ToolSpec) -> None:
+    try:
+        LocalTransport().check(spec)
+    except ToolNotFoundError as exc:
+        _fail(str(exc))
+
+
+def _open_journal(stack: contextlib.ExitStack, path: str, run_id: str) -> Journal:
+    """Open (and lock) the journal for the run; report what a crash may have left in it."""
+    try:
+        journal = stack.enter_context(Journal(path, run=run_id))
+    except JournalInUseError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot open the journal {path}: {exc.strerror or exc}")
+    contents = journal.contents
+    if contents.bad_lines:
+        lines = ", ".join(map(str, contents.bad_lines[:5]))
+        click.echo(
+            f"aimcluster: note: the journal {path} has lines that are not records "
+            f"(line {lines}); they are ignored",
+            err=True,
+        )
+    if contents.torn_bytes:
+        click.echo(
+            f"aimcluster: note: the last line of the journal {path} was torn by a crash "
+            f"({contents.torn_bytes} bytes); it was cut off",
+            err=True,
+        )
+    return journal
+
+
+def _startup_failure(exc: StartupError) -> NoReturn:
+    head, _, output = str(exc).partition("\n")
+    click.echo(f"aimcluster: error: {head}", err=True)
+    if output:
+        click.echo(output, err=True)
+    sys.exit(EXIT_FAILED)
+
+
+# -- the group --------------------------------------------------------------------------------
+
+
+@click.group(
+    name="aimcluster", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.version_option(package_name="aimcluster", prog_name="aimcluster")
+@click.option("-v", "--verbose", count=True, help="Log instance events to stderr (-vv: debug).")
+@click.option(
+    "--backend",
+    type=click.Choice(["asyncio", "trio"]),
+    default="asyncio",
+    envvar="AIMCLUSTER_BACKEND",
+    hidden=True,
+)
+def cli(verbose: int, backend: str) -> None:
+    """Run a fleet of interactive CLI tools (AI coding agents, REPLs) as one cluster."""
+
+
+# -- run --------------------------------------------------------------------------------------
+
+
+def _collect_items(
+    patterns: Sequence[str],
+    items_file: str | None,
+    jsonl: str | None,
+    item_field: str,
+    *,
+    root: Path,
+    absolute_paths: bool,
+) -> list[WorkItem]:
+    if not patterns and items_file is None and jsonl is None:
+        _fail("no items given: name files or globs, or pass --items-file or --jsonl")
+    items: list[WorkItem] = []
+    if patterns:
+        items += items_from_paths(patterns, root=root, absolute_paths=absolute_paths)
+    if items_file is not None:
+        items += items_from_file(items_file)
+    if jsonl is not None:
+        items += items_from_jsonl(jsonl, item_field=item_field)
+    if not items:
+        sources = [repr(p) for p in patterns]
+        sources += [f"--items-file {items_file}"] * (items_file is not None)
+        sources += [f"--jsonl {jsonl}"] * (jsonl is not None)
+        _fail(f"no items matched {', '.join(sources)} (relative to {root})")
+    return items
+
+
+def _execute(
+    ctx: click.Context,
+    console: Console,
+    batch: Batch,
+    *,
+    progress: str,
+) -> BatchOutcome:
+    tracker = Tracker(total=len(batch.jobs))
+    display = _display(progress, console, tracker)
+    logger = _logger(ctx.find_root().params.get("verbose", 0))
+    try:
+        outcome: BatchOutcome = _run_async(
+            ctx,
+            functools.partial(run_batch, batch, tracker=tracker, display=display, logger=logger),
+        )
+    except ToolNotFoundError as exc:
+        _fail(str(exc))
+    except StartupError as exc:
+        _startup_failure(exc)
+    except OSError as exc:
+        click.echo(f"aimcluster: error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        click.echo("aimcluster: interrupted", err=True)
+        sys.exit(130)
+    return outcome
+
+
+def _write_report(path: str, outcome: BatchOutcome, extra: dict[str, Any]) -> None:
+    data = {
+        "summary": outcome.summary.as_dict(),
+        "exit_code": outcome.exit_code,
+        "metrics": None if outcome.metrics is None else outcome.metrics.as_dict(),
+        **extra,
+    }
+    try:
+        Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        click.echo(f"aimcluster: error: cannot write the report {path}: {exc}", err=True)
+
+
+@cli.command(
+    epilog="Exit codes: 0 all items done, 1 some failed, 2 bad usage or input, "
+    "130 stopped by Ctrl-C (143 by SIGTERM)."
+)
+@click.argument("paths", nargs=-1, metavar="[FILE|GLOB]...")
+@click.option(
+    "--items-from-glob",
+    "globs",
+    multiple=True,
+    metavar="GLOB",
+    help="Files matching GLOB ('**' recurses), relative to --cwd. Repeatable.",
+)
+@click.option(
+    "--items-file",
+    metavar="FILE",
+    help="One item per line ('-': stdin); blank lines and '#' comments skipped.",
+)
+@click.option(
+    "--jsonl", metavar="FILE", help="One JSON object per line; its fields are {placeholders}."
+)
+@click.option(
+    "--item-field",
+    default="item",
+    show_default=True,
+    metavar="FIELD",
+    help="The JSONL field that names each item.",
+)
+@click.option(
+    "-s",
+    "--step",
+    "steps",
+    multiple=True,
+    metavar="PROMPT",
+    help="A prompt of the job script, with {item}/{field} placeholders. Repeatable.",
+)
+@click.option(
+    "-t",
+    "--tool",
+    required=True,
+    metavar="TOOL",
+    help=f"A built-in tool ({', '.join(tools.names())}), optionally with extra "
+    "arguments ('mock --delay 0.1'), or a .toml/.json ToolSpec file.",
+)
+@click.option(
+    "-n",
+    "--count",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Instances to run (never more than there are jobs).",
+)
+@click.option(
+    "--routing",
+    type=click.Choice(ROUTINGS),
+    default=None,
+    help="How jobs pick instances [default: sticky with --sticky-by, else least_busy].",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="How long each step's reply may take; an instance "
+    "that overruns is restarted and the job fails (or is retried).",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Run a failed job again, from its first step, up to this many times.",
+)
+@click.option(
+    "--sticky-by",
+    metavar="FIELD",
+    help="Jobs with the same FIELD value run one after another, on one instance.",
+)
+@click.option(
+    "--isolation",
+    type=click.Choice(ISOLATIONS),
+    default="none",
+    show_default=True,
+    help="none: all instances in --cwd; dir: one directory each; worktree: one git "
+    "worktree (and branch) each.",
+)
+@click.option(
+    "--journal",
+    default="aimcluster-journal.jsonl",
+    show_default=True,
+    metavar="PATH",
+    help="Append each finished job here; items done there are skipped on the next run.",
+)
+@click.option("--no-journal", is_flag=True, help="Keep no journal (and resume nothing).")
+@click.option("--fresh", is_flag=True, help="Run every item, whatever the journal says.")
+@click.option("--report", metavar="PATH", help="Write the summary as JSON to PATH.")
+@click.option(
+    "--cwd",
+    type=click.Path(exists=True, file_okay=False),
+    default=".",
+    show_default=True,
+    help="Where the tool runs and item paths are resolved.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="On Ctrl-C, how long jobs in flight may take to finish.",
+)
+@click.option(
+    "--progress",
+    type=click.Choice(["auto", "live", "plain", "none"]),
+    default="auto",
+    show_default=True,
+    help="auto: live on a terminal, status lines otherwise.",
+)
+@click.pass_context
+def run(
+    ctx: click.Context,
+    paths: tuple[str, ...],
+    globs: tuple[str, ...],
+    items_file: str | None,
+    jsonl: str | None,
+    item_field: str,
+    steps: tuple[str, ...],
+    tool: str,
+    count: int,
+    routing: str | None,
+    timeout: float | None,
+    retries: int,
+    sticky_by: str | None,
+    isolation: IsolationName,
+    journal: str,
+    no_journal: bool,
+    fresh: bool,
+    report: str | None,
+    cwd: str,
+    grace: float,
+    progress: str,
+) -> int:
+    """Run a job script (the --step prompts) for every item, on a cluster of TOOL.
+
+    Items are files (paths or globs), lines of --items-file, or objects of --jsonl. Each job
+    holds one instance while its steps run, so '/add {item}', then an instruction, then
+    '/drop {item}' reach the same agent. Jobs on the same item (or --sticky-by value) never
+    overlap and run in order; the rest run in parallel.
+
+    \b
+    Example:
+      aimcluster run --tool mock 'pkg/**/*.py' \\
+        --step '/add {item}' --step 'Add a DOC_ID header to {item}' --step '/drop {item}'
+    """
+    console = _console()
+    try:
+        spec = resolve_tool(tool)
+        root = Path(cwd).resolve()
+        items = _collect_items(
+            [*paths, *globs],
+            items_file,
+            jsonl,
+            item_field,
+            root=root,
+            absolute_paths=isolation == "dir",
+        )
+        jobs, duplicates = build_jobs(items, steps, sticky_by=sticky_by)
+    except InputError as exc:
+        _fail(str(exc))
+    _check_executable(spec)
+    if duplicates:
+        click.echo(f"aimcluster: note: {duplicates} duplicate item(s) ignored", err=True)
+    run_id = _run_id()
+    with contextlib.ExitStack() as stack:
+        writer = None if no_journal else _open_journal(stack, journal, run_id)
+        done = frozenset() if writer is None or fresh else writer.contents.done
+        todo = [job for job in jobs if job.item not in done]
+        skipped = len(jobs) - len(todo)
+        if not todo:
+            console.print(
+                f"Nothing to do: all {len(jobs)} items are already done (journal {journal}; "
+                "--fresh runs them again).",
+                markup=False,
+            )
+            ctx.exit(EXIT_OK)
+        count = min(count, len(todo))
+        title = (
+            f"aimcluster run: {_plural(len(todo), 'job')}"
+            + (f" ({skipped} already done)" if skipped else "")
+            + f", {spec.name} x {count}"
+            + ("" if writer is None else f", journal {journal}")
+        )
+        try:
+            with isolate(isolation, spec, root=root, count=count, run=run_id) as place:
+                console.print(title, markup=False, style="bold", soft_wrap=True)
+                batch = Batch(
+                    spec=place.spec,
+                    count=count,
+                    routing=routing or ("sticky" if sticky_by else "least_busy"),
+                    jobs=todo,
+                    total=len(jobs),
+                    skipped=skipped,
+                    timeout=timeout,
+                    retries=retries,
+                    grace=grace,
+                    journal=writer,
+                )
+                outcome = _execute(ctx, console, batch, progress=progress)
+        except InputError as exc:
+            _fail(str(exc))
+    console.print(render_summary(outcome.summary))
+    for note in place.notes:
+        console.print(f"note: {note}", markup=False)
+    if writer is not None and not outcome.summary.succeeded:
+        console.print(
+            "Run the same command again to resume: items done are skipped, the rest run.",
+            markup=False,
+        )
+    if report is not None:
+        _write_report(report, outcome, {"run": run_id})
+    ctx.exit(outcome.exit_code)
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+
+@cli.command(epilog="Exit codes: 0 every file verified, 1 otherwise, 130 stopped by Ctrl-C.")
+@click.option(
+    "-n",
+    "--count",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Mock agents to run.",
+)
+@click.option(
+    "--delay",
+    type=click.FloatRange(min=0),
+    default=0.02,
+    show_default=True,
+    metavar="SECONDS",
+    help="The mock agent's thinking time per instruction.",
+)
+@click.option(
+    "--files",
+    type=click.IntRange(min=1),
+    default=218,
+    show_default=True,
+    help="Files in the generated project.",
+)
+@click.option("--keep", is_flag=True, help="Keep the project directory and print its path.")
+@click.option(
+    "--progress",
+    type=click.Choice(["auto", "live", "plain", "none"]),
+    default="auto",
+    show_default=True,
+)
+@click.pass_context
+def demo(
+    ctx: click.Context, count: int, delay: float, files: int, keep: bool, progress: str
+) -> int:
+    """Roll out DOC_ID headers over a generated project with the mock agent, and verify.
+
+    Creates a temporary project of --files modules, runs '/add FILE', 'Add a DOC_ID header to
+    FILE', '/drop FILE' for each on --count mock agents, then checks that every file got
+    exactly '# DOC_ID: <first 12 hex digits of sha256(path)>' and nothing else changed.
+    """
+    console = _console()
+    root = Path(tempfile.mkdtemp(prefix="aimcluster-demo-"))
+    with contextlib.ExitStack() as stack:
+        if not keep:
+            stack.callback(shutil.rmtree, root, ignore_errors=True)
+        originals = make_project(root, files)
+        jobs, _ = build_jobs(items_from_paths(["pkg/*.py"], root=root), DEMO_STEPS)
+        count = min(count, len(jobs))
+        console.print(
+            f"aimcluster demo: DOC_ID headers for {files} files in {root}/pkg, "
+            f"mock x {count} (--delay {delay:g} s)",
+            markup=False,
+            style="bold",
+            soft_wrap=True,
+        )
+        journal = stack.enter_context(Journal(root / "aimcluster-journal.jsonl", run=_run_id()))
+        batch = Batch(
+            spec=tools.mock(delay=delay, cwd=root),
+            count=count,
+            routing="least_busy",
+            jobs=jobs,
+            total=len(jobs),
+            skipped=0,
+            timeout=30.0,
+            retries=0,
+            grace=10.0,
+            journal=journal,
+        )
+        outcome = _execute(ctx, console, batch, progress=progress)
+        console.print(render_summary(outcome.summary))
+        verification = verify_project(root, originals)
+        _show_changes(console, root, originals, verification)
+        if keep:
+            console.print(f"Kept the project (and its journal) in {root}", markup=False)
+        else:
+            console.print("Removed the project and its journal (--keep keeps them).")
+        if outcome.exit_code > 128:
+            ctx.exit(outcome.exit_code)
+        ctx.exit(EXIT_OK if verification.ok and outcome.exit_code == 0 else EXIT_FAILED)
+
+
+def _show_changes(
+    console: Console, root: Path, originals: dict[str, bytes], verification: Verification
+) -> None:
+    console.print()
+    console.print("What changed (a plain module, a script, a file with CRLF line endings):")
+    for relative in examples(originals):
+        diff = unified_diff(relative, originals[relative], (root / relative).read_bytes())
+        if console.is_terminal:
+            from rich.syntax import Syntax  # pygments: imported only when it is used
+
+            console.print(Syntax(diff.rstrip("\n"), "diff", theme="ansi_dark"))
+        else:
+            console.print(diff.rstrip("\n"), markup=False, soft_wrap=True)
+    changed = inserted = deleted = 0
+    for relative, before in originals.items():
+        after = (root / relative).read_bytes()
+        if after != before:
+            changed += 1
+            lines = unified_diff(relative, before, after, context=0).splitlines()[2:]
+            inserted += sum(1 for line in lines if line.startswith("+"))
+            deleted += sum(1 for line in lines if line.startswith("-"))
+    console.print(
+        f"{changed} files changed, {inserted} insertions(+), {deleted} deletions(-)", markup=False
+    )
+    for relative, reason in verification.wrong[:10]:
+        console.print(f"  wrong: {relative}: {reason}", markup=False, style="red")
+    for relative in verification.unexpected[:10]:
+        console.print(f"  unexpected file: {relative}", markup=False, style="red")
+    total = len(originals)
+    if verification.ok:
+        console.print(
+            f"Verified {total}/{total} files: each has exactly its expected DOC_ID header "
+            "and is otherwise unchanged.",
+            style="bold green",
+            markup=False,
+            soft_wrap=True,
+        )
+    else:
+        console.print(
+            f"Verification FAILED: {len(verification.correct)} of {total} files are right.",
+            style="bold red",
+            markup=False,
+        )
+
+
+# -- tools ------------------------------------------------------------------------------------
+
+
+@cli.command(name="tools")
+def list_tools() -> int:
+    """List the built-in tool profiles and their exact command lines."""
+    console = _console()
+    rows = [("tool", "io", "ready prompt", "command line")]
+    for name in tools.names():
+        spec = tools.get(name)
+        ready = "-" if spec.ready is None else repr(spec.ready)
+        rows.append((name, "pty" if spec.pty else "pipes", ready, shlex.join(spec.argv)))
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    for number, row in enumerate(rows):
+        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+        line += "  " + row[3]
+        # Never wrapped or cut: the command line must be copyable as it is.
+        console.print(line, markup=False, soft_wrap=True, style="bold" if number == 0 else "")
+    return EXIT_OK
+
+
+# -- check ------------------------------------------------------------------------------------
+
+
+@cli.command(epilog="Exit codes: 0 healthy, 1 it did not start or answer, 2 unknown tool.")
+@click.argument("tool")
+@click.option(
+    "--probe",
+    metavar="TEXT",
+    help="The prompt to send [default: a harmless echo for built-in tools].",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long the probe's reply may take.",
+)
+@click.option(
+    "--cwd",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Where to start the tool.",
+)
+@click.pass_context
+def check(ctx: click.Context, tool: str, probe: str | None, timeout: float, cwd: str | None) -> int:
+    """Start one instance of TOOL, time its start-up, send it a probe, and stop it."""
+    console = _console()
+    try:
+        spec = resolve_tool(tool)
+    except InputError as exc:
+        _fail(str(exc))
+    if cwd is not None:
+        spec = _with_cwd(spec, cwd)
+    _check_executable(spec)
+    expect = None
+    if probe is not None:
+        prompt: str | None = probe
+    elif spec.probe is not None:
+        prompt, expect = spec.probe.command, spec.probe.expect
+    else:
+        prompt = PROBES.get(spec.name)
+    console.print(f"tool     {spec.name}", markup=False)
+    console.print(f"command  {shlex.join(spec.argv)}", markup=False)
+    logger = _logger(ctx.find_root().params.get("verbose", 0))
+
+    async def probe_tool() -> tuple[float, int | None, str | None, float | None, float]:
+        begin = anyio.current_time()
+        async with launch_cluster(spec, 1, restart=False, logger=logger) as cluster:
+            ready = anyio.current_time() - begin
+            pid = cluster.pids[0]
+            reply_text = None
+            reply_time = None
+            if prompt is not None:
+                reply = await cluster.send(prompt, timeout=timeout)
+                reply_text, reply_time = reply.text, reply.elapsed
+            stopping = anyio.current_time()
+        return ready, pid, reply_text, reply_time, anyio.current_time() - stopping
+
+    try:
+        ready, pid, text, elapsed, stopped = _run_async(ctx, probe_tool)
+    except StartupError as exc:
+        console.print("started  FAILED", markup=False, style="bold red")
+        _startup_failure(exc)
+    except AimclusterError as exc:
+        console.print(
+            f"probe    FAILED: {type(exc).__name__}: {exc}", markup=False, style="bold red"
+        )
+        ctx.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        click.echo("aimcluster: interrupted", err=True)
+        ctx.exit(130)
+    console.print(f"started  ready in {seconds(ready)} (pid {pid or '-'})", markup=False)
+    if prompt is None:
+        console.print("probe    none (pass --probe TEXT to send one)", markup=False)
+    else:
+        shown = text if text is not None and len(text) <= 200 else f"{(text or '')[:200]}..."
+        console.print(f"probe    {prompt!r} -> {shown!r} in {seconds(elapsed)}", markup=False)
+        if expect is not None and re.search(expect, text or "") is None:
+            console.print(
+                f"probe    FAILED: the reply does not match the spec's expect {expect!r}",
+                markup=False,
+                style="bold red",
+            )
+            ctx.exit(EXIT_FAILED)
+    console.print(f"stopped  in {seconds(stopped)}", markup=False)
+    console.print("OK", style="bold green")
+    return EXIT_OK
+
+
+def _with_cwd(spec: ToolSpec, cwd: str) -> ToolSpec:
+    return attrs.evolve(spec, cwd=os.path.abspath(cwd))
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The console script's entry point."""
+    cli.main(args=argv, prog_name="aimcluster")
+    raise AssertionError("unreachable: click exits")

@@ -1,0 +1,395 @@
+"""Jobs: short scripts of prompts run on one leased instance, scheduled across a cluster.
+
+A :class:`Job` declares the resources it touches (by default its item). Jobs that share a
+resource never overlap and run in submission order; all others run concurrently, up to the
+cluster's size. :func:`run_jobs` yields a :class:`JobResult` for each job as it ends.
+
+The scheduler starts a job only when every earlier job on each of its resources has ended *and*
+a slot is free, so a job that waits for a resource never holds a slot another job could use.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._exceptions import AimclusterError, ClusterClosedError, NoHealthyInstancesError
+
+if TYPE_CHECKING:
+    from ._cluster import Cluster
+
+__all__ = ["Job", "JobResult", "JobRun", "JobStatus", "run_jobs"]
+
+JobStatus = Literal["ok", "failed", "cancelled"]
+
+# Errors after which running the job again cannot help: the cluster itself is gone.
+_FATAL = (ClusterClosedError, NoHealthyInstancesError)
+
+
+def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise TypeError(f"expected a sequence of strings, got the string {value!r}")
+    return tuple(value)
+
+
+def _non_empty_strings(
+    instance: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]
+) -> None:
+    if attribute.name == "steps" and not value:
+        raise ValueError("a job needs at least one step")
+    for element in value:
+        if not isinstance(element, str):
+            raise TypeError(f"{attribute.name} must hold strings, got {element!r}")
+
+
+def _default_resources(job: Job) -> tuple[str, ...]:
+    return (job.item,)
+
+
+@attrs.frozen(kw_only=True)
+class Job:
+    """A short script of prompts, sent in order to one instance held for the whole job."""
+
+    #: What the job is about (a path, an id); names it in results, logs and the journal.
+    item: str
+    #: The prompts, sent one after another through one :meth:`Cluster.lease`.
+    steps: tuple[str, ...] = attrs.field(converter=_str_tuple, validator=_non_empty_strings)
+    #: The lease's routing key: with ``sticky`` routing, jobs with one key share an instance.
+    key: str | None = None
+    #: What the job touches. Jobs that share any resource never run at the same time, and run
+    #: in the order they were submitted. Defaults to ``(item,)``.
+    resources: tuple[str, ...] = attrs.field(
+        default=attrs.Factory(_default_resources, takes_self=True),
+        converter=_str_tuple,
+        validator=_non_empty_strings,
+    )
+
+
+@attrs.frozen(kw_only=True)
+class JobResult:
+    """How one job ended."""
+
+    #: The job.
+    job: Job
+    #: ``ok`` (every step got a reply), ``failed`` (a step failed, retries spent) or
+    #: ``cancelled`` (stopped by :meth:`JobRun.stop` after its grace period).
+    status: JobStatus
+    #: The instance that ran the last attempt (``None`` if no instance was ever granted).
+    instance: int | None
+    #: The reply texts of the last attempt, one per step that got a reply.
+    replies: tuple[str, ...]
+    #: How many times the job was started (more than 1 only with ``retries``).
+    attempts: int
+    #: Wall-clock start and end (``time.time()``), for humans and journals.
+    started_at: float
+    ended_at: float
+    #: Seconds the job took, waiting for its lease included (monotonic clock).
+    elapsed: float
+    #: The exception's class name and message when the job did not succeed.
+    error_type: str | None = None
+    error: str | None = None
+
+    @property
+    def item(self) -> str:
+        return self.job.item
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@attrs.define(eq=False)
+class _Node:
+    """A job in the scheduler: how many earlier jobs it still waits for, and who waits for it."""
+
+    index: int
+    job: Job
+    waiting: int = 0
+    successors: list[_Node] = attrs.field(factory=list)
+    started: bool = False
+
+
+@attrs.define(eq=False)
+class _Attempt:
+    """What the current attempt has got so far; a cancelled job reports it."""
+
+    number: int = 0
+    instance: int | None = None
+    replies: list[str] = attrs.field(factory=list)
+
+
+class JobRun:
+    """A running batch of jobs; create it with :func:`run_jobs`.
+
+    ``async with run_jobs(...) as run:`` starts it, ``async for result in run`` yields results
+    as jobs end, and leaving the block cancels whatever has not ended. A bare
+    ``async for result in run_jobs(...)`` does the same in one statement; iterate it to the
+    end (a ``break`` needs the ``async with`` form, to stop the jobs in the same task).
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        jobs: Iterable[Job],
+        *,
+        timeout: float | None,
+        retries: int,
+        concurrency: int | None,
+    ) -> None:
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries!r}")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be > 0, got {timeout!r}")
+        if concurrency is not None and concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
+        self._cluster = cluster
+        self._timeout = timeout
+        self._retries = retries
+        self._concurrency = concurrency
+        self._nodes: list[_Node] = []
+        self._ready: list[int] = []
+        tails: dict[str, _Node] = {}
+        for index, job in enumerate(jobs):
+            if not isinstance(job, Job):
+                raise TypeError(f"jobs must be aimcluster.Job objects, got {job!r}")
+            node = _Node(index, job)
+            for predecessor in {tails[r] for r in job.resources if r in tails}:
+                predecessor.successors.append(node)
+                node.waiting += 1
+            for resource in job.resources:
+                tails[resource] = node
+            if node.waiting == 0:
+                self._ready.append(index)
+            self._nodes.append(node)
+        self._running = 0
+        self._stopping = False
+        self._grace: float | None = None
+        self._scopes: dict[_Node, anyio.CancelScope] = {}
+        self._active: dict[int, Job] = {}
+        self._entered = False
+        self._stack: AsyncExitStack | None = None
+        self._wake: anyio.Event | None = None
+        self._send: MemoryObjectSendStream[JobResult]
+        self._receive: MemoryObjectReceiveStream[JobResult]
+
+    # -- observing ------------------------------------------------------------------------
+
+    @property
+    def total(self) -> int:
+        """How many jobs were submitted."""
+        return len(self._nodes)
+
+    @property
+    def active(self) -> Mapping[int, Job]:
+        """The job each instance is running now, by instance index."""
+        return dict(self._active)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping
+
+    @property
+    def unstarted(self) -> list[Job]:
+        """The jobs that have not started (after :meth:`stop`: those that never will)."""
+        return [node.job for node in self._nodes if not node.started]
+
+    # -- control --------------------------------------------------------------------------
+
+    def stop(self, grace: float | None = None) -> None:
+        """Start no more jobs; cancel those in flight after *grace* seconds (``None``: never).
+
+        May be called again with a shorter grace (a second Ctrl-C). Cancelled jobs end with
+        status ``cancelled``; iteration ends once every started job has ended.
+        """
+        self._stopping = True
+        if grace is not None:
+            self._grace = grace if self._grace is None else min(grace, self._grace)
+            deadline = anyio.current_time() + grace
+            for scope in self._scopes.values():
+                scope.deadline = min(scope.deadline, deadline)
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> JobRun:
+        if self._entered:
+            raise RuntimeError("a JobRun can be started only once")
+        self._entered = True
+        self._send, self._receive = anyio.create_memory_object_stream[JobResult](math.inf)
+        async with AsyncExitStack() as stack:
+            stack.enter_context(self._receive)
+            task_group = await stack.enter_async_context(anyio.create_task_group())
+            # Leaving the block early cancels the jobs instead of waiting for them.
+            stack.callback(task_group.cancel_scope.cancel)
+            task_group.start_soon(self._schedule)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._stack is not None
+        try:
+            return await self._stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # A single error is raised as itself at the public boundary.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
+    def __aiter__(self) -> AsyncIterator[JobResult]:
+        if self._entered:
+            return self
+        return self._run_and_iterate()
+
+    async def _run_and_iterate(self) -> AsyncGenerator[JobResult, None]:
+        async with self:
+            async for result in self:
+                yield result
+
+    async def __anext__(self) -> JobResult:
+        if not self._entered:
+            raise RuntimeError("iterate a JobRun with 'async for', or enter it first")
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    # -- scheduling -----------------------------------------------------------------------
+
+    def _limit(self) -> int:
+        # Read each time: a cluster that is scaled up takes more jobs at once.
+        return self._cluster.size if self._concurrency is None else self._concurrency
+
+    async def _schedule(self) -> None:
+        with self._send:
+            async with anyio.create_task_group() as task_group:
+                started = 0
+                while started < len(self._nodes) and not self._stopping:
+                    while self._ready and self._running < self._limit() and not self._stopping:
+                        node = self._nodes[heapq.heappop(self._ready)]
+                        node.started = True
+                        started += 1
+                        self._running += 1
+                        scope = anyio.CancelScope()
+                        self._scopes[node] = scope
+                        task_group.start_soon(self._run_node, node, scope)
+                    if started == len(self._nodes) or self._stopping:
+                        break
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
+                    self._wake = None
+
+    def _finish(self, node: _Node) -> None:
+        self._running -= 1
+        del self._scopes[node]
+        for successor in node.successors:
+            successor.waiting -= 1
+            if successor.waiting == 0:
+                heapq.heappush(self._ready, successor.index)
+        self._poke()
+
+    async def _run_node(self, node: _Node, scope: anyio.CancelScope) -> None:
+        attempt = _Attempt()
+        started_at = time.time()
+        start = anyio.current_time()
+        error: AimclusterError | None = None
+        try:
+            with scope:
+                error = await self._attempts(node.job, attempt)
+            status: JobStatus = "ok" if error is None else "failed"
+            error_type = None if error is None else type(error).__name__
+            message = None if error is None else str(error)
+            if scope.cancelled_caught:
+                status, error_type = "cancelled", "Cancelled"
+                message = f"cancelled after the {self._grace:g} s grace period of the stop"
+            self._send.send_nowait(
+                JobResult(
+                    job=node.job,
+                    status=status,
+                    instance=attempt.instance,
+                    replies=tuple(attempt.replies),
+                    attempts=attempt.number,
+                    started_at=started_at,
+                    ended_at=time.time(),
+                    elapsed=anyio.current_time() - start,
+                    error_type=error_type,
+                    error=message,
+                )
+            )
+        finally:
+            self._finish(node)
+
+    async def _attempts(self, job: Job, attempt: _Attempt) -> AimclusterError | None:
+        """Run *job* until it succeeds or its retries are spent; return the last error."""
+        error: AimclusterError | None = None
+        for number in range(1, self._retries + 2):
+            attempt.number, attempt.instance, attempt.replies = number, None, []
+            try:
+                await self._attempt(job, attempt)
+            except _FATAL as exc:
+                return exc
+            except AimclusterError as exc:
+                error = exc
+                if self._stopping:
+                    break
+            else:
+                return None
+        return error
+
+    async def _attempt(self, job: Job, attempt: _Attempt) -> None:
+        async with self._cluster.lease(job.key) as session:
+            attempt.instance = session.instance
+            self._active[session.instance] = job
+            try:
+                for step in job.steps:
+                    reply = await session.send(step, timeout=self._timeout)
+                    attempt.replies.append(reply.text)
+            finally:
+                del self._active[session.instance]
+
+
+def run_jobs(
+    cluster: Cluster,
+    jobs: Iterable[Job],
+    *,
+    timeout: float | None = None,
+    retries: int = 0,
+    concurrency: int | None = None,
+) -> JobRun:
+    """Run *jobs* on *cluster*; iterate the result to get each :class:`JobResult` as it ends.
+
+    Each job holds one instance (:meth:`Cluster.lease`) while it sends its steps in order.
+    Jobs that share a resource run one after another in submission order; the others run
+    concurrently, at most *concurrency* (default: the cluster's size) at a time. A failed job
+    does not stop the others or the jobs queued behind it on its resources.
+
+    ::
+
+        async with launch_cluster("mock", 4) as cluster:
+            async for result in run_jobs(cluster, jobs):
+                print(result.item, result.status)
+
+    :param timeout: seconds each step's reply may take (default: ``ToolSpec.reply_timeout``);
+        an instance that overruns is restarted
+    :param retries: run a failed job again, from its first step, up to this many times
+        (a job's steps are rarely idempotent: opt in)
+    """
+    return JobRun(cluster, jobs, timeout=timeout, retries=retries, concurrency=concurrency)

@@ -1,0 +1,300 @@
+"""The end-of-run summary: totals, per-instance figures, job times and failures.
+
+:class:`RunSummary` is plain data, built from the job results and the cluster's metrics; it is
+rendered as rich tables for people (:func:`render_summary`) and as JSON for programs
+(:meth:`RunSummary.as_dict`, ``--report``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from ._metrics import percentile
+
+if TYPE_CHECKING:
+    from ._jobs import JobResult
+    from ._metrics import ClusterMetrics
+
+__all__ = ["FailureSummary", "InstanceSummary", "RunSummary", "render_summary", "summarize"]
+
+#: Failures listed one by one; the rest are counted (the journal has them all).
+MAX_FAILURES_SHOWN = 10
+#: Instances listed one by one in the summary; the rest are counted.
+MAX_INSTANCES_SHOWN = 32
+
+
+@attrs.frozen(kw_only=True)
+class InstanceSummary:
+    """What one instance did during the run."""
+
+    #: The slot index.
+    index: int
+    #: Jobs that ended ``ok`` / not ok on this instance.
+    jobs_ok: int
+    jobs_failed: int
+    #: Prompts sent and process restarts, from :meth:`Cluster.metrics`.
+    prompts: int
+    restarts: int
+    #: Reply latency percentiles over recent prompts, in seconds.
+    reply_p50: float | None
+    reply_p95: float | None
+
+
+@attrs.frozen(kw_only=True)
+class FailureSummary:
+    """One job that did not succeed."""
+
+    item: str
+    #: ``failed`` or ``cancelled``.
+    status: str
+    attempts: int
+    instance: int | None
+    error_type: str | None
+    error: str | None
+
+
+@attrs.frozen(kw_only=True)
+class RunSummary:
+    """Everything the final report says about a run."""
+
+    #: The tool's name and the number of instances.
+    tool: str
+    count: int
+    #: Items given, and items skipped as already done in the journal.
+    total: int
+    skipped: int
+    #: Jobs that succeeded, failed, were cancelled by a stop, or never started.
+    ok: int
+    failed: int
+    cancelled: int
+    not_started: int
+    #: Seconds from the start until the instances were ready, and until the end.
+    startup_time: float
+    wall_time: float
+    #: Job time percentiles (lease wait included), in seconds.
+    job_p50: float | None
+    job_p95: float | None
+    instances: tuple[InstanceSummary, ...]
+    failures: tuple[FailureSummary, ...]
+    #: The signal that stopped the run (``SIGINT``), if one did.
+    interrupted: str | None = None
+    #: Where the results journal is.
+    journal: str | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.ok + self.failed + self.cancelled
+
+    @property
+    def throughput(self) -> float | None:
+        """Jobs finished per second of the run (startup excluded)."""
+        seconds = self.wall_time - self.startup_time
+        return self.finished / seconds if self.finished and seconds > 0 else None
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether every item is done (this run or an earlier one)."""
+        return self.ok + self.skipped == self.total
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = _plain(attrs.asdict(self))
+        data["throughput"] = self.throughput
+        data["succeeded"] = self.succeeded
+        return data
+
+
+def _plain(value: Any) -> Any:
+    """*value* with tuples turned into lists, as JSON has them."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def summarize(
+    results: Sequence[JobResult],
+    *,
+    tool: str,
+    count: int,
+    total: int,
+    skipped: int,
+    not_started: int,
+    startup_time: float,
+    wall_time: float,
+    metrics: ClusterMetrics | None,
+    interrupted: str | None = None,
+    journal: str | None = None,
+) -> RunSummary:
+    """Build the summary of a run from its results and the cluster's last metrics."""
+    per_ok: Counter[int] = Counter()
+    per_failed: Counter[int] = Counter()
+    for result in results:
+        if result.instance is not None:
+            (per_ok if result.ok else per_failed)[result.instance] += 1
+    instances = []
+    for index in range(count):
+        m = metrics.instances[index] if metrics is not None else None
+        instances.append(
+            InstanceSummary(
+                index=index,
+                jobs_ok=per_ok[index],
+                jobs_failed=per_failed[index],
+                prompts=m.sent if m is not None else 0,
+                restarts=m.restarts if m is not None else 0,
+                reply_p50=m.latency_p50 if m is not None else None,
+                reply_p95=m.latency_p95 if m is not None else None,
+            )
+        )
+    times = [result.elapsed for result in results if result.ok]
+    failures = tuple(
+        FailureSummary(
+            item=result.item,
+            status=result.status,
+            attempts=result.attempts,
+            instance=result.instance,
+            error_type=result.error_type,
+            error=result.error,
+        )
+        for result in results
+        if not result.ok
+    )
+    return RunSummary(
+        tool=tool,
+        count=count,
+        total=total,
+        skipped=skipped,
+        ok=sum(1 for result in results if result.ok),
+        failed=sum(1 for result in results if result.status == "failed"),
+        cancelled=sum(1 for result in results if result.status == "cancelled"),
+        not_started=not_started,
+        startup_time=startup_time,
+        wall_time=wall_time,
+        job_p50=percentile(times, 50),
+        job_p95=percentile(times, 95),
+        instances=tuple(instances),
+        failures=failures,
+        interrupted=interrupted,
+        journal=journal,
+    )
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+def seconds(value: float | None) -> str:
+    """A duration for people: ``850 µs``, ``42 ms``, ``1.25 s``, ``2m05s``."""
+    if value is None:
+        return "-"
+    if value < 0.001:
+        return f"{value * 1e6:.0f} µs"
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 60:
+        return f"{value:.2f} s"
+    minutes, rest = divmod(round(value), 60)
+    return f"{minutes}m{rest:02d}s"
+
+
+def _totals(summary: RunSummary) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    parts = [
+        Text(f"{summary.ok} ok", style="green"),
+        Text(f"{summary.failed} failed", style="red" if summary.failed else ""),
+    ]
+    if summary.cancelled:
+        parts.append(Text(f"{summary.cancelled} cancelled", style="yellow"))
+    if summary.not_started:
+        parts.append(Text(f"{summary.not_started} not started", style="yellow"))
+    if summary.skipped:
+        parts.append(Text(f"{summary.skipped} already done", style="dim"))
+    items = Text(f"{summary.total} total: ").append(Text(", ").join(parts))
+    grid.add_row("items", items)
+    rate = summary.throughput
+    wall = f"{seconds(summary.wall_time)} (instances ready in {seconds(summary.startup_time)})"
+    if rate is not None:
+        wall += f", {rate:.1f} items/s"
+    grid.add_row("wall time", wall)
+    grid.add_row("job time", f"p50 {seconds(summary.job_p50)}, p95 {seconds(summary.job_p95)}")
+    grid.add_row("tool", f"{summary.tool} x {summary.count}")
+    if summary.journal is not None:
+        grid.add_row("journal", summary.journal)
+    if summary.interrupted is not None:
+        grid.add_row("stopped", Text(f"by {summary.interrupted}", style="yellow"))
+    return grid
+
+
+def _instances(summary: RunSummary) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    table.add_column("instance", justify="right")
+    table.add_column("jobs ok", justify="right")
+    table.add_column("failed", justify="right")
+    table.add_column("prompts", justify="right")
+    table.add_column("restarts", justify="right")
+    table.add_column("reply p50", justify="right")
+    table.add_column("reply p95", justify="right")
+    for m in summary.instances[:MAX_INSTANCES_SHOWN]:
+        table.add_row(
+            str(m.index),
+            str(m.jobs_ok),
+            Text(str(m.jobs_failed), style="red" if m.jobs_failed else ""),
+            str(m.prompts),
+            Text(str(m.restarts), style="yellow" if m.restarts else ""),
+            seconds(m.reply_p50),
+            seconds(m.reply_p95),
+        )
+    return table
+
+
+def _failures(summary: RunSummary) -> RenderableType:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
+    table.add_column("item", overflow="fold")
+    table.add_column("status")
+    table.add_column("tries", justify="right")
+    table.add_column("error", overflow="fold", ratio=1)
+    for failure in summary.failures[:MAX_FAILURES_SHOWN]:
+        message = (failure.error or "").splitlines()[0] if failure.error else ""
+        table.add_row(
+            failure.item,
+            Text(failure.status, style="red" if failure.status == "failed" else "yellow"),
+            str(failure.attempts),
+            f"{failure.error_type}: {message}",
+        )
+    parts: list[RenderableType] = [Text(f"Failures ({len(summary.failures)})", style="bold red")]
+    parts.append(table)
+    hidden = len(summary.failures) - MAX_FAILURES_SHOWN
+    if hidden > 0:
+        kinds = Counter(failure.error_type for failure in summary.failures)
+        by_kind = ", ".join(f"{kind} x {n}" for kind, n in kinds.most_common())
+        parts.append(Text(f"... and {hidden} more ({by_kind}); the journal has them all"))
+    return Group(*parts)
+
+
+def render_summary(summary: RunSummary) -> RenderableType:
+    """The summary as rich renderables, for a terminal or a plain stream."""
+    if summary.succeeded:
+        verdict = Text("All items done.", style="bold green")
+    elif summary.interrupted is not None:
+        verdict = Text("Stopped before every item was done.", style="bold yellow")
+    else:
+        verdict = Text("Some items failed.", style="bold red")
+    parts: list[RenderableType] = [Text("Summary", style="bold"), _totals(summary)]
+    if summary.finished:
+        parts.append(_instances(summary))
+        hidden = len(summary.instances) - MAX_INSTANCES_SHOWN
+        if hidden > 0:
+            parts.append(Text(f"... and {hidden} more instances (--report has them all)\n"))
+    if summary.failures:
+        parts.append(_failures(summary))
+    parts.append(verdict)
+    return Group(*parts)

@@ -1,0 +1,96 @@
+"""What ``--tool`` names: a built-in profile (with extra arguments) or a TOML/JSON spec file."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from . import tools
+from ._items import InputError
+from ._spec import Probe, ToolSpec
+
+__all__ = ["resolve_tool", "spec_fields"]
+
+_SPEC_SUFFIXES = (".toml", ".json")
+
+
+def spec_fields() -> list[str]:
+    """The ToolSpec fields a spec file may set."""
+    return [field.name for field in attrs.fields(ToolSpec)]
+
+
+def resolve_tool(reference: str) -> ToolSpec:
+    """The ToolSpec that *reference* names.
+
+    * ``mock``, ``python``, ``bash``: a built-in profile (:func:`aimcluster.tools.names`);
+    * ``"mock --delay 0.05"``: a built-in profile with arguments appended to its command line;
+    * ``path/to/tool.toml`` or ``.json``: a file holding ToolSpec fields
+      (``name``, ``argv``, ``ready``, ``pty``, ``env``, ``cwd``, timeouts...; ``argv`` may be
+      one string, split like a shell would; ``probe`` is a table of Probe fields).
+
+    :raises InputError: for an unknown name, a missing file or invalid fields
+    """
+    path = Path(reference).expanduser()
+    if path.suffix.lower() in _SPEC_SUFFIXES or ("/" in reference and path.is_file()):
+        return _load_spec_file(path, reference)
+    try:
+        words = shlex.split(reference)
+    except ValueError as exc:
+        raise InputError(f"--tool {reference!r}: {exc}") from None
+    if not words:
+        raise InputError(f"--tool is empty; known tools are: {', '.join(tools.names())}")
+    name, *extra = words
+    try:
+        spec = tools.get(name)
+    except ValueError:
+        raise InputError(
+            f"unknown tool {name!r}; known tools are: {', '.join(tools.names())} "
+            "(or a path to a .toml/.json tool spec)"
+        ) from None
+    if extra:
+        spec = attrs.evolve(spec, argv=[*spec.argv, *extra])
+    return spec
+
+
+def _load_spec_file(path: Path, reference: str) -> ToolSpec:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"tool spec file not found: {reference!r}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the tool spec file {reference!r}: {exc}") from None
+    load = json.loads if path.suffix.lower() == ".json" else tomllib.loads
+    try:
+        data: Any = load(text)
+    except ValueError as exc:  # json.JSONDecodeError and tomllib.TOMLDecodeError
+        raise InputError(f"tool spec file {reference!r} is not valid: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"tool spec file {reference!r} must hold a table/object of fields")
+    known = spec_fields()
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise InputError(
+            f"tool spec file {reference!r}: unknown field(s) {', '.join(map(repr, unknown))}; "
+            f"valid fields are: {', '.join(known)}"
+        )
+    fields = dict(data)
+    fields.setdefault("name", path.stem)
+    if isinstance(fields.get("argv"), str):
+        fields["argv"] = shlex.split(fields["argv"])
+    if isinstance(fields.get("probe"), dict):
+        try:
+            fields["probe"] = Probe(**fields["probe"])
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"tool spec file {reference!r}: probe: {exc}") from None
+    for required in ("argv", "ready"):
+        if required not in fields:
+            raise InputError(f"tool spec file {reference!r}: the field {required!r} is required")
+    try:
+        return ToolSpec(**fields)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"tool spec file {reference!r}: {exc}") from None

@@ -1,0 +1,218 @@
+"""run_jobs: job scripts on leased instances, ordered by shared resources, on real processes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import attrs
+import pytest
+
+from aimcluster import ToolSpec, launch_cluster, tools
+from aimcluster._jobs import Job, JobResult, run_jobs
+
+pytestmark = pytest.mark.anyio
+
+# A step that never ends would hang the test; this bounds each one instead.
+STEP_TIMEOUT = 20.0
+
+
+def fast_mock(tmp_path: Path) -> ToolSpec:
+    # A short shutdown grace: a mock stuck in /sleep or /hang is SIGTERMed sooner.
+    return attrs.evolve(tools.mock(cwd=tmp_path), shutdown_grace=0.5)
+
+
+def py_write(path: Path, text: str) -> str:
+    """A Python REPL step that appends a line to *path* (atomic: O_APPEND, one write)."""
+    return f"open({str(path)!r}, 'a').write({text + chr(10)!r})"
+
+
+def py_fifo_read(path: Path) -> str:
+    return f"(lambda f: (f.read(), f.close())[0])(open({str(path)!r}))"
+
+
+def py_fifo_write(path: Path) -> str:
+    return f"(lambda f: (f.write('go'), f.close()))(open({str(path)!r}, 'w'))"
+
+
+async def test_every_job_runs_its_steps_in_order_on_one_instance(tmp_path: Path) -> None:
+    for name in ("a.py", "b.py", "c.py"):
+        (tmp_path / name).write_text("x = 1\n")
+    jobs = [
+        Job(item=name, steps=[f"/add {name}", f"Add a DOC_ID header to {name}", f"/drop {name}"])
+        for name in ("a.py", "b.py", "c.py")
+    ]
+    async with launch_cluster(fast_mock(tmp_path), 2) as cluster:
+        results = [result async for result in run_jobs(cluster, jobs)]
+
+    assert sorted(result.item for result in results) == ["a.py", "b.py", "c.py"]
+    for result in results:
+        name = result.item
+        assert result.status == "ok"
+        assert result.ok
+        assert result.attempts == 1
+        assert result.instance in (0, 1)
+        assert result.error_type is None
+        assert result.replies == (
+            f"Added {name} to the chat",
+            f"Added DOC_ID header to {name}",
+            f"Removed {name} from the chat",
+        )
+        assert result.started_at <= result.ended_at
+        assert (tmp_path / name).read_text().startswith("# DOC_ID: ")
+
+
+async def test_conflicting_jobs_run_in_submission_order_and_never_hold_a_slot(
+    tmp_path: Path,
+) -> None:
+    # Two instances. A, B and C share resource "r"; D is independent. A blocks on a FIFO
+    # until D writes to it, so the run completes only if D runs while A does, that is, if
+    # B and C (queued behind A) do not take the second instance while they wait.
+    log = tmp_path / "log"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    jobs = [
+        Job(
+            item="A",
+            resources=["r"],
+            steps=[py_write(log, "A start"), py_fifo_read(fifo), py_write(log, "A end")],
+        ),
+        Job(item="B", resources=["r"], steps=[py_write(log, "B start"), py_write(log, "B end")]),
+        Job(item="C", resources=["r"], steps=[py_write(log, "C start"), py_write(log, "C end")]),
+        Job(item="D", resources=["d"], steps=[py_fifo_write(fifo)]),
+    ]
+    async with launch_cluster(tools.python(cwd=tmp_path), 2) as cluster:
+        results = {r.item: r async for r in run_jobs(cluster, jobs, timeout=STEP_TIMEOUT)}
+
+    assert {item: r.status for item, r in results.items()} == dict.fromkeys("ABCD", "ok")
+    assert results["A"].replies[1] == "'go'"
+    assert log.read_text().splitlines() == [
+        "A start",
+        "A end",
+        "B start",
+        "B end",
+        "C start",
+        "C end",
+    ]
+    a, b, c, d = (results[item] for item in "ABCD")
+    # Serialised, in submission order ...
+    assert a.ended_at <= b.started_at
+    assert b.ended_at <= c.started_at
+    # ... while the independent job overlapped the first of them.
+    assert d.started_at < a.ended_at
+    assert a.started_at < d.ended_at
+
+
+async def test_jobs_on_one_item_are_serialised_by_default(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    jobs = [
+        Job(item="same", steps=[py_write(log, f"{n} start"), py_write(log, f"{n} end")])
+        for n in range(4)
+    ]
+    assert jobs[0].resources == ("same",)
+    async with launch_cluster(tools.python(cwd=tmp_path), 4) as cluster:
+        results = [r async for r in run_jobs(cluster, jobs, timeout=STEP_TIMEOUT)]
+
+    assert [r.status for r in results] == ["ok"] * 4
+    assert log.read_text().splitlines() == [
+        f"{n} {edge}" for n in range(4) for edge in ("start", "end")
+    ]
+
+
+async def test_a_failed_job_is_retried_from_its_first_step(tmp_path: Path) -> None:
+    jobs = [
+        Job(item="crasher", steps=["/echo first", "/crash 7"]),
+        Job(item="fine", steps=["/echo ok"]),
+    ]
+    async with launch_cluster(fast_mock(tmp_path), 2) as cluster:
+        results = {r.item: r async for r in run_jobs(cluster, jobs, retries=1)}
+
+    crasher = results["crasher"]
+    assert crasher.status == "failed"
+    assert crasher.attempts == 2
+    assert crasher.error_type == "InstanceCrashedError"
+    assert crasher.error is not None
+    assert "code 7" in crasher.error
+    # The replies of the last attempt, up to the step that failed.
+    assert crasher.replies == ("first",)
+    assert results["fine"].status == "ok"
+    assert results["fine"].replies == ("ok",)
+
+
+async def test_a_step_that_overruns_the_timeout_fails_the_job(tmp_path: Path) -> None:
+    jobs = [Job(item="slow", steps=["/sleep 30"])]
+    async with launch_cluster(fast_mock(tmp_path), 1) as cluster:
+        results = [r async for r in run_jobs(cluster, jobs, timeout=0.2)]
+
+    assert [(r.status, r.error_type) for r in results] == [("failed", "ReplyTimeoutError")]
+
+
+async def test_stop_starts_nothing_new_and_lets_jobs_in_flight_finish(tmp_path: Path) -> None:
+    jobs = [Job(item=str(n), steps=["/echo hi"]) for n in range(50)]
+    async with launch_cluster(fast_mock(tmp_path), 2) as cluster:
+        results: list[JobResult] = []
+        async with run_jobs(cluster, jobs) as run:
+            assert run.total == 50
+            async for result in run:
+                results.append(result)
+                if len(results) == 1:
+                    run.stop(grace=None)
+                    assert run.stopping
+
+    assert all(r.status == "ok" for r in results)
+    # The jobs already started when stop() was called finished; the rest never started.
+    assert len(results) + len(run.unstarted) == 50
+    assert len(run.unstarted) > 0
+    assert {job.item for job in run.unstarted}.isdisjoint(r.item for r in results)
+
+
+async def test_stop_with_a_grace_period_cancels_jobs_still_running(tmp_path: Path) -> None:
+    jobs = [Job(item="quick", steps=["/echo done"]), Job(item="stuck", steps=["/hang"])]
+    async with launch_cluster(fast_mock(tmp_path), 2) as cluster:
+        results = {}
+        async with run_jobs(cluster, jobs) as run:
+            async for result in run:
+                results[result.item] = result
+                run.stop(grace=0)
+
+    assert results["quick"].status == "ok"
+    stuck = results["stuck"]
+    assert stuck.status == "cancelled"
+    assert stuck.error_type == "Cancelled"
+    assert stuck.instance in (0, 1)
+    assert stuck.replies == ()
+
+
+async def test_leaving_the_block_early_cancels_the_remaining_jobs(tmp_path: Path) -> None:
+    jobs = [Job(item="first", steps=["/echo 1"])] + [
+        Job(item=f"hang{n}", steps=["/hang"]) for n in range(3)
+    ]
+    async with launch_cluster(fast_mock(tmp_path), 4) as cluster:
+        async with run_jobs(cluster, jobs) as run:
+            async for result in run:
+                assert result.item == "first"
+                break
+        # Leaving the block did not wait for the hung jobs, and no further result came.
+        assert run.active == {}
+
+
+async def test_run_jobs_validates_its_arguments(tmp_path: Path) -> None:
+    async with launch_cluster(fast_mock(tmp_path), 1) as cluster:
+        with pytest.raises(ValueError, match="retries must be >= 0, got -1"):
+            run_jobs(cluster, [], retries=-1)
+        with pytest.raises(ValueError, match="timeout must be > 0, got 0"):
+            run_jobs(cluster, [], timeout=0)
+        with pytest.raises(TypeError, match=r"jobs must be aimcluster\.Job objects, got 'x'"):
+            run_jobs(cluster, ["x"])  # type: ignore[list-item]
+        assert [r async for r in run_jobs(cluster, [])] == []
+
+
+def test_job_needs_steps_as_a_sequence_of_strings() -> None:
+    with pytest.raises(ValueError, match="a job needs at least one step"):
+        Job(item="x", steps=[])
+    with pytest.raises(TypeError, match="expected a sequence of strings, got the string"):
+        Job(item="x", steps="/add x")
+    job = Job(item="x", steps=["a"], key="k", resources=["r1", "r2"])
+    assert job.steps == ("a",)
+    assert job.resources == ("r1", "r2")
+    assert job.key == "k"
