@@ -22,9 +22,9 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aimcluster  # noqa: E402
-from aimcluster import tools  # noqa: E402
-from aimcluster.testing import chaos_monkey  # noqa: E402
+import aimcluster
+from aimcluster import tools
+from aimcluster.testing import chaos_monkey
 
 POLICY = aimcluster.RestartPolicy(initial_delay=0.01, max_delay=0.1, max_restarts=100_000)
 
