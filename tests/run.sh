@@ -22,4 +22,6 @@ if [ "${CI:-}" = "true" ]; then
 fi
 
 # pytest exits 5 when it collects no test; like any non-zero status, that fails the run.
-exec "$venv/bin/python" -m pytest --cov --cov-report=term --cov-fail-under=90 "$@"
+# No test reads the terminal; stand-ins that read an open stdin (as codex does) must not
+# inherit it, so the suite runs the same from a shell as in CI.
+exec "$venv/bin/python" -m pytest --cov --cov-report=term --cov-fail-under=90 "$@" </dev/null
