@@ -24,4 +24,8 @@ fi
 # pytest exits 5 when it collects no test; like any non-zero status, that fails the run.
 # No test reads the terminal; stand-ins that read an open stdin (as codex does) must not
 # inherit it, so the suite runs the same from a shell as in CI.
-exec "$venv/bin/python" -m pytest --cov --cov-report=term --cov-fail-under=90 "$@" </dev/null
+# Coverage starts before pytest (not through pytest-cov): the package's own pytest plugin is
+# imported while pytest starts, and its module-level code would otherwise count as unrun.
+"$venv/bin/python" -m coverage erase
+"$venv/bin/python" -m coverage run -m pytest "$@" </dev/null
+"$venv/bin/python" -m coverage report --fail-under=90
