@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._cluster import Cluster as Cluster
 from ._cluster import launch_cluster as launch_cluster
 from ._exceptions import AimclusterError as AimclusterError
+from ._exceptions import AutoAnswerLimitError as AutoAnswerLimitError
 from ._exceptions import ClusterClosedError as ClusterClosedError
 from ._exceptions import InstanceCrashedError as InstanceCrashedError
 from ._exceptions import NoHealthyInstancesError as NoHealthyInstancesError
@@ -12,7 +13,11 @@ from ._exceptions import PromptCancelledError as PromptCancelledError
 from ._exceptions import ReplyTimeoutError as ReplyTimeoutError
 from ._exceptions import ReplyTooLargeError as ReplyTooLargeError
 from ._exceptions import StartupError as StartupError
+from ._exceptions import ToolError as ToolError
 from ._exceptions import ToolNotFoundError as ToolNotFoundError
+from ._framing import JsonlFraming as JsonlFraming
+from ._framing import OneshotFraming as OneshotFraming
+from ._framing import PromptFraming as PromptFraming
 from ._instance import InstanceStalledError as InstanceStalledError
 from ._instance import InstanceState as InstanceState
 from ._jobs import Job as Job
@@ -31,6 +36,7 @@ from ._transport import LocalTransport as LocalTransport
 
 __all__ = [
     "AimclusterError",
+    "AutoAnswerLimitError",
     "Cluster",
     "ClusterClosedError",
     "ClusterMetrics",
@@ -41,10 +47,13 @@ __all__ = [
     "Job",
     "JobResult",
     "JobRun",
+    "JsonlFraming",
     "LocalTransport",
     "NoHealthyInstancesError",
+    "OneshotFraming",
     "Probe",
     "PromptCancelledError",
+    "PromptFraming",
     "Reply",
     "ReplyTimeoutError",
     "ReplyTooLargeError",
@@ -52,6 +61,7 @@ __all__ = [
     "Session",
     "StartupError",
     "Ticket",
+    "ToolError",
     "ToolNotFoundError",
     "ToolSpec",
     "launch_cluster",

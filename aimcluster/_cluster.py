@@ -25,6 +25,7 @@ from ._instance import Instance, InstanceState
 from ._lease import LeaseRequest, Session
 from ._metrics import ClusterMetrics
 from ._policy import RestartPolicy
+from ._ratelimit import RateLimiter
 from ._request import Reply, Request, Ticket
 from ._routing import make_router
 from ._spec import ToolSpec
@@ -60,6 +61,8 @@ class Cluster:
         self._transport = transport
         self._log = logger.bind(tool=spec.name)
         self._healthy: list[int] = list(range(count))
+        # One rate-limit pause for all instances: a 429 on one holds every prompt back.
+        self._limiter = RateLimiter()
         self._stack: AsyncExitStack | None = None
         self._closing = False
         # Event loop objects; created on entry, since launch_cluster() itself is synchronous.
@@ -82,6 +85,7 @@ class Cluster:
             log=self._log,
             on_state=self._on_state,
             requeue=self._requeue,
+            limiter=self._limiter,
         )
 
     # -- lifecycle --------------------------------------------------------------------------

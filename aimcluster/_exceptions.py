@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class AimclusterError(Exception):
     """Base class of every error aimcluster raises on purpose."""
@@ -91,6 +93,11 @@ class ReplyTooLargeError(InstanceCrashedError):
     """
 
 
+class AutoAnswerLimitError(InstanceCrashedError):
+    """The tool asked more questions during one prompt than ``ToolSpec.max_auto_answers``
+    allows (a question loop); the instance is restarted."""
+
+
 class ClusterClosedError(AimclusterError):
     """The cluster was shut down before (or while) the prompt could be handled."""
 
@@ -101,3 +108,36 @@ class NoHealthyInstancesError(AimclusterError):
 
 class PromptCancelledError(AimclusterError):
     """The prompt was withdrawn (``Ticket.cancel()`` or a cancelled ``send``) before its reply."""
+
+
+class ToolError(AimclusterError):
+    """The tool answered, but reported that the turn failed: an error event, ``is_error``,
+    ``turn.failed``, or a one-shot process that exited with a non-zero code.
+
+    The instance is fine and keeps serving; the prompt is not retried.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        instance: int,
+        prompt: str,
+        exit_code: int | None = None,
+        output: str = "",
+        events: tuple[dict[str, Any], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.instance = instance
+        self.prompt = prompt
+        #: The one-shot process's exit code, or ``None`` for a long-lived tool.
+        self.exit_code = exit_code
+        #: What the tool printed for the prompt (its raw output).
+        self.output = output
+        #: The turn's JSON events, the failing one last (JSONL framings only).
+        self.events = events
+
+    @property
+    def event(self) -> dict[str, Any] | None:
+        """The event that reported the failure, if the tool writes events."""
+        return self.events[-1] if self.events else None

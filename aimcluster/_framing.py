@@ -1,17 +1,118 @@
-"""Turning a tool's output stream into replies: find the ready prompt at the end of the output.
+"""Turning a tool's output stream into replies.
 
-The framer is fed raw chunks in arrival order. It decodes them incrementally (a multi-byte
-character split across reads is decoded once whole; invalid bytes become U+FFFD) and searches only
-the last ``window`` characters for the ready regex, so a big reply costs O(size), not O(size^2),
-however it is chunked.
+Three framings, chosen per :class:`~aimcluster.ToolSpec` with its ``framing`` field:
+
+- :class:`PromptFraming` (the default): a reply ends where the output ends with the ready
+  prompt. The :class:`Framer` is fed raw chunks in arrival order. It decodes them incrementally
+  (a multi-byte character split across reads is decoded once whole; invalid bytes become U+FFFD)
+  and searches only the last ``window`` characters for the ready regex, so a big reply costs
+  O(size), not O(size^2), however it is chunked.
+- :class:`JsonlFraming`: the tool reads one JSON object a line and writes JSON events; a reply
+  is the events up to a terminal one (:class:`JsonlFramer`).
+- :class:`OneshotFraming`: one process per prompt; a reply is its whole output, optionally
+  read as JSON events too.
 """
 
 from __future__ import annotations
 
 import codecs
+import json
 import re
+from collections.abc import Callable, Sequence
+from typing import Any
 
-__all__ = ["FrameOverflow", "Framer", "clean_reply", "compile_ready"]
+import attrs
+
+__all__ = [
+    "Event",
+    "Frame",
+    "FrameOverflow",
+    "Framer",
+    "Framing",
+    "JsonlFramer",
+    "JsonlFraming",
+    "OneshotFraming",
+    "PromptFraming",
+    "clean_reply",
+    "compile_ready",
+]
+
+#: One JSON event a tool wrote, as parsed.
+Event = dict[str, Any]
+
+
+def _positive_or_none(instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def _no_failure(events: Sequence[Event]) -> str | None:
+    return None
+
+
+def _json_prompt(prompt: str) -> str:
+    return json.dumps({"prompt": prompt})
+
+
+@attrs.frozen(kw_only=True)
+class PromptFraming:
+    """A reply ends where the output ends with the ToolSpec's ``ready`` regex."""
+
+    #: After the ready regex matched, the reply is complete only if no more output arrives
+    #: within this many seconds; for tools whose prompt text can also appear inside a reply.
+    #: ``None``: complete at once.
+    settle: float | None = attrs.field(default=None, validator=_positive_or_none)
+
+
+@attrs.frozen(kw_only=True)
+class JsonlFraming:
+    """The tool reads one JSON object a line and writes one JSON event a line.
+
+    A reply is every event up to and including the first one *terminal* accepts.
+    """
+
+    #: Whether an event ends the reply (Claude Code's ``result``, Codex's ``turn.completed``).
+    terminal: Callable[[Event], bool]
+    #: The reply's text, from its events (for example the ``result`` event's ``result``).
+    answer: Callable[[Sequence[Event]], str]
+    #: The input line for a prompt, without the newline.
+    encode: Callable[[str], str] = _json_prompt
+    #: A failure message when the events report the turn failed (``is_error``,
+    #: ``turn.failed``), else ``None``; a failed turn raises :class:`~aimcluster.ToolError`.
+    failure: Callable[[Sequence[Event]], str | None] = _no_failure
+    #: An event that says the tool is ready after start-up; ``None``: ready once spawned (for
+    #: tools that print nothing until their first input).
+    ready: Callable[[Event], bool] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class OneshotFraming:
+    """One process per prompt: ``{prompt}`` in ``argv`` is replaced by the prompt (as part of one
+    argument, never through a shell), stdin is closed, and the reply is the output up to the
+    process's exit. A non-zero exit is a :class:`~aimcluster.ToolError`.
+    """
+
+    #: Read the output as JSON events; the reply's text and failures come from them.
+    events: JsonlFraming | None = None
+
+
+#: How a tool's output is cut into replies.
+Framing = PromptFraming | JsonlFraming | OneshotFraming
+
+
+@attrs.frozen
+class Frame:
+    """One framed reply, before it becomes a :class:`~aimcluster.Reply`."""
+
+    #: The reply's raw text (prompt framing), or the answer extracted from the events.
+    text: str
+    #: The reply's JSON events (JSONL framings only).
+    events: tuple[Event, ...] = ()
+    #: Why the turn failed, if the events say it did.
+    failure: str | None = None
+    #: The lines the reply was read from (JSONL framings; for error reports).
+    raw: str = ""
+
 
 _CRLF = re.compile(r"\r+\n")
 
@@ -49,18 +150,41 @@ class Framer:
     """
 
     __slots__ = (
+        "_candidate",
         "_chunks",
         "_decoder",
         "_max_bytes",
         "_nbytes",
         "_overflowed",
         "_pattern",
+        "_question",
+        "_responders",
+        "_settle",
         "_tail",
         "_window",
     )
 
-    def __init__(self, ready: str, *, window: int, max_bytes: int, encoding: str) -> None:
+    def __init__(
+        self,
+        ready: str,
+        *,
+        window: int,
+        max_bytes: int,
+        encoding: str,
+        settle: bool = False,
+        responders: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """With *settle*, a match is only a candidate (see :attr:`pending`): :meth:`feed`
+        returns ``None`` and the caller decides with :meth:`commit` once output went quiet.
+
+        *responders* are ``(regex, answer)`` pairs: output that ends with a match is a question
+        the tool asks (see :meth:`take_question`), never the end of a reply.
+        """
         self._pattern = compile_ready(ready)
+        self._responders = [(compile_ready(rx), rx, answer) for rx, answer in responders]
+        self._question: tuple[str, str] | None = None
+        self._settle = settle
+        self._candidate: int | None = None
         self._window = window
         self._max_bytes = max_bytes
         self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
@@ -81,6 +205,7 @@ class Framer:
         text = self._decoder.decode(data)
         if not text:
             return None
+        self._candidate = None  # more output: the earlier prompt was inside the reply
         self._chunks.append(text)
         tail = self._tail + text
         start = 0
@@ -89,24 +214,189 @@ class Framer:
             # only where a line really starts there.
             tail = tail[-self._window - 1 :]
             start = 1
+        for question, regex, answer in self._responders:
+            if question.search(tail, start) is not None:
+                self._tail = tail
+                self._question = (regex, answer)
+                return None
         match = self._pattern.search(tail, start)
         if match is None:
             self._tail = tail
             return None
         prompt_len = len(tail) - match.start()
         whole = text if len(self._chunks) == 1 else "".join(self._chunks)
+        if self._settle:
+            self._chunks[:] = [whole]
+            self._tail = tail
+            self._candidate = len(whole) - prompt_len
+            return None
         self.discard()
         return whole[: len(whole) - prompt_len]
+
+    def take_question(self) -> tuple[str, str] | None:
+        """The ``(regex, answer)`` of the question the output ended with at the last
+        :meth:`feed`, once; ``None`` if it ended with none."""
+        question, self._question = self._question, None
+        return question
+
+    @property
+    def pending(self) -> bool:
+        """Whether the output ends with the ready prompt, awaiting :meth:`commit`."""
+        return self._candidate is not None
+
+    def commit(self) -> str | None:
+        """End the reply at the pending prompt (no more output came); ``None`` if none."""
+        if self._candidate is None:
+            return None
+        whole = "".join(self._chunks)
+        text = whole[: self._candidate]
+        self.discard()
+        return text
 
     def discard(self) -> None:
         """Forget the output buffered so far (it belongs to no prompt)."""
         self._chunks.clear()
         self._tail = ""
         self._nbytes = 0
+        self._candidate = None
+
+    def tail(self) -> str:
+        """The last ``window`` characters or so of the buffered output."""
+        return self._tail
 
     def partial(self) -> str:
         """The output buffered since the last ready prompt (for error reports)."""
         return "".join(self._chunks)
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._nbytes
+
+
+class JsonlFramer:
+    """Cuts a stream of JSON lines into replies, each ending with a terminal event.
+
+    Lines that are not a JSON object are handed to *on_junk* (to be logged) and otherwise
+    ignored. Until the framing's ``ready`` event is seen (if it has one), :meth:`feed` returns
+    the start-up as a frame of its own.
+    """
+
+    __slots__ = (
+        "_decoder",
+        "_events",
+        "_framing",
+        "_line",
+        "_max_bytes",
+        "_nbytes",
+        "_on_junk",
+        "_overflowed",
+        "_raw",
+        "_starting",
+    )
+
+    def __init__(
+        self,
+        framing: JsonlFraming,
+        *,
+        max_bytes: int,
+        encoding: str,
+        on_junk: Callable[[str], None] | None = None,
+    ) -> None:
+        self._framing = framing
+        self._max_bytes = max_bytes
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        self._on_junk = on_junk
+        self._line: list[str] = []
+        self._raw: list[str] = []
+        self._events: list[Event] = []
+        self._nbytes = 0
+        self._overflowed = False
+        self._starting = framing.ready is not None
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """The replies completed by *data* (usually none or one)."""
+        if self._overflowed:
+            return []
+        self._nbytes += len(data)
+        if self._nbytes > self._max_bytes:
+            self._overflowed = True
+            size, partial = self._nbytes, self.partial()
+            self.discard()
+            raise FrameOverflow(size, partial)
+        return self._lines(self._decoder.decode(data))
+
+    def finish(self) -> list[Frame]:
+        """At end of output: frame a last line that had no newline."""
+        if self._overflowed:
+            return []
+        return self._lines(self._decoder.decode(b"", final=True) + "\n")
+
+    def _lines(self, text: str) -> list[Frame]:
+        frames: list[Frame] = []
+        while text:
+            end = text.find("\n")
+            if end < 0:
+                self._line.append(text)
+                break
+            self._line.append(text[:end])
+            text = text[end + 1 :]
+            line = "".join(self._line)
+            self._line.clear()
+            frame = self._line_done(line)
+            if frame is not None:
+                frames.append(frame)
+        return frames
+
+    def _line_done(self, line: str) -> Frame | None:
+        self._raw.append(line)
+        stripped = line.strip()
+        if not stripped:
+            return None
+        try:
+            event = json.loads(stripped)
+        except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            if self._on_junk is not None:
+                self._on_junk(line)
+            return None
+        self._events.append(event)
+        framing = self._framing
+        if self._starting:
+            assert framing.ready is not None
+            if not framing.ready(event):
+                return None
+            self._starting = False
+            frame = Frame(text="\n".join(self._raw), events=tuple(self._events))
+        elif not framing.terminal(event):
+            return None
+        else:
+            events = tuple(self._events)
+            frame = Frame(
+                text=framing.answer(events),
+                events=events,
+                failure=framing.failure(events),
+                raw="\n".join(self._raw),
+            )
+        self._events.clear()
+        self._raw.clear()
+        self._nbytes = 0
+        return frame
+
+    def discard(self) -> None:
+        """Forget the output buffered so far (it belongs to no prompt)."""
+        self._events.clear()
+        self._raw.clear()
+        self._line.clear()
+        self._nbytes = 0
+
+    def partial(self) -> str:
+        """The output buffered since the last reply (for error reports)."""
+        return "\n".join([*self._raw, "".join(self._line)]).strip("\n")
+
+    def events(self) -> tuple[Event, ...]:
+        """The events buffered since the last reply."""
+        return tuple(self._events)
 
     @property
     def buffered_bytes(self) -> int:

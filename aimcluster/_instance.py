@@ -18,21 +18,25 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.abc
 import attrs
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._exceptions import (
     AimclusterError,
+    AutoAnswerLimitError,
     ClusterClosedError,
     InstanceCrashedError,
     ReplyTimeoutError,
     ReplyTooLargeError,
     StartupError,
+    ToolError,
 )
-from ._framing import FrameOverflow, Framer, clean_reply
+from ._framing import Frame, FrameOverflow, Framer, JsonlFramer, PromptFraming, clean_reply
 from ._metrics import InstanceMetrics, percentile
 from ._policy import RestartBudget, RestartPolicy
+from ._ratelimit import RateLimiter
 from ._request import Reply, Request, RequestState
 
 if TYPE_CHECKING:
@@ -69,11 +73,6 @@ class InstanceStalledError(InstanceCrashedError):
 
 
 @attrs.frozen
-class _Frame:
-    text: str
-
-
-@attrs.frozen
 class _Overflow:
     size: int
     partial: str
@@ -85,8 +84,16 @@ class _Exited(enum.Enum):
     EXITED = "exited"
 
 
+@attrs.frozen
+class _TooManyQuestions:
+    """The reader answered ``max_auto_answers`` questions and the tool asked one more."""
+
+    pattern: str
+    partial: str
+
+
 _EXITED = _Exited.EXITED
-_Event = _Frame | _Overflow | _Exited
+_Event = Frame | _Overflow | _TooManyQuestions | _Exited
 
 
 class _Ended(enum.Enum):
@@ -113,6 +120,8 @@ class Instance:
     #: Called with a request whose attempt failed but which may be retried.
     requeue: Callable[[Request], None]
     clock: Callable[[], float] = anyio.current_time
+    #: The cluster-wide rate-limit pause, shared by every instance of the cluster.
+    limiter: RateLimiter = attrs.field(factory=RateLimiter)
 
     state: InstanceState = attrs.field(init=False, default=InstanceState.STARTING)
     pid: int | None = attrs.field(init=False, default=None)
@@ -123,6 +132,7 @@ class Instance:
     timeouts: int = attrs.field(init=False, default=0)
     restarts: int = attrs.field(init=False, default=0)
     in_flight: int = attrs.field(init=False, default=0)
+    rate_limited: int = attrs.field(init=False, default=0)
     stopped: anyio.Event = attrs.field(init=False, factory=anyio.Event)
 
     _latencies: deque[float] = attrs.field(
@@ -136,7 +146,7 @@ class Instance:
     _plog: structlog.typing.FilteringBoundLogger = attrs.field(init=False)
     # Per-process state, reset by _spawn.
     _handle: ProcessHandle | None = attrs.field(init=False, default=None)
-    _framer: Framer | None = attrs.field(init=False, default=None)
+    _framer: Framer | JsonlFramer | None = attrs.field(init=False, default=None)
     _exit_code: int | None = attrs.field(init=False, default=None)
     _wait_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
     #: The scope of the reply being awaited, and the request's deadline (see _exchange).
@@ -147,6 +157,10 @@ class Instance:
     _started: float = attrs.field(init=False, default=0.0)
     _counted: bool = attrs.field(init=False, default=True)
     _stderr_tail: bytearray = attrs.field(init=False, factory=bytearray)
+    #: Questions answered automatically since the prompt was written (or the process started).
+    _answers: int = attrs.field(init=False, default=0)
+    #: The in-flight request was rate-limited: send it again once the pause is over.
+    _resend: bool = attrs.field(init=False, default=False)
     _served: int = attrs.field(init=False, default=0)
     _recycle_after: int | None = attrs.field(init=False, default=None)
     _recycle_at: float = attrs.field(init=False, default=math.inf)
@@ -206,6 +220,7 @@ class Instance:
             queued=self.dispatcher.queued(self.index),
             latency_p50=percentile(self._latencies, 50),
             latency_p95=percentile(self._latencies, 95),
+            rate_limited=self.rate_limited,
         )
 
     # -- supervision --------------------------------------------------------------------------
@@ -272,6 +287,8 @@ class Instance:
 
     async def _run_process(self, task_status: TaskStatus[None] | None) -> _Ended:
         """Start a process, wait for its prompt, serve until it ends; always leave it dead."""
+        if self.spec.oneshot:
+            return await self._run_slot(task_status)
         self._set_state(InstanceState.STARTING)
         handle = await self._spawn()
         frames_in, frames_out = anyio.create_memory_object_stream[_Event](_FRAME_BUFFER)
@@ -306,25 +323,265 @@ class Instance:
             self.pid = None
         return ended
 
-    async def _spawn(self) -> ProcessHandle:
+    async def _run_slot(self, task_status: TaskStatus[None] | None) -> _Ended:
+        """A one-shot tool's slot: no process between prompts, one process per prompt."""
+        self._exit_code = None
+        self._framer = self._new_framer()
+        self._served = 0
+        self._recycle_after, self._recycle_at = None, math.inf
+        self._next_probe_at = (
+            math.inf if self.spec.probe is None else self.clock() + self.spec.probe.interval
+        )
+        self._set_state(InstanceState.READY)
+        self._plog.info("instance_ready", banner="", oneshot=True)
+        if task_status is not None:
+            task_status.started()
+        frames_in, frames_out = anyio.create_memory_object_stream[_Event](0)
+        with frames_in, frames_out:
+            ended = await self._serve(None, frames_out)
+        return _Ended.RETIRE if ended is _Ended.RETIRE else _Ended.RECYCLE
+
+    def _rate_limited(self, request: Request, frame: Frame) -> bool:
+        """Whether the reply says the provider rate-limited the prompt; if so, pause the
+        cluster and mark the prompt to be sent again (not a failure)."""
+        pattern = self.spec.rate_limit
+        if pattern is None or not self._counted:
+            return False
+        # A failed turn's message; a reply's text only for tools without events (a JSON
+        # tool's successful answer may well talk about rate limits).
+        if frame.failure is not None:
+            text = frame.failure
+        elif self.spec.events is None:
+            text = frame.text
+        else:
+            return False
+        match = re.search(pattern, text)
+        if match is None or request.rate_limited >= self.spec.rate_limit_retries:
+            return False
+        request.rate_limited += 1
+        self.rate_limited += 1
+        pause = self.limiter.pause(
+            base=self.spec.rate_limit_backoff, cap=self.spec.rate_limit_max_backoff
+        )
+        self._plog.warning(
+            "rate_limited",
+            pause=round(pause, 3),
+            streak=self.limiter.streak,
+            match=match.group()[:200],
+            key=request.key,
+        )
+        request.state = RequestState.QUEUED
+        self._resend = True
+        return True
+
+    async def _wait_out_rate_limit(self, request: Request) -> None:
+        """Hold the prompt back while the cluster pauses for a rate limit (until its deadline
+        at most; the caller then finds it expired)."""
+        if not self.limiter.paused:
+            return
+        self._plog.debug("prompt_held", reason="rate limit pause")
+        with anyio.move_on_at(math.inf if request.deadline is None else request.deadline):
+            await self.limiter.wait()
+
+    async def _exchange_oneshot(self, request: Request, *, internal: bool) -> _Ended | None:
+        """Run one process for one prompt; its output up to its exit is the reply."""
+        if request.deadline is not None and self.clock() >= request.deadline:
+            request.resolve(
+                ReplyTimeoutError(
+                    f"no instance took the prompt {request.prompt[:60]!r} before its deadline",
+                    prompt=request.prompt,
+                    instance=None,
+                )
+            )
+            return None
+        spec = self.spec.for_prompt(request.prompt)
+        try:
+            handle = await self._spawn(spec)
+        except StartupError as exc:
+            self._plog.warning("instance_start_failed", error=str(exc).splitlines()[0])
+            counted = 0 if internal else 1
+            self.sent += counted
+            self.failed += counted
+            request.resolve(exc)
+            return None
+        framer = self._framer = self._new_framer()
+        request.state = RequestState.SENT
+        request.attempts += 1
+        counted = 0 if internal else 1
+        self._served += counted
+        self.sent += counted
+        self.in_flight = 1
+        self._current, self._counted = request, bool(counted)
+        self._set_state(InstanceState.BUSY)
+        self._plog.debug("prompt_sent", key=request.key, attempt=request.attempts)
+        started = self._started = self.clock()
+        stall = self.spec.stall_timeout
+        self._reply_deadline = math.inf if request.deadline is None else request.deadline
+        wake_at = self._reply_deadline
+        if stall is not None:
+            wake_at = min(started + stall, wake_at)
+        raw = bytearray()
+        frames: list[Frame] = []
+        overflow: FrameOverflow | None = None
+        code: int | None = None
+        eof = anyio.Event()
+
+        async def watch_exit(tg: anyio.abc.TaskGroup) -> None:
+            nonlocal code
+            exit_code = await handle.wait()
+            # Whatever it left behind would hold the output open (and must die anyway).
+            handle.kill_all()
+            with anyio.move_on_after(_EOF_GRACE):
+                await eof.wait()
+            code = exit_code
+            tg.cancel_scope.cancel()
+
+        try:
+            with anyio.CancelScope(deadline=wake_at) as scope:
+                self._reply_scope = scope
+                async with anyio.create_task_group() as tg:
+                    if not spec.merge_stderr and not spec.pty:
+                        tg.start_soon(self._pump_stderr, handle)
+                    tg.start_soon(watch_exit, tg)
+                    while True:
+                        try:
+                            data = await handle.receive()
+                        except (
+                            anyio.EndOfStream,
+                            anyio.ClosedResourceError,
+                            anyio.BrokenResourceError,
+                        ):
+                            break
+                        if stall is not None:
+                            scope.deadline = min(self.clock() + stall, self._reply_deadline)
+                        try:
+                            if isinstance(framer, JsonlFramer):
+                                frames += framer.feed(data)
+                            elif len(raw) + len(data) > spec.max_reply_bytes:
+                                raise FrameOverflow(
+                                    len(raw) + len(data), raw.decode(spec.encoding, "replace")
+                                )
+                        except FrameOverflow as exc:
+                            overflow = exc
+                            break
+                        raw += data
+                    eof.set()
+                    if overflow is not None:
+                        tg.cancel_scope.cancel()
+                    elif isinstance(framer, JsonlFramer):
+                        frames += framer.finish()
+                    # Otherwise the exit watcher ends the task group once the process is gone.
+            self._reply_scope = None
+            self._exit_code = code
+            with anyio.move_on_after(self.spec.shutdown_grace + _EOF_GRACE, shield=True):
+                await self._terminate(handle, graceful=False, reason=_Ended.EXITED)
+        except BaseException:
+            self._reply_scope = None
+            with anyio.move_on_after(self.spec.shutdown_grace + _EOF_GRACE, shield=True):
+                await self._terminate(handle, graceful=False, reason=_Ended.EXITED)
+            if self._current is request:
+                self._current = None
+                self.in_flight = 0
+                self.failed += counted
+            request.resolve(
+                ClusterClosedError("the cluster was shut down while the prompt was in flight")
+            )
+            raise
+        finally:
+            self._exit_code = None
+            self.pid = None
+        output = raw.decode(spec.encoding, "replace")
+        if code is not None:
+            self._plog.debug("oneshot_exited", exit_code=code)
+        frame: Frame | None = None
+        if frames and code is not None and (code == 0 or frames[-1].failure is not None):
+            # A tool that reports its failure in an event (and exits non-zero) gets a ToolError
+            # carrying the event; one that exits without its terminal event crashed.
+            frame = frames[-1]
+        elif code is not None and code >= 0 and not isinstance(framer, JsonlFramer):
+            if code > 0:
+                output += self._stderr_tail.decode(spec.encoding, "replace")
+                failure = f"exit code {code}: {output.strip()[-500:]}"
+                frame = Frame(output, failure=failure)
+            else:
+                frame = Frame(output)
+        if frame is not None:
+            self._complete(frame, exit_code=code)
+            if self._resend:
+                self._resend = False
+                if request.live:  # not withdrawn meanwhile
+                    await self._wait_out_rate_limit(request)
+                    return await self._exchange_oneshot(request, internal=internal)
+            return None
+        self._current = None
+        self.in_flight = 0
+        self.failed += counted
+        elapsed = self.clock() - started
+        if overflow is not None:
+            error: AimclusterError = ReplyTooLargeError(
+                f"instance {self.index} ({self.spec.name}) printed more than "
+                f"{spec.max_reply_bytes} bytes for one prompt; killed it",
+                instance=self.index,
+                exit_code=None,
+                partial_output=overflow.partial[-65536:],
+                prompt=request.prompt,
+            )
+            self._fail(request, error, retry=False)
+        elif code is None and self.clock() < self._reply_deadline:
+            self._plog.warning("instance_stalled", stall_timeout=stall)
+            error = InstanceStalledError(
+                f"instance {self.index} printed nothing for {stall} s while replying to "
+                f"{request.prompt[:60]!r}; killed it",
+                instance=self.index,
+                exit_code=None,
+                partial_output=output,
+                prompt=request.prompt,
+            )
+            self._fail(request, error, retry=not internal)
+        elif code is None:
+            self.timeouts += counted
+            self._plog.warning("reply_timed_out", elapsed=elapsed)
+            self._fail(
+                request,
+                ReplyTimeoutError(
+                    f"instance {self.index} did not finish replying to {request.prompt[:60]!r} "
+                    f"in time; killed it",
+                    prompt=request.prompt,
+                    instance=self.index,
+                    partial_output=output,
+                ),
+                retry=False,
+            )
+        else:
+            # Killed by a signal, or no terminal event before the exit: it crashed mid-turn.
+            self._exit_code = code
+            error = self._crash_error(request, "exited", output)
+            self._exit_code = None
+            self._fail(request, error, retry=not internal)
+        return None
+
+    async def _spawn(self, spec: ToolSpec | None = None) -> ProcessHandle:
+        spec = self.spec if spec is None else spec
         try:
             # Shielded: a cancellation landing between the fork and our holding the handle
             # would leave a child nobody kills. Spawning itself is quick.
             with anyio.CancelScope(shield=True):
-                handle = await self.transport.spawn(self.spec, instance=self.index)
+                handle = await self.transport.spawn(spec, instance=self.index)
         except OSError as exc:
             raise StartupError(
-                f"could not start {list(self.spec.argv)!r}: {exc}", instance=self.index, output=""
+                f"could not start {list(spec.argv)!r}: {exc}", instance=self.index, output=""
             ) from exc
         self._handle = handle
-        self._framer = Framer(
-            self.spec.ready,
-            window=self.spec.ready_window,
-            max_bytes=self.spec.max_reply_bytes,
-            encoding=self.spec.encoding,
-        )
+        self._framer = self._new_framer()
         self._exit_code = None
         self._stderr_tail.clear()
+        self._answers = 0
+        self.pid = handle.pid
+        self.node = handle.node
+        self._plog = self.log.bind(instance=self.index, pid=handle.pid)
+        self._plog.info("instance_started", argv=list(spec.argv), node=handle.node)
+        if spec is not self.spec:
+            return handle  # one process for one prompt: the slot's counters carry on
         self._served = 0
         now = self.clock()
         spread = self.spec.recycle_jitter
@@ -342,11 +599,33 @@ class Instance:
         self._next_probe_at = (
             math.inf if self.spec.probe is None else now + self.spec.probe.interval
         )
-        self.pid = handle.pid
-        self.node = handle.node
-        self._plog = self.log.bind(instance=self.index, pid=handle.pid)
-        self._plog.info("instance_started", argv=list(self.spec.argv), node=handle.node)
         return handle
+
+    def _new_framer(self) -> Framer | JsonlFramer | None:
+        spec = self.spec
+        events = spec.events
+        if spec.oneshot and events is None:
+            return None  # the whole output, up to the exit, is the reply
+        if events is not None:
+            return JsonlFramer(
+                events,
+                max_bytes=spec.max_reply_bytes,
+                encoding=spec.encoding,
+                on_junk=self._log_junk,
+            )
+        assert spec.ready is not None  # ToolSpec insists on it with the prompt framing
+        framing = spec.framing
+        return Framer(
+            spec.ready,
+            window=spec.ready_window,
+            max_bytes=spec.max_reply_bytes,
+            encoding=spec.encoding,
+            settle=isinstance(framing, PromptFraming) and framing.settle is not None,
+            responders=spec.responders,
+        )
+
+    def _log_junk(self, line: str) -> None:
+        self._plog.info("output_not_json", line=line[:500])
 
     async def _pump(
         self,
@@ -359,33 +638,84 @@ class Instance:
         framer = self._framer
         assert framer is not None
         stall = self.spec.stall_timeout
+        framing = self.spec.framing
+        settle = framing.settle if isinstance(framing, PromptFraming) else None
         try:
             while True:
+                data = b""
                 try:
-                    data = await handle.receive()
+                    if settle is not None and isinstance(framer, Framer) and framer.pending:
+                        # The output ends with the prompt: the reply is complete unless more
+                        # output arrives within `settle` (each chunk starts the timer over).
+                        with anyio.move_on_after(settle):
+                            data = await handle.receive()
+                    else:
+                        data = await handle.receive()
                 except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    if isinstance(framer, JsonlFramer):
+                        await self._hand_over(frames, framer.finish())
                     return
+                if not data:
+                    assert isinstance(framer, Framer)
+                    text = framer.commit()
+                    if text is not None:
+                        await self._hand_over(frames, [Frame(text)])
+                    continue
                 scope = self._reply_scope
                 if stall is not None and scope is not None:
                     # Output is a sign of life: push the watchdog back, never past the deadline.
                     scope.deadline = min(self.clock() + stall, self._reply_deadline)
                 try:
-                    text = framer.feed(data)
+                    if isinstance(framer, JsonlFramer):
+                        done = framer.feed(data)
+                    else:
+                        text = framer.feed(data)
+                        done = [] if text is None else [Frame(text)]
+                        question = framer.take_question()
+                        if question is not None:
+                            await self._answer(handle, frames, framer, *question)
                 except FrameOverflow as exc:
                     await frames.send(_Overflow(exc.size, exc.partial))
                     continue
-                if text is not None:
-                    if self._current is not None:
-                        self._complete(text)
-                    # The instance's task learns from the queue that the exchange is over.
-                    # Hand over without a checkpoint when there is room.
-                    try:
-                        frames.send_nowait(_Frame(text))
-                    except anyio.WouldBlock:
-                        await frames.send(_Frame(text))
+                await self._hand_over(frames, done)
         finally:
             eof.set()
             frames.close()
+
+    async def _answer(
+        self,
+        handle: ProcessHandle,
+        frames: MemoryObjectSendStream[_Event],
+        framer: Framer,
+        pattern: str,
+        answer: str,
+    ) -> None:
+        """Answer a question the tool asked on its own (a ``responders`` match)."""
+        self._answers += 1
+        if self._answers > self.spec.max_auto_answers:
+            partial = framer.partial()
+            framer.discard()
+            self._plog.warning(
+                "auto_answers_exhausted", pattern=pattern, limit=self.spec.max_auto_answers
+            )
+            await frames.send(_TooManyQuestions(pattern, partial))
+            return
+        self._plog.info("prompt_answered", pattern=pattern, answer=answer, count=self._answers)
+        try:
+            await handle.send((answer + self.spec.newline).encode(self.spec.encoding))
+        except anyio.BrokenResourceError:
+            pass  # it exited; the exit watcher reports that
+
+    async def _hand_over(self, frames: MemoryObjectSendStream[_Event], done: list[Frame]) -> None:
+        for frame in done:
+            if self._current is not None:
+                self._complete(frame)
+            # The instance's task learns from the queue that the exchange is over.
+            # Hand over without a checkpoint when there is room.
+            try:
+                frames.send_nowait(frame)
+            except anyio.WouldBlock:
+                await frames.send(frame)
 
     async def _pump_stderr(self, handle: ProcessHandle) -> None:
         """Keep the tail of a separate stderr for error reports, and log it."""
@@ -422,6 +752,12 @@ class Instance:
 
     async def _await_ready(self, frames: MemoryObjectReceiveStream[_Event]) -> None:
         assert self._framer is not None
+        events = self.spec.events
+        if events is not None and events.ready is None:
+            # It prints nothing until its first input: ready as soon as it runs.
+            self._set_state(InstanceState.READY)
+            self._plog.info("instance_ready", banner="")
+            return
         event: _Event | None = None
         with anyio.move_on_after(self.spec.startup_timeout), anyio.CancelScope() as scope:
             self._wait_scope = scope
@@ -430,7 +766,7 @@ class Instance:
             except anyio.EndOfStream:
                 await anyio.sleep_forever()  # output closed: the exit watcher will cancel us
         self._wait_scope = None
-        if isinstance(event, _Frame):
+        if isinstance(event, Frame):
             self._set_state(InstanceState.READY)
             self._plog.info("instance_ready", banner=clean_reply(event.text, echo=None)[-200:])
             return
@@ -440,6 +776,9 @@ class Instance:
                 f"printed more than {self.spec.max_reply_bytes} bytes without a ready prompt "
                 f"matching {self.spec.ready!r}"
             )
+            output = event.partial
+        elif isinstance(event, _TooManyQuestions):
+            message = str(self._question_loop(event, None))
             output = event.partial
         elif self._exit_code is not None:
             message = (
@@ -454,7 +793,7 @@ class Instance:
         raise StartupError(message, instance=self.index, output=output, exit_code=self._exit_code)
 
     async def _serve(
-        self, handle: ProcessHandle, frames: MemoryObjectReceiveStream[_Event]
+        self, handle: ProcessHandle | None, frames: MemoryObjectReceiveStream[_Event]
     ) -> _Ended:
         """Take work from the dispatcher until the process ends or must be replaced."""
         from ._lease import LeaseRequest
@@ -508,7 +847,7 @@ class Instance:
         return None
 
     async def _probe(
-        self, handle: ProcessHandle, frames: MemoryObjectReceiveStream[_Event]
+        self, handle: ProcessHandle | None, frames: MemoryObjectReceiveStream[_Event]
     ) -> _Ended | None:
         """Run the idle health check; a wrong or missing answer means restart."""
         probe = self.spec.probe
@@ -526,6 +865,10 @@ class Instance:
         if ended is not None:
             self._plog.warning("probe_failed", error=str(request.exception()))
             return ended
+        error = request.exception()
+        if error is not None:
+            self._plog.warning("probe_failed", error=str(error))
+            return _Ended.KILL
         text = request.result().text
         if re.search(probe.expect, text) is None:
             self._plog.warning("probe_failed", expected=probe.expect, reply=text[-200:])
@@ -536,7 +879,7 @@ class Instance:
     async def _serve_lease(
         self,
         lease: LeaseRequest,
-        handle: ProcessHandle,
+        handle: ProcessHandle | None,
         frames: MemoryObjectReceiveStream[_Event],
     ) -> _Ended | None:
         self._set_state(InstanceState.BUSY)
@@ -567,15 +910,19 @@ class Instance:
     async def _exchange(
         self,
         request: Request,
-        handle: ProcessHandle,
+        handle: ProcessHandle | None,
         frames: MemoryObjectReceiveStream[_Event],
         *,
         internal: bool = False,
     ) -> _Ended | None:
         """Send one prompt and wait for its reply. Returns how the process ended, if it did.
 
-        *internal* prompts (probes) are not counted in the metrics and never requeued.
+        *internal* prompts (probes) are not counted in the metrics and never requeued. Without
+        a *handle* (a one-shot tool) the prompt runs a process of its own.
         """
+        await self._wait_out_rate_limit(request)
+        if handle is None:
+            return await self._exchange_oneshot(request, internal=internal)
         framer = self._framer
         assert framer is not None
         # Anything the tool printed while idle (stray prompts, notices) belongs to no prompt.
@@ -600,7 +947,9 @@ class Instance:
                 )
             )
             return None
-        data = (request.prompt + self.spec.newline).encode(self.spec.encoding)
+        events = self.spec.events
+        line = request.prompt if events is None else events.encode(request.prompt)
+        data = (line + self.spec.newline).encode(self.spec.encoding)
         delivered = False
         if self._exit_code is None:
             try:
@@ -620,6 +969,7 @@ class Instance:
         self._served += counted
         self.sent += counted
         self.in_flight = 1
+        self._answers = 0
         self._current, self._counted = request, bool(counted)
         self._set_state(InstanceState.BUSY)
         self._plog.debug("prompt_sent", key=request.key, attempt=request.attempts)
@@ -660,9 +1010,13 @@ class Instance:
                 ClusterClosedError("the cluster was shut down while the prompt was in flight")
             )
             raise
-        if isinstance(event, _Frame):
+        if isinstance(event, Frame):
             if self._current is request:  # normally the reader completed it already
-                self._complete(event.text)
+                self._complete(event)
+            if self._resend:
+                self._resend = False
+                if request.live:  # not withdrawn meanwhile
+                    return await self._exchange(request, handle, frames, internal=internal)
             return None
         self._current = None
         self.in_flight = 0
@@ -681,6 +1035,9 @@ class Instance:
                 prompt=request.prompt,
             )
             self._fail(request, error, retry=False)
+            return _Ended.KILL
+        if isinstance(event, _TooManyQuestions):
+            self._fail(request, self._question_loop(event, request), retry=False)
             return _Ended.KILL
         if self._exit_code is not None:
             self._fail(request, self._crash_error(request, "exited", partial), retry=not internal)
@@ -719,7 +1076,7 @@ class Instance:
         except anyio.EndOfStream:
             return _EXITED
 
-    def _complete(self, text: str) -> None:
+    def _complete(self, frame: Frame, *, exit_code: int | None = None) -> None:
         """Turn a framed reply into the in-flight request's Reply. Called by the reader the
         moment the ready prompt arrives, so the caller wakes without waiting for this
         instance's task to run."""
@@ -728,17 +1085,40 @@ class Instance:
         self._current = None
         self.in_flight = 0
         elapsed = self.clock() - self._started
+        if self._rate_limited(request, frame):
+            return
+        if frame.failure is not None:
+            if self._counted:
+                self.failed += 1
+            self._plog.info("tool_failed", error=frame.failure[:500], key=request.key)
+            request.resolve(
+                ToolError(
+                    f"instance {self.index} ({self.spec.name}) reported a failed turn for "
+                    f"{request.prompt[:60]!r}: {frame.failure}",
+                    instance=self.index,
+                    prompt=request.prompt,
+                    exit_code=exit_code,
+                    output=frame.raw or frame.text,
+                    events=frame.events,
+                )
+            )
+            return
+        text = frame.text
+        if self.spec.events is None:
+            text = clean_reply(text, echo=request.prompt if self.spec.pty else None)
         reply = Reply(
-            text=clean_reply(text, echo=request.prompt if self.spec.pty else None),
+            text=text,
             instance=self.index,
             prompt=request.prompt,
             key=request.key,
             elapsed=elapsed,
             attempts=request.attempts,
+            events=frame.events,
         )
         if self._counted:
             self.completed += 1
             self._latencies.append(elapsed)
+        self.limiter.succeeded()
         self._plog.debug("reply_received", elapsed=elapsed, key=request.key)
         request.resolve(reply)
 
@@ -749,6 +1129,18 @@ class Instance:
             if self._exit_code is None:
                 await anyio.sleep_forever()
         self._wait_scope = None
+
+    def _question_loop(
+        self, event: _TooManyQuestions, request: Request | None
+    ) -> AutoAnswerLimitError:
+        return AutoAnswerLimitError(
+            f"instance {self.index} ({self.spec.name}) asked more than "
+            f"{self.spec.max_auto_answers} questions matching {event.pattern!r}; restarting it",
+            instance=self.index,
+            exit_code=None,
+            partial_output=event.partial[-65536:],
+            prompt=None if request is None else request.prompt,
+        )
 
     def _crash_error(
         self, request: Request | None, what: str, partial: str = ""

@@ -54,6 +54,9 @@ class InstanceMetrics:
     latency_p50: float | None
     #: 95th percentile reply latency over recent prompts, in seconds.
     latency_p95: float | None
+    #: Prompts the provider rate-limited on this instance; each was sent again after a
+    #: cluster-wide pause (not counted in :attr:`failed`).
+    rate_limited: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -83,6 +86,10 @@ class ClusterMetrics:
     @property
     def restarts(self) -> int:
         return sum(m.restarts for m in self.instances)
+
+    @property
+    def rate_limited(self) -> int:
+        return sum(m.rate_limited for m in self.instances)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -31,6 +31,9 @@ class Reply:
     elapsed: float
     #: How many times the prompt was sent (more than 1 only with ``retries``).
     attempts: int = 1
+    #: The reply's JSON events, terminal event last (JSONL framings only; else empty). With
+    #: these framings :attr:`text` is the answer extracted from them.
+    events: tuple[dict[str, Any], ...] = ()
 
 
 class RequestState(enum.Enum):
@@ -52,6 +55,8 @@ class Request:
     pinned: bool = False
     state: RequestState = RequestState.QUEUED
     attempts: int = 0
+    #: Times it was held back because the provider rate-limited it.
+    rate_limited: int = 0
     #: The caller no longer wants the result: a queued request is dropped unsent, the reply of
     #: one in flight is read and discarded.
     abandoned: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from ._framing import compile_ready
+from ._framing import Framing, JsonlFraming, OneshotFraming, PromptFraming, compile_ready
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
@@ -17,7 +18,9 @@ def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float | Non
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
 
 
-def _valid_regex(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+def _valid_regex(instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is None:
+        return
     try:
         compiled = re.compile(value)
         compile_ready(value)  # the form the framer really uses must compile too
@@ -25,6 +28,21 @@ def _valid_regex(instance: Any, attribute: attrs.Attribute[Any], value: str) -> 
         raise ValueError(f"{attribute.name} is not a valid regex: {value!r} ({exc})") from None
     if compiled.match(""):
         raise ValueError(f"{attribute.name} must not match the empty string, got {value!r}")
+
+
+def _pairs(value: Iterable[Sequence[str]]) -> tuple[tuple[str, str], ...]:
+    return tuple(tuple(pair) for pair in value)  # type: ignore[misc]
+
+
+def _valid_responders(
+    instance: Any, attribute: attrs.Attribute[Any], value: Sequence[tuple[str, str]]
+) -> None:
+    for pair in value:
+        if not (
+            isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
+        ):
+            raise ValueError(f"responders must be (regex, answer) pairs, got {pair!r}")
+        _valid_regex(instance, attribute, pair[0])
 
 
 def _argv_tuple(value: Iterable[str]) -> tuple[str, ...]:
@@ -37,6 +55,11 @@ def _argv_tuple(value: Iterable[str]) -> tuple[str, ...]:
 def _non_empty_argv(instance: Any, attribute: attrs.Attribute[Any], value: Sequence[str]) -> None:
     if not value or not all(isinstance(arg, str) for arg in value):
         raise ValueError(f"argv must be a non-empty sequence of strings, got {value!r}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
 def _fraction(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -69,8 +92,13 @@ class ToolSpec:
     name: str
     #: The command line; ``argv[0]`` is looked up on ``PATH``. Never run through a shell.
     argv: Sequence[str] = attrs.field(converter=_argv_tuple, validator=_non_empty_argv)
-    #: A regex that matches at the *end* of the output when the tool waits for input.
-    ready: str = attrs.field(validator=_valid_regex)
+    #: A regex that matches at the *end* of the output when the tool waits for input. Required
+    #: with the (default) prompt framing, unused by the others.
+    ready: str | None = attrs.field(default=None, validator=_valid_regex)
+    #: How the output is cut into replies: :class:`~aimcluster.PromptFraming` (the ``ready``
+    #: regex), :class:`~aimcluster.JsonlFraming` (JSON events up to a terminal one) or
+    #: :class:`~aimcluster.OneshotFraming` (one process per prompt).
+    framing: Framing = attrs.field(factory=PromptFraming)
     #: Give the tool a pseudo-terminal (a real controlling tty) instead of pipes.
     pty: bool = False
     #: Send stderr into the same stream as stdout, in order, at the OS level.
@@ -107,6 +135,59 @@ class ToolSpec:
     #: Random spread of ``max_prompts`` and ``max_age`` (0.1: +-10 %), so that instances
     #: started together are not all recycled at once.
     recycle_jitter: float = attrs.field(default=0.1, validator=_fraction)
+    #: A regex searched in each reply's text and in a failed turn's message (for example
+    #: ``429|rate limit``): a match means the provider is rate limiting. The prompt is put back
+    #: in the queue (not failed) and the whole cluster pauses, with jittered exponential
+    #: backoff, before taking new prompts. ``None``: no detection.
+    rate_limit: str | None = attrs.field(default=None, validator=_valid_regex)
+    #: The first rate-limit pause in seconds; it doubles with each rate limit in a row.
+    rate_limit_backoff: float = attrs.field(default=1.0, validator=_positive)
+    #: The longest rate-limit pause in seconds.
+    rate_limit_max_backoff: float = attrs.field(default=60.0, validator=_positive)
+    #: How many times one prompt is held back for a rate limit before the tool's error is
+    #: raised after all (as :class:`~aimcluster.ToolError`, or the reply if it was one).
+    rate_limit_retries: int = attrs.field(default=8, validator=_non_negative)
+    #: Questions the tool asks on its own, answered automatically: ``(regex, answer)`` pairs.
+    #: When the output ends with a match (searched like ``ready``), ``answer`` and ``newline``
+    #: are written; the question never ends a reply.
+    responders: Sequence[tuple[str, str]] = attrs.field(
+        default=(), converter=_pairs, validator=_valid_responders
+    )
+    #: The most questions answered automatically during one prompt (or the start-up); one more
+    #: fails the prompt with :class:`~aimcluster.AutoAnswerLimitError` and restarts the instance.
+    max_auto_answers: int = attrs.field(default=10, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if isinstance(self.framing, PromptFraming) and self.ready is None:
+            raise ValueError(f"tool {self.name!r}: the prompt framing needs a ready regex")
+        if isinstance(self.framing, OneshotFraming) and not any(
+            "{prompt}" in arg for arg in self.argv
+        ):
+            raise ValueError(
+                f"tool {self.name!r}: a one-shot argv must contain {{prompt}}, got {self.argv!r}"
+            )
+
+    @property
+    def oneshot(self) -> bool:
+        """Whether each prompt runs a process of its own (:class:`~aimcluster.OneshotFraming`)."""
+        return isinstance(self.framing, OneshotFraming)
+
+    @property
+    def events(self) -> JsonlFraming | None:
+        """How to read the tool's JSON events, if it writes them."""
+        if isinstance(self.framing, JsonlFraming):
+            return self.framing
+        if isinstance(self.framing, OneshotFraming):
+            return self.framing.events
+        return None
+
+    def for_prompt(self, prompt: str) -> ToolSpec:
+        """The spec of the one-shot process that answers *prompt*: ``{prompt}`` replaced in
+        each argument (the prompt stays inside the one argument it was put in)."""
+        spawned = copy.copy(self)
+        # Not attrs.evolve: its validation would insist that the new argv contain {prompt}.
+        object.__setattr__(spawned, "argv", tuple(a.replace("{prompt}", prompt) for a in self.argv))
+        return spawned
 
     @property
     def executable(self) -> str:

@@ -81,9 +81,9 @@ class _PipeProcess(ProcessHandle):
 
     def __init__(self, process: Process) -> None:
         self._process = process
-        assert process.stdin is not None
         assert process.stdout is not None
-        self._stdin: ByteSendStream = process.stdin
+        # None for a one-shot tool, whose stdin is /dev/null.
+        self._stdin: ByteSendStream | None = process.stdin
         self._stdout: ByteReceiveStream = process.stdout
         self._stderr: ByteReceiveStream | None = process.stderr
 
@@ -100,6 +100,8 @@ class _PipeProcess(ProcessHandle):
         return await self._stderr.receive(_READ_SIZE)
 
     async def send(self, data: bytes) -> None:
+        if self._stdin is None:
+            raise anyio.BrokenResourceError
         try:
             await self._stdin.send(data)
         except (BrokenPipeError, ConnectionResetError, anyio.ClosedResourceError) as exc:
@@ -216,7 +218,9 @@ class LocalTransport(Transport):
             return await self._spawn_pty(spec, env, cwd)
         process = await anyio.open_process(
             list(spec.argv),
-            stdin=subprocess.PIPE,
+            # A one-shot tool gets an empty, closed stdin: some (codex exec) read an open one
+            # to EOF before they start, others (claude -p) wait seconds for data on it.
+            stdin=subprocess.DEVNULL if spec.oneshot else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if spec.merge_stderr else subprocess.PIPE,
             cwd=cwd,

@@ -3,17 +3,42 @@
 Each profile is a function that takes the options a user needs and returns a
 :class:`~aimcluster.ToolSpec`; ``launch_cluster("mock")`` calls the registered profile with its
 defaults.
+
+The AI coding agents: :func:`aider` (a long-lived chat, ready prompt), :func:`aider_oneshot`
+(``aider --message``), :func:`claude` (one long-lived process, stream-json in and out),
+:func:`codex` (``codex exec --json``, one process per prompt), :func:`gemini` (``gemini -p ...
+-o stream-json``, one process per prompt) and :func:`jules` (``jules remote new``, one process
+per prompt). Every profile's ``executable`` can point anywhere (the tests use stand-ins).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from ._framing import Event, JsonlFraming, OneshotFraming
 from ._spec import ToolSpec
 
-__all__ = ["bash", "get", "mock", "names", "python", "register"]
+__all__ = [
+    "AIDER_CONFIRM",
+    "AIDER_READY",
+    "aider",
+    "aider_oneshot",
+    "bash",
+    "claude",
+    "codex",
+    "gemini",
+    "get",
+    "jules",
+    "mock",
+    "names",
+    "python",
+    "register",
+]
 
 _MOCK_AGENT = Path(__file__).with_name("mock_agent.py")
 
@@ -86,10 +111,454 @@ def bash(*, cwd: str | Path | None = None, env: Mapping[str, str] | None = None)
     )
 
 
+# -- aider ------------------------------------------------------------------------------------
+
+#: aider's input prompt: ``> ``, prefixed with the edit format when it is not the model's default
+#: (``diff> ``, ``ask> ``) and with ``multi`` in multiline mode (``ask multi> ``, ``multi> ``).
+#: aider/io.py ``InputOutput.get_input``. Before it, aider lists the files in the chat, one a line.
+AIDER_READY = r"^(?:[a-z][a-z-]*(?: multi)?|multi)?> "
+
+#: aider's ``confirm_ask()`` question, for :attr:`ToolSpec.responders` when aider runs without
+#: ``--yes-always``: ``Create new file? (Y)es/(N)o [Yes]: ``, optionally with ``(A)ll``,
+#: ``(S)kip all`` and ``(D)on't ask again`` (aider/io.py).
+AIDER_CONFIRM = r"\(Y\)es/\(N\)o(?:/\(A\)ll)?(?:/\(S\)kip all)?(?:/\(D\)on't ask again)? \[\w+\]: "
+
+
+def _aider_argv(
+    executable: str | os.PathLike[str],
+    *,
+    model: str | None,
+    api_base: str | None,
+    model_metadata_file: str | os.PathLike[str] | None,
+    edit_format: str | None,
+    git: bool,
+    extra_args: Sequence[str],
+) -> list[str]:
+    argv = [os.fspath(executable)]
+    if model is not None:
+        argv += ["--model", model]
+    if edit_format is not None:
+        argv += ["--edit-format", edit_format]
+    argv += [
+        # Plain input() and print(): no prompt_toolkit (it needs a terminal) and no ANSI codes.
+        "--no-fancy-input",
+        "--no-pretty",
+        # The whole reply at once: fewer chunk boundaries inside a reply for the framer to see.
+        "--no-stream",
+        # Every confirm_ask() answered at once without printing it, so no question can leave
+        # the pipe waiting; questions needing an explicit yes (shell commands) get "no".
+        "--yes-always",
+        # Start-up network calls and questions: the PyPI version check, the analytics opt-in,
+        # and the release notes offered on a version's first run (webbrowser.open under
+        # --yes-always).
+        "--no-check-update",
+        "--no-analytics",
+        "--no-show-release-notes",
+        # Model warnings offer a docs URL (webbrowser.open under --yes-always) and, for some
+        # providers, pip-install missing packages.
+        "--no-show-model-warnings",
+        # No repo map: no tree-sitter scan of the project and no .aider.tags.cache directory.
+        "--map-tokens", "0",
+        # No flake8 after each edit: with --yes-always, lint errors go back to the model for
+        # another, unrequested round.
+        "--no-auto-lint",
+        # No shell-command suggestions (they would be declined anyway) and no URL scraping.
+        "--no-suggest-shell-commands",
+        "--no-detect-urls",
+        # Instances sharing a directory would interleave .aider.chat.history.md and
+        # .aider.input.history in it; the cluster keeps the replies itself.
+        "--chat-history-file", os.devnull,
+        "--input-history-file", os.devnull,
+    ]  # fmt: skip
+    if git:
+        # No commits (no index.lock fights between instances) and no offer to edit .gitignore.
+        argv += ["--no-auto-commits", "--no-dirty-commits", "--no-gitignore"]
+    else:
+        # Without a repo aider would offer to `git init` the directory (yes, under --yes-always).
+        argv += ["--no-git"]
+    if api_base is not None:
+        argv += ["--openai-api-base", api_base]
+    if model_metadata_file is not None:
+        argv += ["--model-metadata-file", os.fspath(model_metadata_file)]
+    argv += extra_args
+    return argv
+
+
+def _aider_env(api_key: str | None, env: Mapping[str, str] | None) -> dict[str, str]:
+    child_env = {
+        # prompt_toolkit's is_dumb_terminal(): belt and braces for the two flags above.
+        "TERM": "dumb",
+        # litellm downloads its model price list from GitHub on import unless told not to.
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        # Off a terminal, aider's rich console hard-wraps every line at 80 columns, replies
+        # included; rich takes the width from COLUMNS.
+        "COLUMNS": "10000",
+    }
+    if api_key is not None:
+        child_env["OPENAI_API_KEY"] = api_key
+    child_env.update(env or {})
+    return child_env
+
+
+def aider(
+    *,
+    executable: str | os.PathLike[str] = "aider",
+    model: str | None = None,
+    api_base: str | None = None,
+    api_key: str | None = None,
+    model_metadata_file: str | os.PathLike[str] | None = None,
+    edit_format: str | None = "whole",
+    git: bool = False,
+    cwd: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+) -> ToolSpec:
+    """aider as a long-lived chat over pipes that never asks a question and never goes online
+    on its own. It runs::
+
+        aider [--model MODEL] --edit-format whole --no-fancy-input --no-pretty --no-stream
+              --yes-always --no-check-update --no-analytics --no-show-release-notes
+              --no-show-model-warnings --map-tokens 0 --no-auto-lint
+              --no-suggest-shell-commands --no-detect-urls
+              --chat-history-file /dev/null --input-history-file /dev/null
+              --no-git | --no-auto-commits --no-dirty-commits --no-gitignore
+              [--openai-api-base URL] [--model-metadata-file FILE] [EXTRA_ARGS...]
+
+    with ``TERM=dumb``, ``LITELLM_LOCAL_MODEL_COST_MAP=True`` and ``COLUMNS=10000``; a reply
+    ends at aider's ``> `` prompt (:data:`AIDER_READY`).
+
+    :param model: a litellm model name; ``openai/<name>`` talks to any OpenAI-compatible server
+    :param api_base: the server's base URL, ending in ``/v1`` (``--openai-api-base``)
+    :param api_key: put in the child's ``OPENAI_API_KEY`` (not on the command line, where ``ps``
+        would show it)
+    :param model_metadata_file: a litellm-style JSON file with the model's context window and
+        costs; without one aider downloads litellm's price list from GitHub at every start
+    :param git: run in the git repository at *cwd* without committing; by default aider runs
+        with ``--no-git``
+    """
+    return ToolSpec(
+        name="aider",
+        argv=_aider_argv(
+            executable,
+            model=model,
+            api_base=api_base,
+            model_metadata_file=model_metadata_file,
+            edit_format=edit_format,
+            git=git,
+            extra_args=extra_args,
+        ),
+        ready=AIDER_READY,
+        env=_aider_env(api_key, env),
+        cwd=cwd,
+        # A cold start imports litellm and friends: seconds, more on a busy machine.
+        startup_timeout=120,
+        exit_command="/exit",
+        shutdown_grace=10,
+    )
+
+
+def aider_oneshot(
+    *,
+    executable: str | os.PathLike[str] = "aider",
+    model: str | None = None,
+    api_base: str | None = None,
+    api_key: str | None = None,
+    model_metadata_file: str | os.PathLike[str] | None = None,
+    edit_format: str | None = "whole",
+    git: bool = False,
+    cwd: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+) -> ToolSpec:
+    """aider for one instruction per process: the :func:`aider` command line plus
+    ``--message PROMPT``, stdin closed; the reply is everything aider prints until it exits.
+    """
+    argv = _aider_argv(
+        executable,
+        model=model,
+        api_base=api_base,
+        model_metadata_file=model_metadata_file,
+        edit_format=edit_format,
+        git=git,
+        extra_args=extra_args,
+    )
+    return ToolSpec(
+        name="aider_oneshot",
+        argv=[*argv, "--message", "{prompt}"],
+        framing=OneshotFraming(),
+        env=_aider_env(api_key, env),
+        cwd=cwd,
+        shutdown_grace=10,
+    )
+
+
+# -- Claude Code ----------------------------------------------------------------------------
+
+
+def _claude_encode(prompt: str) -> str:
+    return json.dumps({"type": "user", "message": {"role": "user", "content": prompt}})
+
+
+def _claude_answer(events: Sequence[Event]) -> str:
+    result = events[-1].get("result")
+    return result if isinstance(result, str) else ""
+
+
+def _claude_failure(events: Sequence[Event]) -> str | None:
+    result = events[-1]
+    if not result.get("is_error"):
+        return None
+    errors = result.get("errors")
+    if isinstance(errors, list) and errors:
+        return "; ".join(str(error) for error in errors)
+    text = result.get("result")
+    return str(text) if text else str(result.get("subtype", "error"))
+
+
+#: Claude Code's stream-json: a ``result`` event ends each turn.
+CLAUDE_EVENTS = JsonlFraming(
+    terminal=lambda event: event.get("type") == "result",
+    answer=_claude_answer,
+    encode=_claude_encode,
+    failure=_claude_failure,
+)
+
+
+def claude(
+    *,
+    executable: str | os.PathLike[str] = "claude",
+    model: str | None = None,
+    api_key: str | None = None,
+    cwd: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+) -> ToolSpec:
+    """Claude Code as one long-lived process per instance, JSON lines in and out::
+
+        claude -p --input-format stream-json --output-format stream-json --verbose
+               [--model MODEL] [EXTRA_ARGS...]
+
+    Each prompt is written as ``{"type":"user","message":{"role":"user","content":PROMPT}}``;
+    the reply is the events up to the turn's ``result`` event, ``Reply.text`` its ``result``
+    field. ``is_error: true`` raises :class:`~aimcluster.ToolError`.
+
+    :param api_key: put in the child's ``ANTHROPIC_API_KEY``
+    """
+    argv = [
+        os.fspath(executable),
+        "-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose",
+    ]  # fmt: skip
+    if model is not None:
+        argv += ["--model", model]
+    argv += extra_args
+    child_env = {} if api_key is None else {"ANTHROPIC_API_KEY": api_key}
+    child_env.update(env or {})
+    return ToolSpec(
+        name="claude",
+        argv=argv,
+        # stdout carries only events; stderr (warnings, "Reading ... from stdin") is logged.
+        merge_stderr=False,
+        framing=CLAUDE_EVENTS,
+        env=child_env or None,
+        cwd=cwd,
+        rate_limit=r"(?i)\b429\b|rate limit",
+    )
+
+
+# -- Codex CLI ------------------------------------------------------------------------------
+
+
+def _codex_answer(events: Sequence[Event]) -> str:
+    text = ""
+    for event in events:
+        item = event.get("item")
+        if (
+            event.get("type") == "item.completed"
+            and isinstance(item, dict)
+            and item.get("type") == "agent_message"
+        ):
+            text = str(item.get("text", ""))
+    return text
+
+
+def _codex_failure(events: Sequence[Event]) -> str | None:
+    last = events[-1]
+    if last.get("type") != "turn.failed":
+        return None
+    error: Any = last.get("error")
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    return "turn failed"
+
+
+#: ``codex exec --json``: ``turn.completed`` or ``turn.failed`` ends the run.
+CODEX_EVENTS = JsonlFraming(
+    terminal=lambda event: event.get("type") in ("turn.completed", "turn.failed"),
+    answer=_codex_answer,
+    failure=_codex_failure,
+)
+
+
+def codex(
+    *,
+    executable: str | os.PathLike[str] = "codex",
+    model: str | None = None,
+    api_key: str | None = None,
+    sandbox: str | None = None,
+    skip_git_repo_check: bool = False,
+    cwd: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+) -> ToolSpec:
+    """The Codex CLI, one process per prompt, stdin closed (``codex exec`` reads an open stdin
+    to EOF before it starts)::
+
+        codex exec --json [--skip-git-repo-check] [-s SANDBOX] [-m MODEL] [EXTRA_ARGS...] -- PROMPT
+
+    ``Reply.text`` is the last ``agent_message`` item's text; ``turn.failed`` raises
+    :class:`~aimcluster.ToolError`.
+
+    :param api_key: put in the child's ``CODEX_API_KEY``
+    :param sandbox: ``read-only``, ``workspace-write`` or ``danger-full-access``
+    :param skip_git_repo_check: allow running outside a git repository
+    """
+    argv = [os.fspath(executable), "exec", "--json"]
+    if skip_git_repo_check:
+        argv.append("--skip-git-repo-check")
+    if sandbox is not None:
+        argv += ["-s", sandbox]
+    if model is not None:
+        argv += ["-m", model]
+    # After "--" a prompt that starts with "-" is still the prompt, not an option.
+    argv += [*extra_args, "--", "{prompt}"]
+    child_env = {} if api_key is None else {"CODEX_API_KEY": api_key}
+    child_env.update(env or {})
+    return ToolSpec(
+        name="codex",
+        argv=argv,
+        # stdout carries only events; stderr (warnings, "Reading ... from stdin") is logged.
+        merge_stderr=False,
+        framing=OneshotFraming(events=CODEX_EVENTS),
+        env=child_env or None,
+        cwd=cwd,
+        rate_limit=r"(?i)\b429\b|rate limit",
+    )
+
+
+# -- Gemini CLI -----------------------------------------------------------------------------
+
+
+def _gemini_answer(events: Sequence[Event]) -> str:
+    return "".join(
+        str(event.get("content", ""))
+        for event in events
+        if event.get("type") == "message" and event.get("role") == "assistant"
+    )
+
+
+def _gemini_failure(events: Sequence[Event]) -> str | None:
+    last = events[-1]
+    if last.get("status") == "success":
+        return None
+    error: Any = last.get("error")
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    return f"status {last.get('status')!r}"
+
+
+#: Gemini CLI's stream-json: the ``result`` event ends the run.
+GEMINI_EVENTS = JsonlFraming(
+    terminal=lambda event: event.get("type") == "result",
+    answer=_gemini_answer,
+    failure=_gemini_failure,
+)
+
+
+def gemini(
+    *,
+    executable: str | os.PathLike[str] = "gemini",
+    model: str | None = None,
+    api_key: str | None = None,
+    approval_mode: str | None = None,
+    cwd: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+) -> ToolSpec:
+    """Gemini CLI, one headless process per prompt, stdin closed::
+
+        gemini -o stream-json [-m MODEL] [--approval-mode MODE] [EXTRA_ARGS...] --prompt=PROMPT
+
+    (``--prompt=PROMPT`` is ``-p PROMPT`` in one argument, so that a prompt starting with ``-``
+    is not taken for an option.) ``Reply.text`` is the assistant ``message`` contents joined;
+    a ``result`` with ``status: "error"`` raises :class:`~aimcluster.ToolError`.
+
+    :param api_key: put in the child's ``GEMINI_API_KEY``
+    """
+    argv = [os.fspath(executable), "-o", "stream-json"]
+    if model is not None:
+        argv += ["-m", model]
+    if approval_mode is not None:
+        argv += ["--approval-mode", approval_mode]
+    argv += [*extra_args, "--prompt={prompt}"]
+    child_env = {} if api_key is None else {"GEMINI_API_KEY": api_key}
+    child_env.update(env or {})
+    return ToolSpec(
+        name="gemini",
+        argv=argv,
+        # stdout carries only events; stderr (warnings, "Reading ... from stdin") is logged.
+        merge_stderr=False,
+        framing=OneshotFraming(events=GEMINI_EVENTS),
+        env=child_env or None,
+        cwd=cwd,
+        rate_limit=r"(?i)\b429\b|rate limit|exceeded your current quota",
+    )
+
+
+# -- Jules ----------------------------------------------------------------------------------
+
+
+def jules(
+    *,
+    executable: str | os.PathLike[str] = "jules",
+    repo: str = ".",
+    parallel: int | None = None,
+    cwd: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+) -> ToolSpec:
+    """Jules Tools, which starts a remote session per prompt and returns at once::
+
+        jules remote new --repo REPO [--parallel N] [EXTRA_ARGS...] --session=PROMPT
+
+    ``Reply.text`` is what it prints (``Session is created.`` and the session's id and URL);
+    a non-zero exit raises :class:`~aimcluster.ToolError`.
+
+    :param repo: ``OWNER/REPO``, or ``.`` for the ``origin`` of the git repository at *cwd*
+    """
+    argv = [os.fspath(executable), "remote", "new", "--repo", repo]
+    if parallel is not None:
+        argv += ["--parallel", str(parallel)]
+    argv += [*extra_args, "--session={prompt}"]
+    return ToolSpec(
+        name="jules",
+        argv=argv,
+        framing=OneshotFraming(),
+        env=env,
+        cwd=cwd,
+        rate_limit=r"(?i)\b429\b|rate limit",
+    )
+
+
 _REGISTRY: dict[str, Callable[[], ToolSpec]] = {
     "mock": mock,
     "python": python,
     "bash": bash,
+    "aider": aider,
+    "aider_oneshot": aider_oneshot,
+    "claude": claude,
+    "codex": codex,
+    "gemini": gemini,
+    "jules": jules,
 }
 
 

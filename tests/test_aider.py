@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import anyio
@@ -23,106 +23,6 @@ from .conftest import wait_gone
 from .fake_openai import FakeOpenAI, chat_files, doc_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
-
-#: aider's input prompt: ``> ``, prefixed with the edit format when it is not the model's default
-#: (``diff> ``, ``ask> ``) and with ``multi`` in multiline mode (``ask multi> ``, ``multi> ``).
-#: aider/io.py ``InputOutput.get_input``. Before it, aider lists the files in the chat, one a line.
-AIDER_READY = r"^(?:[a-z][a-z-]*(?: multi)?|multi)?> "
-
-
-def aider_spec(
-    executable: str | os.PathLike[str],
-    *,
-    model: str,
-    api_base: str | None,
-    cwd: str | os.PathLike[str],
-    api_key: str | None = None,
-    model_metadata_file: str | os.PathLike[str] | None = None,
-    edit_format: str = "whole",
-    git: bool = False,
-    env: Mapping[str, str] | None = None,
-    extra_args: Sequence[str] = (),
-) -> aimcluster.ToolSpec:
-    """aider as an interactive chat over pipes that never asks a question and never goes online
-    on its own.
-
-    :param model: a litellm model name; ``openai/<name>`` talks to any OpenAI-compatible server
-    :param api_base: the server's base URL, ending in ``/v1`` (``--openai-api-base``)
-    :param api_key: put in the child's ``OPENAI_API_KEY`` (not on the command line, where ``ps``
-        would show it)
-    :param model_metadata_file: a litellm-style JSON file with the model's context window and
-        costs; without one aider downloads litellm's price list from GitHub at every start
-    :param git: run in the git repository at *cwd* without committing; by default aider runs
-        with ``--no-git``
-    """
-    argv = [
-        os.fspath(executable),
-        "--model", model,
-        "--edit-format", edit_format,
-        # Plain input() and print(): no prompt_toolkit (it needs a terminal) and no ANSI codes.
-        "--no-fancy-input",
-        "--no-pretty",
-        # The whole reply at once: fewer chunk boundaries inside a reply for the framer to see.
-        "--no-stream",
-        # Every confirm_ask() answered at once without printing it, so no question can leave
-        # the pipe waiting; questions needing an explicit yes (shell commands) get "no".
-        "--yes-always",
-        # Start-up network calls and questions: the PyPI version check, the analytics opt-in,
-        # and the release notes offered on a version's first run (webbrowser.open under
-        # --yes-always).
-        "--no-check-update",
-        "--no-analytics",
-        "--no-show-release-notes",
-        # Model warnings offer a docs URL (webbrowser.open under --yes-always) and, for some
-        # providers, pip-install missing packages.
-        "--no-show-model-warnings",
-        # No repo map: no tree-sitter scan of the project and no .aider.tags.cache directory.
-        "--map-tokens", "0",
-        # No flake8 after each edit: with --yes-always, lint errors go back to the model for
-        # another, unrequested round.
-        "--no-auto-lint",
-        # No shell-command suggestions (they would be declined anyway) and no URL scraping.
-        "--no-suggest-shell-commands",
-        "--no-detect-urls",
-        # Instances sharing a directory would interleave .aider.chat.history.md and
-        # .aider.input.history in it; the cluster keeps the replies itself.
-        "--chat-history-file", os.devnull,
-        "--input-history-file", os.devnull,
-    ]  # fmt: skip
-    if git:
-        # No commits (no index.lock fights between instances) and no offer to edit .gitignore.
-        argv += ["--no-auto-commits", "--no-dirty-commits", "--no-gitignore"]
-    else:
-        # Without a repo aider would offer to `git init` the directory (yes, under --yes-always).
-        argv += ["--no-git"]
-    if api_base is not None:
-        argv += ["--openai-api-base", api_base]
-    if model_metadata_file is not None:
-        argv += ["--model-metadata-file", os.fspath(model_metadata_file)]
-    argv += extra_args
-    child_env = {
-        # prompt_toolkit's is_dumb_terminal(): belt and braces for the two flags above.
-        "TERM": "dumb",
-        # litellm downloads its model price list from GitHub on import unless told not to.
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        # Off a terminal, aider's rich console hard-wraps every line at 80 columns, replies
-        # included; rich takes the width from COLUMNS.
-        "COLUMNS": "10000",
-    }
-    if api_key is not None:
-        child_env["OPENAI_API_KEY"] = api_key
-    child_env.update(env or {})
-    return aimcluster.ToolSpec(
-        name="aider",
-        argv=argv,
-        ready=AIDER_READY,
-        env=child_env,
-        cwd=cwd,
-        # A cold start imports litellm and friends: seconds, more on a busy machine.
-        startup_timeout=120,
-        exit_command="/exit",
-        shutdown_grace=10,
-    )
 
 
 def write_model_metadata(path: Path, model: str, *, context_window: int = 128_000) -> Path:
@@ -217,8 +117,8 @@ async def test_two_aiders_each_add_a_header_to_their_own_file_in_a_lease(
     # aider keeps analytics ids, install records and caches under ~/.aider.
     home = tmp_path / "home"
     home.mkdir()
-    spec = aider_spec(
-        aider_executable,
+    spec = aimcluster.tools.aider(
+        executable=aider_executable,
         model="openai/fake",
         api_base=fake_openai.base_url,
         api_key="sk-fake-key",
@@ -296,8 +196,8 @@ async def test_rate_limited_requests_are_retried_by_aider_and_the_notice_is_in_t
     with FakeOpenAI(model="fake", responder=lambda messages, body: long_answer) as server:
         home = tmp_path / "home"
         home.mkdir()
-        spec = aider_spec(
-            aider_executable,
+        spec = aimcluster.tools.aider(
+            executable=aider_executable,
             model="openai/fake",
             api_base=server.base_url,
             api_key="sk-fake-key",
@@ -315,3 +215,27 @@ async def test_rate_limited_requests_are_retried_by_aider_and_the_notice_is_in_t
     assert "The API provider has rate limited you." in reply.text
     # Not wrapped at 80 columns (COLUMNS), so the answer arrives as the model sent it.
     assert f"Retrying in 0.2 seconds...\n{long_answer}\n" in reply.text
+
+
+@pytest.mark.timeout(300)
+async def test_aider_oneshot_runs_one_process_per_message(
+    aider_executable: str, tmp_path: Path
+) -> None:
+    with FakeOpenAI(model="fake", responder=lambda messages, body: "forty-two") as server:
+        home = tmp_path / "home"
+        home.mkdir()
+        spec = aimcluster.tools.aider_oneshot(
+            executable=aider_executable,
+            model="openai/fake",
+            api_base=server.base_url,
+            api_key="sk-fake-key",
+            cwd=project_with(tmp_path, {}),
+            model_metadata_file=write_model_metadata(tmp_path / "models.json", "openai/fake"),
+            env={"HOME": str(home), **OFFLINE_ENV},
+        )
+        async with aimcluster.launch_cluster(spec, count=2) as cluster:
+            replies = await cluster.map(["what is six times seven?", "--and again?"], timeout=120)
+            assert cluster.pids == [None, None]
+    assert all("forty-two" in reply.text for reply in replies)
+    questions = sorted(r.last_user_text.splitlines()[0] for r in server.requests)
+    assert questions == ["--and again?", "what is six times seven?"]

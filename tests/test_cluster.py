@@ -274,7 +274,7 @@ async def test_metrics_snapshot_is_complete_and_json_serialisable(cluster_factor
     assert data["sent"] == 3
     assert set(data["instances"][0]) == {
         "index", "pid", "state", "node", "sent", "completed", "failed", "timeouts",
-        "restarts", "in_flight", "queued", "latency_p50", "latency_p95",
+        "restarts", "in_flight", "queued", "latency_p50", "latency_p95", "rate_limited",
     }  # fmt: skip
 
 

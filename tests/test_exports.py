@@ -8,6 +8,7 @@ import aimcluster.tools
 
 EXPECTED = {
     "AimclusterError",
+    "AutoAnswerLimitError",
     "Cluster",
     "ClusterClosedError",
     "ClusterMetrics",
@@ -18,10 +19,13 @@ EXPECTED = {
     "Job",
     "JobResult",
     "JobRun",
+    "JsonlFraming",
     "LocalTransport",
     "NoHealthyInstancesError",
+    "OneshotFraming",
     "Probe",
     "PromptCancelledError",
+    "PromptFraming",
     "Reply",
     "ReplyTimeoutError",
     "ReplyTooLargeError",
@@ -29,6 +33,7 @@ EXPECTED = {
     "Session",
     "StartupError",
     "Ticket",
+    "ToolError",
     "ToolNotFoundError",
     "ToolSpec",
     "launch_cluster",
@@ -57,6 +62,8 @@ def test_errors_share_one_base() -> None:
         "ReplyTooLargeError",
         "InstanceStalledError",
         "PromptCancelledError",
+        "ToolError",
+        "AutoAnswerLimitError",
     ):
         assert issubclass(getattr(aimcluster, name), aimcluster.AimclusterError), name
     # read_any's own TimeoutError must not be confused with a prompt's timeout.

@@ -24,6 +24,7 @@ INSTANCE_FIELDS = {
     "queued",
     "latency_p50",
     "latency_p95",
+    "rate_limited",
 }
 
 
@@ -132,6 +133,7 @@ def test_instance_as_dict_has_every_field() -> None:
         "queued": 0,
         "latency_p50": None,
         "latency_p95": 1.5,
+        "rate_limited": 0,
     }
     assert set(instance.as_dict()) == {field.name for field in attrs.fields(InstanceMetrics)}
 
