@@ -17,6 +17,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from ._cluster import launch_cluster
+from ._exceptions import single_error
 from ._jobs import Job, JobResult, JobRun, run_jobs
 from ._journal import Journal
 from ._metrics import ClusterMetrics
@@ -114,24 +115,6 @@ async def _collect(
         ui.cancel_scope.cancel()
 
 
-def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one error a task group collected, so that callers can catch it by type."""
-    leaves: list[BaseException] = []
-
-    def collect(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                collect(inner)
-        else:
-            leaves.append(exc)
-
-    collect(group)
-    for leaf in leaves:
-        if not isinstance(leaf, anyio.get_cancelled_exc_class()):
-            return leaf
-    return group
-
-
 async def run_batch(
     batch: Batch,
     *,
@@ -148,7 +131,7 @@ async def run_batch(
     try:
         return await _run_batch(batch, tracker=tracker, display=display, logger=logger)
     except BaseExceptionGroup as group:
-        raise _single(group) from None
+        raise single_error(group) from None
 
 
 async def _run_batch(

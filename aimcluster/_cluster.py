@@ -20,6 +20,7 @@ from ._exceptions import (
     ClusterClosedError,
     NoHealthyInstancesError,
     StartupError,
+    single_error,
 )
 from ._instance import Instance, InstanceState
 from ._lease import LeaseRequest, Session
@@ -134,7 +135,7 @@ class Cluster:
         try:
             return await self._stack.__aexit__(exc_type, exc, tb)
         except BaseExceptionGroup as group:
-            raise _unwrap(group) from None
+            raise single_error(group) from None
 
     async def _shutdown_shielded(self) -> None:
         # Runs on every way out, cancellation included, so it must not be cancellable; each
@@ -560,24 +561,6 @@ def _result_or_error(request: Request) -> Reply | AimclusterError:
         return request.result()
     assert isinstance(error, AimclusterError)
     return error
-
-
-def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """Raise what a task group collected as itself, not as a group, at the public boundary."""
-    leaves: list[BaseException] = []
-
-    def collect(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                collect(inner)
-        else:
-            leaves.append(exc)
-
-    collect(group)
-    for leaf in leaves:
-        if not isinstance(leaf, anyio.get_cancelled_exc_class()):
-            return leaf
-    return leaves[0] if leaves else group
 
 
 def launch_cluster(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+
 
 class AimclusterError(Exception):
     """Base class of every error aimcluster raises on purpose."""
@@ -141,3 +143,23 @@ class ToolError(AimclusterError):
     def event(self) -> dict[str, Any] | None:
         """The event that reported the failure, if the tool writes events."""
         return self.events[-1] if self.events else None
+
+
+def single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a task group collected, to raise as itself at a public boundary: the first
+    leaf that is not a cancellation (nested groups flattened), else the first leaf."""
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                collect(inner)
+        else:
+            leaves.append(exc)
+
+    collect(group)
+    cancelled = anyio.get_cancelled_exc_class()
+    for leaf in leaves:
+        if not isinstance(leaf, cancelled):
+            return leaf
+    return leaves[0] if leaves else group

@@ -385,14 +385,7 @@ class Instance:
 
     async def _exchange_oneshot(self, request: Request, *, internal: bool) -> _Ended | None:
         """Run one process for one prompt; its output up to its exit is the reply."""
-        if request.deadline is not None and self.clock() >= request.deadline:
-            request.resolve(
-                ReplyTimeoutError(
-                    f"no instance took the prompt {request.prompt[:60]!r} before its deadline",
-                    prompt=request.prompt,
-                    instance=None,
-                )
-            )
+        if self._expired_in_queue(request):
             return None
         spec = self.spec.for_prompt(request.prompt)
         try:
@@ -405,21 +398,8 @@ class Instance:
             request.resolve(exc)
             return None
         framer = self._framer = self._new_framer()
-        request.state = RequestState.SENT
-        request.attempts += 1
-        counted = 0 if internal else 1
-        self._served += counted
-        self.sent += counted
-        self.in_flight = 1
-        self._current, self._counted = request, bool(counted)
-        self._set_state(InstanceState.BUSY)
-        self._plog.debug("prompt_sent", key=request.key, attempt=request.attempts)
-        started = self._started = self.clock()
-        stall = self.spec.stall_timeout
-        self._reply_deadline = math.inf if request.deadline is None else request.deadline
-        wake_at = self._reply_deadline
-        if stall is not None:
-            wake_at = min(started + stall, wake_at)
+        counted = self._mark_sent(request, internal=internal)
+        started, stall, wake_at = self._started, self.spec.stall_timeout, self._wake_at()
         raw = bytearray()
         frames: list[Frame] = []
         overflow: FrameOverflow | None = None
@@ -938,14 +918,7 @@ class Instance:
                 "unsolicited_output", frames=stray_frames, text=framer.partial()[-200:]
             )
             framer.discard()
-        if request.deadline is not None and self.clock() >= request.deadline:
-            request.resolve(
-                ReplyTimeoutError(
-                    f"no instance took the prompt {request.prompt[:60]!r} before its deadline",
-                    prompt=request.prompt,
-                    instance=None,
-                )
-            )
+        if self._expired_in_queue(request):
             return None
         events = self.spec.events
         line = request.prompt if events is None else events.encode(request.prompt)
@@ -963,25 +936,12 @@ class Instance:
                 self.requeue(request)
             return _Ended.EXITED
 
-        request.state = RequestState.SENT
-        request.attempts += 1
-        counted = 0 if internal else 1
-        self._served += counted
-        self.sent += counted
-        self.in_flight = 1
+        counted = self._mark_sent(request, internal=internal)
         self._answers = 0
-        self._current, self._counted = request, bool(counted)
-        self._set_state(InstanceState.BUSY)
-        self._plog.debug("prompt_sent", key=request.key, attempt=request.attempts)
-        started = self._started = self.clock()
-        stall = self.spec.stall_timeout
         # The exit watcher wakes this wait through the frame queue. A cancel scope is needed
         # only for a deadline or the stall watchdog (the reader pushes the scope's deadline
         # back on output); which of the two fired is sorted out below.
-        self._reply_deadline = math.inf if request.deadline is None else request.deadline
-        wake_at = self._reply_deadline
-        if stall is not None:
-            wake_at = min(started + stall, wake_at)
+        started, stall, wake_at = self._started, self.spec.stall_timeout, self._wake_at()
         event: _Event | None = None
         try:
             if self._exit_code is not None:
@@ -1075,6 +1035,42 @@ class Instance:
             return await frames.receive()
         except anyio.EndOfStream:
             return _EXITED
+
+    def _expired_in_queue(self, request: Request) -> bool:
+        """Fail (and do not send) a prompt whose deadline passed while it was queued."""
+        if request.deadline is None or self.clock() < request.deadline:
+            return False
+        request.resolve(
+            ReplyTimeoutError(
+                f"no instance took the prompt {request.prompt[:60]!r} before its deadline",
+                prompt=request.prompt,
+                instance=None,
+            )
+        )
+        return True
+
+    def _mark_sent(self, request: Request, *, internal: bool) -> int:
+        """Book *request* as written and in flight; returns 1 if it counts in the metrics
+        (0 for internal prompts such as probes)."""
+        request.state = RequestState.SENT
+        request.attempts += 1
+        counted = 0 if internal else 1
+        self._served += counted
+        self.sent += counted
+        self.in_flight = 1
+        self._current, self._counted = request, bool(counted)
+        self._set_state(InstanceState.BUSY)
+        self._plog.debug("prompt_sent", key=request.key, attempt=request.attempts)
+        self._started = self.clock()
+        self._reply_deadline = math.inf if request.deadline is None else request.deadline
+        return counted
+
+    def _wake_at(self) -> float:
+        """When the reply wait must wake without a reply: the deadline or the stall watchdog."""
+        stall = self.spec.stall_timeout
+        if stall is None:
+            return self._reply_deadline
+        return min(self._started + stall, self._reply_deadline)
 
     def _complete(self, frame: Frame, *, exit_code: int | None = None) -> None:
         """Turn a framed reply into the in-flight request's Reply. Called by the reader the
