@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (the README's, and the one .ci/run uses): sets up everything the tests need
-# in ./.venv (the package with its test extras) and runs the whole suite with coverage.
+# in ./.venv (the package with its test and ray extras) and runs the whole suite with coverage.
 # Extra arguments go to pytest, e.g. `bash tests/run.sh -k sticky`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip
 fi
-"$venv/bin/python" -m pip install -q -e ".[test]"
+"$venv/bin/python" -m pip install -q -e ".[test,ray]"
 
 # aider pins its own dependency versions, so it lives in a virtualenv of its own, as with
 # pipx; the integration tests find it through AIMCLUSTER_AIDER.
@@ -19,6 +19,7 @@ export AIMCLUSTER_AIDER
 # In CI a missing tool is a failure, never a silent skip.
 if [ "${CI:-}" = "true" ]; then
     export AIMCLUSTER_REQUIRE_INTEGRATION=1
+    export AIMCLUSTER_REQUIRE_RAY=1
 fi
 
 # pytest exits 5 when it collects no test; like any non-zero status, that fails the run.
