@@ -290,10 +290,8 @@ async def test_oneshot_timeout_kills_the_process_and_the_slot_carries_on(tmp_pat
 async def test_shutdown_kills_a_running_oneshot_process(tmp_path: Path) -> None:
     async with aimcluster.launch_cluster(script_spec(tmp_path), count=1) as cluster:
         ticket = await cluster.submit("hang")
-        with anyio.fail_after(10):
-            # No event says "spawned": wait for the pid to show, bounded by fail_after.
-            while cluster.pids == [None]:  # noqa: ASYNC110
-                await anyio.sleep(0.01)
+        # The one-shot process is spawned, then the instance turns busy: a state change.
+        await cluster.wait_for(lambda m: m.instances[0].pid is not None, timeout=10)
         pids = cluster.pids
     with pytest.raises(aimcluster.ClusterClosedError):
         await ticket
