@@ -147,9 +147,6 @@ class Dispatcher:
         queue = self._shared if index is None else self._private[index]
         return sum(1 for item in queue if item.live)
 
-    def has_shared(self) -> bool:
-        return any(item.live for item in self._shared)
-
     def fail_shared(self, error: BaseException) -> None:
         for item in self._drain(self._shared):
             item.resolve(error)

@@ -391,18 +391,6 @@ async def test_queued_counts_only_live_items() -> None:
     assert [dispatcher.queued(), dispatcher.queued(0), dispatcher.queued(1)] == [2, 0, 1]
 
 
-async def test_has_shared_ignores_items_that_are_not_live() -> None:
-    dispatcher = Dispatcher(1, max_pending=10)
-    item = Item("shared")
-    assert dispatcher.has_shared() is False
-
-    await dispatcher.put(item)
-    assert dispatcher.has_shared() is True
-
-    item.abandoned = True
-    assert dispatcher.has_shared() is False
-
-
 async def test_fail_shared_resolves_only_the_shared_items_and_frees_their_slots() -> None:
     dispatcher = Dispatcher(1, max_pending=2)
     shared, private = Item("shared"), Item("private", target=0)
