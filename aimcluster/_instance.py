@@ -508,29 +508,10 @@ class Instance:
             )
             self._fail(request, error, retry=False)
         elif code is None and self.clock() < self._reply_deadline:
-            self._plog.warning("instance_stalled", stall_timeout=stall)
-            error = InstanceStalledError(
-                f"instance {self.index} printed nothing for {stall} s while replying to "
-                f"{request.prompt[:60]!r}; killed it",
-                instance=self.index,
-                exit_code=None,
-                partial_output=output,
-                prompt=request.prompt,
-            )
-            self._fail(request, error, retry=not internal)
+            self._fail_stalled(request, output, internal=internal, then="killed it")
         elif code is None:
-            self.timeouts += counted
-            self._plog.warning("reply_timed_out", elapsed=elapsed)
-            self._fail(
-                request,
-                ReplyTimeoutError(
-                    f"instance {self.index} did not finish replying to {request.prompt[:60]!r} "
-                    f"in time; killed it",
-                    prompt=request.prompt,
-                    instance=self.index,
-                    partial_output=output,
-                ),
-                retry=False,
+            self._fail_timed_out(
+                request, output, counted=counted, elapsed=elapsed, then="killed it"
             )
         else:
             # Killed by a signal, or no terminal event before the exit: it crashed mid-turn.
@@ -941,7 +922,7 @@ class Instance:
         # The exit watcher wakes this wait through the frame queue. A cancel scope is needed
         # only for a deadline or the stall watchdog (the reader pushes the scope's deadline
         # back on output); which of the two fired is sorted out below.
-        started, stall, wake_at = self._started, self.spec.stall_timeout, self._wake_at()
+        started, wake_at = self._started, self._wake_at()
         event: _Event | None = None
         try:
             if self._exit_code is not None:
@@ -1003,29 +984,10 @@ class Instance:
             self._fail(request, self._crash_error(request, "exited", partial), retry=not internal)
             return _Ended.EXITED
         if self.clock() < self._reply_deadline:  # the scope fired before the deadline: stall
-            error = InstanceStalledError(
-                f"instance {self.index} printed nothing for {stall} s while replying to "
-                f"{request.prompt[:60]!r}; restarting it",
-                instance=self.index,
-                exit_code=None,
-                partial_output=partial,
-                prompt=request.prompt,
-            )
-            self._plog.warning("instance_stalled", stall_timeout=stall)
-            self._fail(request, error, retry=not internal)
+            self._fail_stalled(request, partial, internal=internal, then="restarting it")
             return _Ended.KILL
-        self.timeouts += counted
-        self._plog.warning("reply_timed_out", elapsed=elapsed)
-        self._fail(
-            request,
-            ReplyTimeoutError(
-                f"instance {self.index} did not finish replying to {request.prompt[:60]!r} "
-                f"in time; restarting it",
-                prompt=request.prompt,
-                instance=self.index,
-                partial_output=partial,
-            ),
-            retry=False,
+        self._fail_timed_out(
+            request, partial, counted=counted, elapsed=elapsed, then="restarting it"
         )
         return _Ended.KILL
 
@@ -1117,6 +1079,33 @@ class Instance:
         self.limiter.succeeded()
         self._plog.debug("reply_received", elapsed=elapsed, key=request.key)
         request.resolve(reply)
+
+    def _fail_stalled(self, request: Request, partial: str, *, internal: bool, then: str) -> None:
+        stall = self.spec.stall_timeout
+        self._plog.warning("instance_stalled", stall_timeout=stall)
+        error = InstanceStalledError(
+            f"instance {self.index} printed nothing for {stall} s while replying to "
+            f"{request.prompt[:60]!r}; {then}",
+            instance=self.index,
+            exit_code=None,
+            partial_output=partial,
+            prompt=request.prompt,
+        )
+        self._fail(request, error, retry=not internal)
+
+    def _fail_timed_out(
+        self, request: Request, partial: str, *, counted: int, elapsed: float, then: str
+    ) -> None:
+        self.timeouts += counted
+        self._plog.warning("reply_timed_out", elapsed=elapsed)
+        error = ReplyTimeoutError(
+            f"instance {self.index} did not finish replying to {request.prompt[:60]!r} "
+            f"in time; {then}",
+            prompt=request.prompt,
+            instance=self.index,
+            partial_output=partial,
+        )
+        self._fail(request, error, retry=False)
 
     async def _wait_exited(self) -> None:
         """Wait until the exit watcher has seen the process go."""
