@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 import random
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING
 
 import anyio
@@ -18,7 +18,7 @@ import attrs
 if TYPE_CHECKING:
     from ._cluster import Cluster
 
-__all__ = ["ChaosMonkey", "chaos_monkey"]
+__all__ = ["ChaosMonkey", "chaos_monkey", "ray_loopback_only"]
 
 
 @attrs.define
@@ -67,3 +67,28 @@ async def chaos_monkey(
         finally:
             tg.cancel_scope.cancel()
             monkey.pids.update(pid for pid in cluster.pids if pid is not None)
+
+
+@contextmanager
+def ray_loopback_only() -> Iterator[None]:
+    """Keep every process of a local Ray test cluster on 127.0.0.1.
+
+    A test cluster has no business on the machine's other addresses. Ray takes its node
+    address from this switch (read when ray is imported, so in this process the constant is
+    patched as well) rather than from ``node_ip_address``, which it gives the GCS but not the
+    address it advertises. Needs Ray (``pip install 'aimcluster[ray]'``).
+    """
+    from ray._private import ray_constants
+
+    saved = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    saved_constant = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
+        if saved is None:
+            del os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]
+        else:
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = saved

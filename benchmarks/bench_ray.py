@@ -71,28 +71,10 @@ LOSS_DELAY = 0.05
 
 
 @contextmanager
-def loopback_only() -> Iterator[None]:
-    """Every Ray process on 127.0.0.1 (see tests/test_ray.py for why this switch)."""
-    from ray._private import ray_constants
-
-    saved = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
-    saved_constant = ray_constants.ENABLE_RAY_CLUSTER
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
-        if saved is None:
-            del os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]
-        else:
-            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = saved
-
-
-@contextmanager
 def ray_cluster(address: str | None) -> Iterator[Any]:
     """Connect to *address*, or start a local cluster of three nodes; yield it (or None)."""
     import ray
+    from aimcluster.testing import ray_loopback_only
 
     if address is not None:
         ray.init(address=address, log_to_driver=False)
@@ -103,7 +85,7 @@ def ray_cluster(address: str | None) -> Iterator[Any]:
         return
     from ray.cluster_utils import Cluster
 
-    with loopback_only():
+    with ray_loopback_only():
         cluster = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
         try:
             for _ in range(2):

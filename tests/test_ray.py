@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import aimcluster
 from aimcluster import tools
 from aimcluster._framing import OneshotFraming  # not exported from aimcluster yet
 from aimcluster.ray import RayTransport, ToolHost, _Exited, _Started
+from aimcluster.testing import ray_loopback_only
 
 from .conftest import alive, wait_gone
 
@@ -45,7 +45,7 @@ FAST_RESTART = aimcluster.RestartPolicy(initial_delay=0.01, jitter=0, max_restar
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[RayCluster]:
-    with loopback_only():
+    with ray_loopback_only():
         cluster = RayCluster(
             initialize_head=True, head_node_args={**NODE, "include_dashboard": False}
         )
@@ -57,28 +57,6 @@ def ray_cluster() -> Iterator[RayCluster]:
         finally:
             ray.shutdown()
             cluster.shutdown()
-
-
-@contextmanager
-def loopback_only() -> Iterator[None]:
-    """Every Ray process on 127.0.0.1: a test cluster has no business on the machine's other
-    addresses. Ray takes its node address from this switch (read when ray is imported, so in
-    this process the constant is patched as well) rather than from node_ip_address, which it
-    gives the GCS but not the address it advertises."""
-    from ray._private import ray_constants
-
-    saved = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
-    saved_constant = ray_constants.ENABLE_RAY_CLUSTER
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
-        if saved is None:
-            del os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]
-        else:
-            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = saved
 
 
 def node_id_of(node: Any) -> str:
