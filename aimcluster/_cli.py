@@ -114,7 +114,9 @@ class _Group(click.Group):
 
 
 def _console() -> Console:
-    return Console(highlight=False)
+    # Lines are never folded at the terminal's width: paths and command lines must stay
+    # copyable as they are.
+    return Console(highlight=False, soft_wrap=True)
 
 
 class _StderrLogger:
@@ -487,7 +489,7 @@ def run(
         )
         try:
             with isolate(isolation, spec, root=root, count=count, run=run_id) as place:
-                console.print(title, markup=False, style="bold", soft_wrap=True)
+                console.print(title, markup=False, style="bold")
                 batch = Batch(
                     spec=place.spec,
                     count=count,
@@ -573,7 +575,6 @@ def demo(
             f"mock x {count} (--delay {delay:g} s)",
             markup=False,
             style="bold",
-            soft_wrap=True,
         )
         journal = stack.enter_context(Journal(root / "aimcluster-journal.jsonl", run=_run_id()))
         batch = Batch(
@@ -613,7 +614,7 @@ def _show_changes(
 
             console.print(Syntax(diff.rstrip("\n"), "diff", theme="ansi_dark"))
         else:
-            console.print(diff.rstrip("\n"), markup=False, soft_wrap=True)
+            console.print(diff.rstrip("\n"), markup=False)
     changed = inserted = deleted = 0
     for relative, before in originals.items():
         after = (root / relative).read_bytes()
@@ -636,7 +637,6 @@ def _show_changes(
             "and is otherwise unchanged.",
             style="bold green",
             markup=False,
-            soft_wrap=True,
         )
     else:
         console.print(
@@ -662,8 +662,7 @@ def list_tools() -> int:
     for number, row in enumerate(rows):
         line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
         line += "  " + row[3]
-        # Never wrapped or cut: the command line must be copyable as it is.
-        console.print(line, markup=False, soft_wrap=True, style="bold" if number == 0 else "")
+        console.print(line, markup=False, style="bold" if number == 0 else "")
     return EXIT_OK
 
 

@@ -14,7 +14,7 @@ import random
 import re
 import signal
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -52,6 +52,14 @@ __all__ = ["Instance", "InstanceStalledError", "InstanceState"]
 # After the process exits, how long its output may take to reach EOF. Only a grandchild that left
 # our process group (setsid) can hold the stream open past the group SIGKILL.
 _EOF_GRACE = 1.0
+
+
+async def _wait_all(events: Iterable[anyio.Event], *, timeout: float) -> None:
+    with anyio.move_on_after(timeout):
+        for event in events:
+            await event.wait()
+
+
 # Frames a tool may print while nobody asked (stray prompts) before its reader blocks.
 _FRAME_BUFFER = 16
 _LATENCY_SAMPLES = 1024
@@ -296,11 +304,9 @@ class Instance:
         startup_error: StartupError | None = None
         try:
             async with anyio.create_task_group() as tg:
-                eof = anyio.Event()
+                eof, stderr_eof = anyio.Event(), self._start_stderr_pump(tg, handle)
                 tg.start_soon(self._pump, handle, frames_in, eof)
-                tg.start_soon(self._watch_exit, handle, eof, frames_in.clone())
-                if not self.spec.merge_stderr and not self.spec.pty:
-                    tg.start_soon(self._pump_stderr, handle)
+                tg.start_soon(self._watch_exit, handle, (eof, stderr_eof), frames_in.clone())
                 try:
                     await self._await_ready(frames_out)
                 except StartupError as exc:
@@ -406,13 +412,12 @@ class Instance:
         code: int | None = None
         eof = anyio.Event()
 
-        async def watch_exit(tg: anyio.abc.TaskGroup) -> None:
+        async def watch_exit(tg: anyio.abc.TaskGroup, stderr_eof: anyio.Event) -> None:
             nonlocal code
             exit_code = await handle.wait()
             # Whatever it left behind would hold the output open (and must die anyway).
             handle.kill_all()
-            with anyio.move_on_after(_EOF_GRACE):
-                await eof.wait()
+            await _wait_all((eof, stderr_eof), timeout=_EOF_GRACE)
             code = exit_code
             tg.cancel_scope.cancel()
 
@@ -420,9 +425,7 @@ class Instance:
             with anyio.CancelScope(deadline=wake_at) as scope:
                 self._reply_scope = scope
                 async with anyio.create_task_group() as tg:
-                    if not spec.merge_stderr and not spec.pty:
-                        tg.start_soon(self._pump_stderr, handle)
-                    tg.start_soon(watch_exit, tg)
+                    tg.start_soon(watch_exit, tg, self._start_stderr_pump(tg, handle))
                     while True:
                         try:
                             data = await handle.receive()
@@ -678,27 +681,43 @@ class Instance:
             except anyio.WouldBlock:
                 await frames.send(frame)
 
-    async def _pump_stderr(self, handle: ProcessHandle) -> None:
+    def _start_stderr_pump(self, tg: anyio.abc.TaskGroup, handle: ProcessHandle) -> anyio.Event:
+        """Read a separate stderr, if the spec has one; the event is set at its EOF."""
+        eof = anyio.Event()
+        if self.spec.merge_stderr or self.spec.pty:
+            eof.set()
+        else:
+            tg.start_soon(self._pump_stderr, handle, eof)
+        return eof
+
+    async def _pump_stderr(self, handle: ProcessHandle, eof: anyio.Event) -> None:
         """Keep the tail of a separate stderr for error reports, and log it."""
-        while True:
-            try:
-                data = await handle.receive_stderr()
-            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return
-            self._stderr_tail += data
-            del self._stderr_tail[:-8192]
-            self._plog.debug("instance_stderr", data=data.decode(self.spec.encoding, "replace"))
+        try:
+            while True:
+                try:
+                    data = await handle.receive_stderr()
+                except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return
+                self._stderr_tail += data
+                del self._stderr_tail[:-8192]
+                self._plog.debug("instance_stderr", data=data.decode(self.spec.encoding, "replace"))
+        finally:
+            eof.set()
 
     async def _watch_exit(
-        self, handle: ProcessHandle, eof: anyio.Event, frames: MemoryObjectSendStream[_Event]
+        self,
+        handle: ProcessHandle,
+        eofs: tuple[anyio.Event, anyio.Event],
+        frames: MemoryObjectSendStream[_Event],
     ) -> None:
         """Exit detection: the transport's wait() (pidfd or waitpid), never polling."""
         with frames:
             code = await handle.wait()
             # Grandchildren left behind would hold the output open, and must die anyway.
             handle.kill_all()
-            with anyio.move_on_after(_EOF_GRACE):
-                await eof.wait()
+            # The last of stdout and of a separate stderr come before the exit is reported: a
+            # startup error or a crash must show what the tool said as it died.
+            await _wait_all(eofs, timeout=_EOF_GRACE)
             self._exit_code = code
             self._plog.info("instance_exited", exit_code=code)
             # Wake whoever waits: an idle instance in the dispatcher, a reply wait on the

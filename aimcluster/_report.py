@@ -228,7 +228,8 @@ def _totals(summary: RunSummary) -> Table:
     grid.add_row("job time", f"p50 {seconds(summary.job_p50)}, p95 {seconds(summary.job_p95)}")
     grid.add_row("tool", f"{summary.tool} x {summary.count}")
     if summary.journal is not None:
-        grid.add_row("journal", summary.journal)
+        # Folded, never cut short with an ellipsis: the path is what a resume needs.
+        grid.add_row("journal", Text(summary.journal, overflow="fold"))
     if summary.interrupted is not None:
         grid.add_row("stopped", Text(f"by {summary.interrupted}", style="yellow"))
     return grid

@@ -775,7 +775,11 @@ def test_tools_lists_each_profile_with_its_exact_command_line() -> None:
         ("bash", "'aimcluster-check'"),
     ],
 )
-def test_check_starts_the_tool_and_shows_the_probe_reply(tool: str, reply: str) -> None:
+def test_check_starts_the_tool_and_shows_the_probe_reply(
+    tool: str, reply: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Narrower than the command line: it must still come out on one line, copyable.
+    monkeypatch.setenv("COLUMNS", "30")
     result = invoke("check", tool)
 
     assert result.exit_code == 0, result.output

@@ -81,6 +81,26 @@ async def test_separate_stderr_stays_out_of_the_reply(cluster_factory) -> None:
     assert (await cluster.send("go")).text == "o\no2"
 
 
+async def test_the_last_of_a_separate_stderr_reaches_the_startup_error() -> None:
+    # The tool exits at once; a helper it left in a session of its own says why a little later,
+    # on the stderr they share. The error waits for the stream's end (up to a grace period).
+    script = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid(); os.close(1); time.sleep(0.2)\n"
+        "    os.write(2, b'no model key'); os._exit(0)\n"
+        "os._exit(3)\n"
+    )
+    spec = aimcluster.ToolSpec(
+        name="grumpy", argv=[sys.executable, "-c", script], ready="> ", merge_stderr=False
+    )
+    with pytest.raises(aimcluster.StartupError) as caught:
+        async with aimcluster.launch_cluster(spec, 1, restart=False):
+            pass
+    assert caught.value.exit_code == 3
+    assert caught.value.output == "no model key"
+
+
 async def test_invalid_utf8_output_is_replaced_not_fatal(cluster_factory) -> None:
     cluster = await cluster_factory("python")
     reply = await cluster.send("import sys; sys.stdout.buffer.write(b'\\xff\\xfeok\\n') and None")
