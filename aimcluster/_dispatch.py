@@ -4,18 +4,25 @@ Each instance has a private queue (prompts routed to it by index: round-robin, s
 explicit ``instance=``) and all instances share one queue (late-bound prompts: ``least_busy``).
 An idle instance parks on an event; a put wakes exactly the instance that can take the item, so
 nothing polls and a burst of puts does not wake the whole pool.
+
+Two short cuts keep the event loop out of the way of a prompt. An idle instance may offer to
+take an item on the spot: the put then hands it over already written to the tool, and the
+instance's task wakes to wait for the reply. And an instance's reader, having just completed a
+reply, may take the next item at the head of the queues (:meth:`peek`, :meth:`remove`) and write
+it at once, without waking the instance's task in between.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 import anyio
 
 from ._exceptions import ClusterClosedError
 
-__all__ = ["Dispatcher", "Queued"]
+__all__ = ["Dispatcher", "Offer", "Queued"]
 
 
 class Queued(Protocol):
@@ -32,11 +39,28 @@ class Queued(Protocol):
     def resolve(self, result: BaseException) -> bool: ...
 
 
+#: Called by a put with an item for an idle instance: True if the instance took it, then and
+#: there (it is in flight); False to queue it as usual.
+Offer = Callable[[Queued], bool]
+
+
+class _Idle:
+    """An idle instance: its task waits in :meth:`Dispatcher.get`, or is *parked* elsewhere."""
+
+    __slots__ = ("item", "offer", "parked", "wake")
+
+    def __init__(self, offer: Offer | None, wake: Callable[[], None], *, parked: bool) -> None:
+        self.offer = offer
+        self.wake = wake
+        self.parked = parked
+        self.item: Queued | None = None  # what an offer took for get()
+
+
 class Dispatcher:
     def __init__(self, size: int, *, max_pending: int) -> None:
         self._shared: deque[Queued] = deque()
         self._private: list[deque[Queued]] = [deque() for _ in range(size)]
-        self._idle: dict[int, anyio.Event] = {}
+        self._idle: dict[int, _Idle] = {}
         self._interrupted: set[int] = set()
         self._slots = anyio.Semaphore(max_pending)
         self._closed = False
@@ -65,19 +89,33 @@ class Dispatcher:
             item.resolve(ClusterClosedError("the cluster was shut down before the prompt was sent"))
             return
         if item.target is None:
+            index = next(iter(self._idle), None)
+        else:
+            index = item.target if item.target in self._idle else None
+        if index is not None:
+            idle = self._idle[index]
+            if idle.offer is not None and idle.offer(item):
+                del self._idle[index]
+                self._release(item)
+                if not idle.parked:  # a parked task waits for the reply as it is
+                    idle.item = item
+                    idle.wake()
+                return
+        if item.target is None:
             self._shared.append(item)
             self._wake_any()
         else:
             self._private[item.target].append(item)
-            event = self._idle.pop(item.target, None)
-            if event is not None:
-                event.set()
+            waiter = self._idle.pop(item.target, None)
+            if waiter is not None:
+                waiter.wake()
 
     # -- consumers ------------------------------------------------------------------------
 
-    async def get(self, index: int) -> Queued | None:
+    async def get(self, index: int, *, offer: Offer | None = None) -> Queued | None:
         """The next live item for instance *index*: its own queue first, then the shared one.
 
+        While it waits, a put may hand an item to *offer*; one it took is returned.
         Returns ``None`` if :meth:`interrupt` was called for *index* (before or during the
         wait): cheaper on the hot path than a cancel scope around every wait.
         """
@@ -89,23 +127,59 @@ class Dispatcher:
             if item is not None:
                 return item
             event = anyio.Event()
-            self._idle[index] = event
+            idle = self._idle[index] = _Idle(offer, event.set, parked=False)
             try:
                 await event.wait()
             except BaseException:
-                if self._idle.get(index) is event:
+                if self._idle.get(index) is idle:
                     del self._idle[index]
+                elif idle.item is not None:
+                    pass  # the offer took it: it is in flight, the instance's to finish
                 elif self._shared:
                     # We were woken for a shared item but are leaving (cancelled): pass it on.
                     self._wake_any()
                 raise
+            if idle.item is not None:
+                return idle.item
+
+    def park(self, index: int, offer: Offer, wake: Callable[[], None]) -> bool:
+        """Count instance *index* as idle while its task waits elsewhere: a put offers it the
+        item, then calls *wake* if it did not take it. Refused (False) if an item or an
+        interrupt is waiting for it already."""
+        if index in self._interrupted or self.peek(index) is not None:
+            return False
+        assert index not in self._idle
+        self._idle[index] = _Idle(offer, wake, parked=True)
+        return True
+
+    def unpark(self, index: int) -> None:
+        """Undo :meth:`park` (if still in force): the task is about to look for itself."""
+        idle = self._idle.get(index)
+        if idle is not None and idle.parked:
+            del self._idle[index]
+
+    def peek(self, index: int) -> Queued | None:
+        """The item :meth:`get` would return for *index* now, left where it is; ``None`` if
+        there is none or an interrupt is pending."""
+        if self._interrupted and index in self._interrupted:
+            return None
+        return self._head(self._private[index]) or self._head(self._shared)
+
+    def remove(self, index: int, item: Queued) -> None:
+        """Take *item*, which :meth:`peek` has just returned for *index*, off its queue."""
+        queue = self._private[index]
+        if not queue or queue[0] is not item:
+            queue = self._shared
+        assert queue[0] is item
+        queue.popleft()
+        self._release(item)
 
     def interrupt(self, index: int) -> None:
         """Make instance *index*'s current or next :meth:`get` return ``None``."""
         self._interrupted.add(index)
-        event = self._idle.pop(index, None)
-        if event is not None:
-            event.set()
+        idle = self._idle.pop(index, None)
+        if idle is not None:
+            idle.wake()
 
     def _pop(self, queue: deque[Queued]) -> Queued | None:
         while queue:
@@ -115,15 +189,22 @@ class Dispatcher:
                 return item
         return None
 
+    def _head(self, queue: deque[Queued]) -> Queued | None:
+        while queue:
+            if queue[0].live:
+                return queue[0]
+            self._release(queue.popleft())
+        return None
+
     def _release(self, item: Queued) -> None:
         if item.holds_slot:
             item.holds_slot = False
             self._slots.release()
 
     def _wake_any(self) -> None:
-        for index, event in self._idle.items():
+        for index, idle in self._idle.items():
             del self._idle[index]
-            event.set()
+            idle.wake()
             return
 
     # -- re-routing and shutdown ----------------------------------------------------------

@@ -21,8 +21,8 @@ import anyio
 import anyio.abc
 import attrs
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._channel import Channel
 from ._exceptions import (
     AimclusterError,
     AutoAnswerLimitError,
@@ -42,7 +42,7 @@ from ._request import Reply, Request, RequestState
 if TYPE_CHECKING:
     import structlog
 
-    from ._dispatch import Dispatcher
+    from ._dispatch import Dispatcher, Queued
     from ._lease import LeaseRequest
     from ._spec import ToolSpec
     from .abc import ProcessHandle, Transport
@@ -86,10 +86,12 @@ class _Overflow:
     partial: str
 
 
-class _Exited(enum.Enum):
-    """Put on the frame queue by the exit watcher, after every frame read before EOF."""
-
+class _Signal(enum.Enum):
+    #: Put on the frame queue by the exit watcher, after every frame read before EOF.
     EXITED = "exited"
+    #: Put there for the dispatcher when the reader had parked the instance as idle while its
+    #: task still waited for a reply (see _hand_over): there is work, or an interrupt, for it.
+    WAKE = "wake"
 
 
 @attrs.frozen
@@ -100,8 +102,8 @@ class _TooManyQuestions:
     partial: str
 
 
-_EXITED = _Exited.EXITED
-_Event = Frame | _Overflow | _TooManyQuestions | _Exited
+_EXITED, _WAKE = _Signal.EXITED, _Signal.WAKE
+_Event = Frame | _Overflow | _TooManyQuestions | _Signal
 
 
 class _Ended(enum.Enum):
@@ -167,8 +169,13 @@ class Instance:
     _stderr_tail: bytearray = attrs.field(init=False, factory=bytearray)
     #: Questions answered automatically since the prompt was written (or the process started).
     _answers: int = attrs.field(init=False, default=0)
-    #: The in-flight request was rate-limited: send it again once the pause is over.
-    _resend: bool = attrs.field(init=False, default=False)
+    #: A request that was rate-limited: send it again once the pause is over.
+    _resend: Request | None = attrs.field(init=False, default=None)
+    #: The reader's frames to this instance's task (None between processes).
+    _frames: Channel[_Event] | None = attrs.field(init=False, default=None)
+    #: The task waits for a plain reply (no deadline, no watchdog, no lease, not a probe): the
+    #: reader may write the next queued prompt as soon as it completes this one.
+    _pipeline: bool = attrs.field(init=False, default=False)
     _served: int = attrs.field(init=False, default=0)
     _recycle_after: int | None = attrs.field(init=False, default=None)
     _recycle_at: float = attrs.field(init=False, default=math.inf)
@@ -299,23 +306,24 @@ class Instance:
             return await self._run_slot(task_status)
         self._set_state(InstanceState.STARTING)
         handle = await self._spawn()
-        frames_in, frames_out = anyio.create_memory_object_stream[_Event](_FRAME_BUFFER)
+        # From the reader and the exit watcher.
+        frames = self._frames = Channel[_Event](_FRAME_BUFFER, senders=2)
         ended = _Ended.EXITED
         startup_error: StartupError | None = None
         try:
             async with anyio.create_task_group() as tg:
                 eof, stderr_eof = anyio.Event(), self._start_stderr_pump(tg, handle)
-                tg.start_soon(self._pump, handle, frames_in, eof)
-                tg.start_soon(self._watch_exit, handle, (eof, stderr_eof), frames_in.clone())
+                tg.start_soon(self._pump, handle, frames, eof)
+                tg.start_soon(self._watch_exit, handle, (eof, stderr_eof), frames)
                 try:
-                    await self._await_ready(frames_out)
+                    await self._await_ready(frames)
                 except StartupError as exc:
                     # Raised outside the task group, which would wrap it in an ExceptionGroup.
                     startup_error = exc
                 else:
                     if task_status is not None:
                         task_status.started()
-                    ended = await self._serve(handle, frames_out)
+                    ended = await self._serve(handle, frames)
                 tg.cancel_scope.cancel()
             if startup_error is not None:
                 raise startup_error
@@ -325,7 +333,8 @@ class Instance:
             )
             with anyio.move_on_after(self.spec.shutdown_grace * 2 + _EOF_GRACE, shield=True):
                 await self._terminate(handle, graceful=graceful, reason=ended)
-            frames_out.close()
+            frames.close()
+            self._frames = None
             self.pid = None
         return ended
 
@@ -342,9 +351,7 @@ class Instance:
         self._plog.info("instance_ready", banner="", oneshot=True)
         if task_status is not None:
             task_status.started()
-        frames_in, frames_out = anyio.create_memory_object_stream[_Event](0)
-        with frames_in, frames_out:
-            ended = await self._serve(None, frames_out)
+        ended = await self._serve(None, Channel[_Event](0, senders=0))
         return _Ended.RETIRE if ended is _Ended.RETIRE else _Ended.RECYCLE
 
     def _rate_limited(self, request: Request, frame: Frame) -> bool:
@@ -377,7 +384,7 @@ class Instance:
             key=request.key,
         )
         request.state = RequestState.QUEUED
-        self._resend = True
+        self._resend = request
         return True
 
     async def _wait_out_rate_limit(self, request: Request) -> None:
@@ -490,11 +497,10 @@ class Instance:
                 frame = Frame(output)
         if frame is not None:
             self._complete(frame, exit_code=code)
-            if self._resend:
-                self._resend = False
-                if request.live:  # not withdrawn meanwhile
-                    await self._wait_out_rate_limit(request)
-                    return await self._exchange_oneshot(request, internal=internal)
+            resend, self._resend = self._resend, None
+            if resend is not None and resend.live:  # not withdrawn meanwhile
+                await self._wait_out_rate_limit(resend)
+                return await self._exchange_oneshot(resend, internal=internal)
             return None
         self._current = None
         self.in_flight = 0
@@ -594,7 +600,7 @@ class Instance:
     async def _pump(
         self,
         handle: ProcessHandle,
-        frames: MemoryObjectSendStream[_Event],
+        frames: Channel[_Event],
         eof: anyio.Event,
     ) -> None:
         """The reader: output -> framer -> frame queue. Never blocks on the consumer unless a
@@ -644,12 +650,12 @@ class Instance:
                 await self._hand_over(frames, done)
         finally:
             eof.set()
-            frames.close()
+            frames.close_sender()
 
     async def _answer(
         self,
         handle: ProcessHandle,
-        frames: MemoryObjectSendStream[_Event],
+        frames: Channel[_Event],
         framer: Framer,
         pattern: str,
         answer: str,
@@ -670,16 +676,50 @@ class Instance:
         except anyio.BrokenResourceError:
             pass  # it exited; the exit watcher reports that
 
-    async def _hand_over(self, frames: MemoryObjectSendStream[_Event], done: list[Frame]) -> None:
+    async def _hand_over(self, frames: Channel[_Event], done: list[Frame]) -> None:
         for frame in done:
             if self._current is not None:
                 self._complete(frame)
+                if self._pipeline and frame is done[-1] and self._carry_on(frames):
+                    continue  # the task does not need to wake
             # The instance's task learns from the queue that the exchange is over.
             # Hand over without a checkpoint when there is room.
             try:
                 frames.send_nowait(frame)
             except anyio.WouldBlock:
                 await frames.send(frame)
+
+    def _carry_on(self, frames: Channel[_Event]) -> bool:
+        """Having just completed the reply the task waits for, write the next queued prompt
+        or, with none queued, leave the instance idle, in the dispatcher's books, with the task
+        still parked: a put then writes its prompt itself (the offer), or wakes the task with
+        ``_WAKE``. Either way the task sleeps through a stream of plain prompts. False if the
+        task has something to do first."""
+        item = self.dispatcher.peek(self.index)
+        if item is not None:
+            if not self._try_begin(item):
+                return False
+            self.dispatcher.remove(self.index, item)
+            return True
+        if (
+            self._resend is not None
+            or self._exit_code is not None
+            or frames.pending
+            or min(self._recycle_at, self._next_probe_at) != math.inf  # waits with a timer
+            or self._replacement_due()
+        ):
+            return False
+
+        def wake() -> None:
+            try:
+                frames.send_nowait(_WAKE)
+            except (anyio.WouldBlock, anyio.BrokenResourceError):
+                pass  # it has frames to wake it already, or it is gone
+
+        if not self.dispatcher.park(self.index, self._try_begin, wake):
+            return False
+        self._set_state(InstanceState.READY)
+        return True
 
     def _start_stderr_pump(self, tg: anyio.abc.TaskGroup, handle: ProcessHandle) -> anyio.Event:
         """Read a separate stderr, if the spec has one; the event is set at its EOF."""
@@ -708,10 +748,10 @@ class Instance:
         self,
         handle: ProcessHandle,
         eofs: tuple[anyio.Event, anyio.Event],
-        frames: MemoryObjectSendStream[_Event],
+        frames: Channel[_Event],
     ) -> None:
         """Exit detection: the transport's wait() (pidfd or waitpid), never polling."""
-        with frames:
+        try:
             code = await handle.wait()
             # Grandchildren left behind would hold the output open, and must die anyway.
             handle.kill_all()
@@ -729,8 +769,10 @@ class Instance:
                 pass
             if self._wait_scope is not None:
                 self._wait_scope.cancel()
+        finally:
+            frames.close_sender()
 
-    async def _await_ready(self, frames: MemoryObjectReceiveStream[_Event]) -> None:
+    async def _await_ready(self, frames: Channel[_Event]) -> None:
         assert self._framer is not None
         events = self.spec.events
         if events is not None and events.ready is None:
@@ -772,9 +814,7 @@ class Instance:
             )
         raise StartupError(message, instance=self.index, output=output, exit_code=self._exit_code)
 
-    async def _serve(
-        self, handle: ProcessHandle | None, frames: MemoryObjectReceiveStream[_Event]
-    ) -> _Ended:
+    async def _serve(self, handle: ProcessHandle | None, frames: Channel[_Event]) -> _Ended:
         """Take work from the dispatcher until the process ends or must be replaced."""
         from ._lease import LeaseRequest
 
@@ -787,7 +827,12 @@ class Instance:
             item = None
             wake_at = min(self._next_probe_at, self._recycle_at)
             if wake_at == math.inf:
-                item = await self.dispatcher.get(self.index)
+                # A prompt put while we wait may be written by the putter (_try_begin).
+                try:
+                    item = await self.dispatcher.get(self.index, offer=self._try_begin)
+                except BaseException:
+                    self._abandon_in_flight(counted=1)
+                    raise
             else:
                 with anyio.move_on_at(wake_at):
                     item = await self.dispatcher.get(self.index)
@@ -803,7 +848,7 @@ class Instance:
                 ended = await self._serve_lease(item, handle, frames)
             else:
                 assert isinstance(item, Request)
-                ended = await self._exchange(item, handle, frames)
+                ended = await self._exchange(item, handle, frames, pipeline=True)
             if ended is not None:
                 return ended
             self._set_state(InstanceState.READY)
@@ -826,9 +871,7 @@ class Instance:
             return _Ended.RECYCLE
         return None
 
-    async def _probe(
-        self, handle: ProcessHandle | None, frames: MemoryObjectReceiveStream[_Event]
-    ) -> _Ended | None:
+    async def _probe(self, handle: ProcessHandle | None, frames: Channel[_Event]) -> _Ended | None:
         """Run the idle health check; a wrong or missing answer means restart."""
         probe = self.spec.probe
         assert probe is not None
@@ -860,7 +903,7 @@ class Instance:
         self,
         lease: LeaseRequest,
         handle: ProcessHandle | None,
-        frames: MemoryObjectReceiveStream[_Event],
+        frames: Channel[_Event],
     ) -> _Ended | None:
         self._set_state(InstanceState.BUSY)
         lease.grant(self.index)
@@ -891,28 +934,38 @@ class Instance:
         self,
         request: Request,
         handle: ProcessHandle | None,
-        frames: MemoryObjectReceiveStream[_Event],
+        frames: Channel[_Event],
         *,
         internal: bool = False,
+        pipeline: bool = False,
     ) -> _Ended | None:
         """Send one prompt and wait for its reply. Returns how the process ended, if it did.
 
         *internal* prompts (probes) are not counted in the metrics and never requeued. Without
-        a *handle* (a one-shot tool) the prompt runs a process of its own.
+        a *handle* (a one-shot tool) the prompt runs a process of its own. With *pipeline*,
+        the reader may write the prompts queued behind this one as it completes each reply
+        (see _try_begin); then this returns once the last of them is over.
         """
+        framer = self._framer
+        if request.state is not RequestState.QUEUED:
+            # Written already, by the put that handed it to us (and maybe answered already:
+            # then its frame is queued).
+            assert framer is not None
+            return await self._await_reply(
+                request, frames, counted=1, internal=False, pipeline=True
+            )
         await self._wait_out_rate_limit(request)
         if handle is None:
             return await self._exchange_oneshot(request, internal=internal)
-        framer = self._framer
         assert framer is not None
         # Anything the tool printed while idle (stray prompts, notices) belongs to no prompt.
         stray_frames = 0
         while True:
             try:
-                frames.receive_nowait()
+                stray = frames.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream):
                 break
-            stray_frames += 1
+            stray_frames += stray is not _WAKE
         if stray_frames or framer.buffered_bytes:
             self._plog.debug(
                 "unsolicited_output", frames=stray_frames, text=framer.partial()[-200:]
@@ -937,17 +990,38 @@ class Instance:
             return _Ended.EXITED
 
         counted = self._mark_sent(request, internal=internal)
-        self._answers = 0
+        return await self._await_reply(
+            request, frames, counted=counted, internal=internal, pipeline=pipeline
+        )
+
+    async def _await_reply(
+        self,
+        request: Request,
+        frames: Channel[_Event],
+        *,
+        counted: int,
+        internal: bool,
+        pipeline: bool,
+    ) -> _Ended | None:
+        framer = self._framer
+        assert framer is not None
         # The exit watcher wakes this wait through the frame queue. A cancel scope is needed
         # only for a deadline or the stall watchdog (the reader pushes the scope's deadline
         # back on output); which of the two fired is sorted out below.
-        started, wake_at = self._started, self._wake_at()
+        wake_at = self._wake_at()
         event: _Event | None = None
         try:
             if self._exit_code is not None:
                 pass  # it exited while we were writing
             elif wake_at == math.inf:
-                event = await self._next_event(frames)
+                self._pipeline = pipeline and not internal
+                try:
+                    event = await self._next_event(frames)
+                    while event is _WAKE and self._current is not None:
+                        event = await self._next_event(frames)  # a prompt went out since
+                finally:
+                    self._pipeline = False
+                    self.dispatcher.unpark(self.index)
             else:
                 with anyio.CancelScope(deadline=wake_at) as scope:
                     self._reply_scope = scope
@@ -960,27 +1034,30 @@ class Instance:
                     event = frames.receive_nowait()
                 except (anyio.WouldBlock, anyio.EndOfStream):
                     event = None
+                if event is _WAKE:
+                    event = None
         except BaseException:
             self._reply_scope = None
-            if self._current is request:
-                self._current = None
-                self.in_flight = 0
-                self.failed += counted
+            self._abandon_in_flight(counted=counted)
             request.resolve(
                 ClusterClosedError("the cluster was shut down while the prompt was in flight")
             )
             raise
-        if isinstance(event, Frame):
-            if self._current is request:  # normally the reader completed it already
+        if isinstance(event, Frame) or (event is _WAKE and self._current is None):
+            if self._current is not None:  # normally the reader completed it already
+                assert isinstance(event, Frame)
                 self._complete(event)
-            if self._resend:
-                self._resend = False
-                if request.live:  # not withdrawn meanwhile
-                    return await self._exchange(request, handle, frames, internal=internal)
+            resend, self._resend = self._resend, None
+            if resend is not None and resend.live:  # not withdrawn meanwhile
+                return await self._exchange(
+                    resend, self._handle, frames, internal=internal, pipeline=pipeline
+                )
             return None
+        if self._current is not None:
+            request = self._current  # the reader wrote it after the one we were given
         self._current = None
         self.in_flight = 0
-        elapsed = self.clock() - started
+        elapsed = self.clock() - self._started
 
         self.failed += counted
         partial = framer.partial()
@@ -1011,7 +1088,7 @@ class Instance:
         return _Ended.KILL
 
     @staticmethod
-    async def _next_event(frames: MemoryObjectReceiveStream[_Event]) -> _Event:
+    async def _next_event(frames: Channel[_Event]) -> _Event:
         try:
             return await frames.receive()
         except anyio.EndOfStream:
@@ -1030,6 +1107,62 @@ class Instance:
         )
         return True
 
+    def _try_begin(self, item: Queued) -> bool:
+        """Write *item* now, from the task at hand, if nothing needs this instance's task first.
+
+        Called by a put while the task waits idle for work (the dispatcher's offer), and by
+        the reader as it completes a reply the task waits for with ``_pipeline`` set. Either
+        way the prompt goes out without a pass of the event loop; the task learns of it when
+        it next looks (``_current``). Anything out of the ordinary is left to the task: a
+        deadline or watchdog (a cancel scope of its own), a lease, a rate-limit pause, a
+        recycle or probe that is due, output nobody has claimed, a write that would wait.
+        """
+        if (
+            not isinstance(item, Request)
+            or item.deadline is not None
+            or not item.live
+            or self._current is not None
+            or self._resend is not None
+            or self._exit_code is not None
+            or self._frames is None
+            or self._frames.pending
+            or self.spec.stall_timeout is not None
+        ):
+            return False
+        handle, framer = self._handle, self._framer
+        if handle is None or framer is None or framer.buffered_bytes or self._replacement_due():
+            return False
+        if self.limiter.paused:
+            return False
+        events = self.spec.events
+        line = item.prompt if events is None else events.encode(item.prompt)
+        if not handle.try_send((line + self.spec.newline).encode(self.spec.encoding)):
+            return False
+        self._mark_sent(item, internal=False)
+        return True
+
+    def _replacement_due(self) -> bool:
+        """Whether the task has something to do before the next prompt (see _due)."""
+        return (
+            self._retiring
+            or self._restart_requested
+            or (self._recycle_after is not None and self._served >= self._recycle_after)
+            or (
+                min(self._recycle_at, self._next_probe_at) != math.inf
+                and self.clock() >= min(self._recycle_at, self._next_probe_at)
+            )
+        )
+
+    def _abandon_in_flight(self, *, counted: int) -> None:
+        """The task is leaving (cancelled) with a prompt in flight: that prompt fails."""
+        current, self._current = self._current, None
+        if current is not None:
+            self.in_flight = 0
+            self.failed += counted
+            current.resolve(
+                ClusterClosedError("the cluster was shut down while the prompt was in flight")
+            )
+
     def _mark_sent(self, request: Request, *, internal: bool) -> int:
         """Book *request* as written and in flight; returns 1 if it counts in the metrics
         (0 for internal prompts such as probes)."""
@@ -1039,6 +1172,7 @@ class Instance:
         self._served += counted
         self.sent += counted
         self.in_flight = 1
+        self._answers = 0
         self._current, self._counted = request, bool(counted)
         self._set_state(InstanceState.BUSY)
         self._plog.debug("prompt_sent", key=request.key, attempt=request.attempts)

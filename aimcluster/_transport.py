@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import shutil
 import signal
 import struct
@@ -14,7 +15,7 @@ import termios
 from typing import TYPE_CHECKING
 
 import anyio
-from anyio.abc import ByteReceiveStream, ByteSendStream, Process
+from anyio.abc import Process
 
 from ._exceptions import ToolNotFoundError
 from .abc import ProcessHandle, Transport
@@ -76,56 +77,26 @@ def _kill_session(sid: int) -> None:
                 pass
 
 
-class _PipeProcess(ProcessHandle):
-    __slots__ = ("_process", "_stderr", "_stdin", "_stdout")
+class _FdProcess(ProcessHandle):
+    """A child whose standard streams are file descriptors of ours: pipes, or a pty's master.
 
-    def __init__(self, process: Process) -> None:
+    They are non-blocking and used with ``os.read``/``os.write``, waiting with
+    ``anyio.wait_readable``/``wait_writable`` only when they are not ready. So a read or write
+    that can go ahead costs one system call and no pass of the event loop (a stream wrapper
+    takes a checkpoint on every call), on every backend.
+    """
+
+    __slots__ = ("_closed", "_errors", "_input", "_output", "_process")
+
+    def __init__(
+        self, process: Process, *, output: int, input: int | None, errors: int | None
+    ) -> None:
         self._process = process
-        assert process.stdout is not None
-        # None for a one-shot tool, whose stdin is /dev/null.
-        self._stdin: ByteSendStream | None = process.stdin
-        self._stdout: ByteReceiveStream = process.stdout
-        self._stderr: ByteReceiveStream | None = process.stderr
-
-    @property
-    def pid(self) -> int:
-        return self._process.pid
-
-    async def receive(self) -> bytes:
-        return await self._stdout.receive(_READ_SIZE)
-
-    async def receive_stderr(self) -> bytes:
-        if self._stderr is None:
-            raise anyio.EndOfStream
-        return await self._stderr.receive(_READ_SIZE)
-
-    async def send(self, data: bytes) -> None:
-        if self._stdin is None:
-            raise anyio.BrokenResourceError
-        try:
-            await self._stdin.send(data)
-        except (BrokenPipeError, ConnectionResetError, anyio.ClosedResourceError) as exc:
-            raise anyio.BrokenResourceError from exc
-
-    async def wait(self) -> int:
-        return await self._process.wait()
-
-    def signal_group(self, signum: int) -> None:
-        _signal_group(self._process.pid, signum)
-
-    def kill_all(self) -> None:
-        _kill_session(self._process.pid)
-
-    async def aclose(self) -> None:
-        await self._process.aclose()
-
-
-class _PtyProcess(ProcessHandle):
-    __slots__ = ("_closed", "_master", "_process")
-
-    def __init__(self, process: Process, master: int) -> None:
-        self._process = process
-        self._master = master
+        self._output = output
+        # None for a one-shot tool, whose stdin is /dev/null; a pty's is its output's fd.
+        self._input = input
+        # None when stderr is merged into the output (at the OS level, in order).
+        self._errors = errors
         self._closed = False
 
     @property
@@ -133,14 +104,22 @@ class _PtyProcess(ProcessHandle):
         return self._process.pid
 
     async def receive(self) -> bytes:
+        return await self._read(self._output)
+
+    async def receive_stderr(self) -> bytes:
+        if self._errors is None:
+            raise anyio.EndOfStream
+        return await self._read(self._errors)
+
+    async def _read(self, fd: int) -> bytes:
         while True:
             if self._closed:
                 raise anyio.EndOfStream
             try:
-                data = os.read(self._master, _READ_SIZE)
+                data = os.read(fd, _READ_SIZE)
             except BlockingIOError:
                 try:
-                    await anyio.wait_readable(self._master)
+                    await anyio.wait_readable(fd)
                 except anyio.ClosedResourceError:
                     raise anyio.EndOfStream from None
                 continue
@@ -154,18 +133,35 @@ class _PtyProcess(ProcessHandle):
             return data
 
     async def send(self, data: bytes) -> None:
+        fd = self._input
+        if fd is None:
+            raise anyio.BrokenResourceError
         view = memoryview(data)
         while view:
             if self._closed:
                 raise anyio.BrokenResourceError
             try:
-                written = os.write(self._master, view)
+                written = os.write(fd, view)
             except BlockingIOError:
-                await anyio.wait_writable(self._master)
+                try:
+                    await anyio.wait_writable(fd)
+                except anyio.ClosedResourceError:
+                    raise anyio.BrokenResourceError from None
                 continue
-            except OSError as exc:
+            except OSError as exc:  # EPIPE: it closed its input or exited
                 raise anyio.BrokenResourceError from exc
             view = view[written:]
+
+    def try_send(self, data: bytes) -> bool:
+        fd = self._input
+        # Only a pipe write of at most PIPE_BUF bytes is all or nothing; a pty's can be partial.
+        if fd is None or fd == self._output or self._closed or len(data) > select.PIPE_BUF:
+            return False
+        try:
+            os.write(fd, data)
+        except OSError:
+            return False  # full, or broken (then send() reports it)
+        return True
 
     async def wait(self) -> int:
         return await self._process.wait()
@@ -179,8 +175,11 @@ class _PtyProcess(ProcessHandle):
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            anyio.notify_closing(self._master)
-            os.close(self._master)
+            for fd in {self._output, self._input, self._errors} - {None}:
+                assert fd is not None
+                # Wakes a task waiting on it (with ClosedResourceError) before it is reused.
+                anyio.notify_closing(fd)
+                os.close(fd)
         await self._process.aclose()
 
 
@@ -216,18 +215,51 @@ class LocalTransport(Transport):
         cwd = _child_cwd(spec, instance)
         if spec.pty:
             return await self._spawn_pty(spec, env, cwd)
-        process = await anyio.open_process(
-            list(spec.argv),
-            # A one-shot tool gets an empty, closed stdin: some (codex exec) read an open one
-            # to EOF before they start, others (claude -p) wait seconds for data on it.
-            stdin=subprocess.DEVNULL if spec.oneshot else subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT if spec.merge_stderr else subprocess.PIPE,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-        )
-        return _PipeProcess(process)
+        return await self._spawn_pipes(spec, env, cwd)
+
+    async def _spawn_pipes(
+        self, spec: ToolSpec, env: dict[str, str] | None, cwd: str | None
+    ) -> ProcessHandle:
+        # A one-shot tool gets an empty, closed stdin: some (codex exec) read an open one to
+        # EOF before they start, others (claude -p) wait seconds for data on it.
+        input_fd = errors = None
+        child_input: int = subprocess.DEVNULL
+        child_errors: int = subprocess.STDOUT
+        ours: list[int] = []  # our ends, kept
+        theirs: list[int] = []  # the child's ends, closed here once it has its copies
+        try:
+            # Neither end is inherited (PEP 446) until Popen puts the child's on 0, 1 and 2.
+            output, child_output = os.pipe()
+            ours.append(output)
+            theirs.append(child_output)
+            if not spec.merge_stderr:
+                errors, child_errors = os.pipe()
+                ours.append(errors)
+                theirs.append(child_errors)
+            if not spec.oneshot:
+                child_input, input_fd = os.pipe()
+                ours.append(input_fd)
+                theirs.append(child_input)
+            for fd in ours:
+                os.set_blocking(fd, False)
+            process = await anyio.open_process(
+                list(spec.argv),
+                stdin=child_input,
+                stdout=child_output,
+                stderr=child_errors,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            # The child holds its own copies; ours would keep its output from ever ending.
+            for fd in theirs:
+                os.close(fd)
+        return _FdProcess(process, output=output, input=input_fd, errors=errors)
 
     async def _spawn_pty(
         self, spec: ToolSpec, env: dict[str, str] | None, cwd: str | None
@@ -251,4 +283,4 @@ class LocalTransport(Transport):
         finally:
             # The child holds its own copy; ours would keep the pty from ever reporting EOF.
             os.close(slave)
-        return _PtyProcess(process, master)
+        return _FdProcess(process, output=master, input=master, errors=None)

@@ -53,6 +53,15 @@ class ProcessHandle(metaclass=ABCMeta):
         :raises anyio.BrokenResourceError: if the tool no longer reads its input
         """
 
+    def try_send(self, data: bytes) -> bool:
+        """Write all of *data* now, without waiting, if that can be done; return whether it
+        was. ``False`` means nothing was written, and the caller uses :meth:`send` instead.
+
+        The default never can. A transport that writes without a system call's wait (a pipe
+        with room in it) lets a prompt go out from whichever task has it at hand.
+        """
+        return False
+
     @abstractmethod
     async def wait(self) -> int:
         """Wait for the process to exit and return its exit code (negative: killed by signal)."""

@@ -86,9 +86,11 @@ async def test_the_last_of_a_separate_stderr_reaches_the_startup_error() -> None
     # on the stderr they share. The error waits for the stream's end (up to a grace period).
     script = (
         "import os, time\n"
+        "r, w = os.pipe()\n"
         "if os.fork() == 0:\n"
-        "    os.setsid(); os.close(1); time.sleep(0.2)\n"
+        "    os.setsid(); os.close(1); os.close(w); time.sleep(0.2)\n"
         "    os.write(2, b'no model key'); os._exit(0)\n"
+        "os.close(w); os.read(r, 1)  # until it has left our session\n"
         "os._exit(3)\n"
     )
     spec = aimcluster.ToolSpec(
