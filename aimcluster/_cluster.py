@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Literal, overload
 
 import anyio
+import anyio.lowlevel
 import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -87,6 +88,7 @@ class Cluster:
             on_state=self._on_state,
             requeue=self._requeue,
             limiter=self._limiter,
+            clock=self._limiter.clock,
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -101,6 +103,9 @@ class Cluster:
             math.inf
         )
         self._dispatcher = Dispatcher(self._count, max_pending=self._max_pending)
+        # anyio.current_time() without looking the backend up at every call: a prompt reads
+        # the clock three times.
+        self._limiter.clock = anyio.lowlevel.current_token().backend_class.current_time
         self._instances = [self._new_instance(index) for index in range(self._count)]
         async with AsyncExitStack() as stack:
             self._task_group = await stack.enter_async_context(anyio.create_task_group())

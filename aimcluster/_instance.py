@@ -176,6 +176,8 @@ class Instance:
     #: The task waits for a plain reply (no deadline, no watchdog, no lease, not a probe): the
     #: reader may write the next queued prompt as soon as it completes this one.
     _pipeline: bool = attrs.field(init=False, default=False)
+    #: The end of a prompt _try_begin could not write at once: the task sends it.
+    _unsent: bytes = attrs.field(init=False, default=b"")
     _served: int = attrs.field(init=False, default=0)
     _recycle_after: int | None = attrs.field(init=False, default=None)
     _recycle_at: float = attrs.field(init=False, default=math.inf)
@@ -544,6 +546,7 @@ class Instance:
         self._handle = handle
         self._framer = self._new_framer()
         self._exit_code = None
+        self._unsent = b""
         self._stderr_tail.clear()
         self._answers = 0
         self.pid = handle.pid
@@ -951,6 +954,7 @@ class Instance:
             # Written already, by the put that handed it to us (and maybe answered already:
             # then its frame is queued).
             assert framer is not None
+            await self._send_unsent()
             return await self._await_reply(
                 request, frames, counted=1, internal=False, pipeline=True
             )
@@ -1018,7 +1022,9 @@ class Instance:
                 try:
                     event = await self._next_event(frames)
                     while event is _WAKE and self._current is not None:
-                        event = await self._next_event(frames)  # a prompt went out since
+                        # A prompt went out since, maybe not all of it.
+                        await self._send_unsent()
+                        event = await self._next_event(frames)
                 finally:
                     self._pipeline = False
                     self.dispatcher.unpark(self.index)
@@ -1136,10 +1142,24 @@ class Instance:
             return False
         events = self.spec.events
         line = item.prompt if events is None else events.encode(item.prompt)
-        if not handle.try_send((line + self.spec.newline).encode(self.spec.encoding)):
+        data = (line + self.spec.newline).encode(self.spec.encoding)
+        written = handle.try_send(data)
+        if not written:
             return False
         self._mark_sent(item, internal=False)
+        if written < len(data):
+            # The rest waits for room: the task writes it, woken here if it is parked.
+            self._unsent = data[written:]
+            self._frames.send_nowait(_WAKE)
         return True
+
+    async def _send_unsent(self) -> None:
+        unsent, self._unsent = self._unsent, b""
+        if unsent and self._handle is not None:
+            try:
+                await self._handle.send(unsent)
+            except anyio.BrokenResourceError:
+                pass  # it exited: the exit watcher reports that, failing the prompt
 
     def _replacement_due(self) -> bool:
         """Whether the task has something to do before the next prompt (see _due)."""

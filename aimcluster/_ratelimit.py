@@ -34,7 +34,12 @@ class RateLimiter:
     @property
     def paused(self) -> bool:
         """Whether prompts are held back now."""
-        return self.clock() < self._resume_at
+        if self._resume_at == -math.inf:
+            return False  # the usual case, asked about every prompt: no clock to read
+        if self.clock() < self._resume_at:
+            return True
+        self._resume_at = -math.inf
+        return False
 
     def pause(self, *, base: float, cap: float) -> float:
         """Start a pause (or keep the current one); return the seconds left of it."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import select
 import shutil
 import signal
 import struct
@@ -152,16 +151,14 @@ class _FdProcess(ProcessHandle):
                 raise anyio.BrokenResourceError from exc
             view = view[written:]
 
-    def try_send(self, data: bytes) -> bool:
+    def try_send(self, data: bytes) -> int:
         fd = self._input
-        # Only a pipe write of at most PIPE_BUF bytes is all or nothing; a pty's can be partial.
-        if fd is None or fd == self._output or self._closed or len(data) > select.PIPE_BUF:
-            return False
+        if fd is None or self._closed:
+            return 0
         try:
-            os.write(fd, data)
+            return os.write(fd, data)
         except OSError:
-            return False  # full, or broken (then send() reports it)
-        return True
+            return 0  # full, or broken (then send() reports it)
 
     async def wait(self) -> int:
         return await self._process.wait()

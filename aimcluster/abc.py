@@ -53,14 +53,15 @@ class ProcessHandle(metaclass=ABCMeta):
         :raises anyio.BrokenResourceError: if the tool no longer reads its input
         """
 
-    def try_send(self, data: bytes) -> bool:
-        """Write all of *data* now, without waiting, if that can be done; return whether it
-        was. ``False`` means nothing was written, and the caller uses :meth:`send` instead.
+    def try_send(self, data: bytes) -> int:
+        """Write what can be written of *data* now, without waiting; return how many bytes
+        that was (0: none, and the caller uses :meth:`send`; fewer than all: the caller sends
+        the rest with :meth:`send`).
 
-        The default never can. A transport that writes without a system call's wait (a pipe
-        with room in it) lets a prompt go out from whichever task has it at hand.
+        The default writes nothing. A transport that can write without waiting (a pipe or a
+        pty with room in it) lets a prompt go out from whichever task has it at hand.
         """
-        return False
+        return 0
 
     @abstractmethod
     async def wait(self) -> int:

@@ -1,0 +1,125 @@
+"""The short cuts a plain prompt takes: written by the put that finds an instance idle, or by
+the reader as it completes the previous reply, with the instance's task asleep throughout.
+
+Each prompt must still be written exactly once, answered in order, and mixed freely with the
+prompts that go the long way (deadlines, leases, pinned prompts, probes).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import anyio
+import attrs
+import pytest
+
+import aimcluster
+
+pytestmark = pytest.mark.anyio
+
+# Answers each line with its length, then the prompt: a reply that proves the whole line came.
+LENGTHS = (
+    "import sys\n"
+    "sys.stdout.write('> '); sys.stdout.flush()\n"
+    "for line in sys.stdin:\n"
+    "    sys.stdout.write(f'{len(line.rstrip(chr(10)))}\\n> '); sys.stdout.flush()\n"
+)
+
+
+def lengths(*, pty: bool = False) -> aimcluster.ToolSpec:
+    return aimcluster.ToolSpec(
+        name="lengths", argv=[sys.executable, "-u", "-c", LENGTHS], ready="> ", pty=pty
+    )
+
+
+@pytest.mark.parametrize("pty", [False, True], ids=["pipes", "pty"])
+@pytest.mark.parametrize("routing", ["least_busy", "round_robin"])
+async def test_a_stream_of_prompts_is_written_once_each_and_answered_in_order(
+    cluster_factory, routing: str, pty: bool
+) -> None:
+    spec = attrs.evolve(aimcluster.tools.mock(), pty=pty)
+    cluster = await cluster_factory(spec, count=3, routing=routing)
+    prompts = [f"prompt {number}" for number in range(600)]
+
+    replies = await cluster.map(prompts)
+
+    assert [reply.text for reply in replies] == [f"echo: {prompt}" for prompt in prompts]
+    assert all(reply.attempts == 1 for reply in replies)
+    metrics = cluster.metrics()
+    assert (metrics.sent, metrics.completed, metrics.failed) == (600, 600, 0)
+    assert all(instance.state == "ready" for instance in metrics.instances)
+
+
+async def test_back_to_back_sends_to_an_idle_instance(cluster_factory) -> None:
+    # Each send finds the instance idle (its task asleep, parked by the reader).
+    cluster = await cluster_factory("mock")
+    for number in range(300):
+        assert (await cluster.send(f"n{number}")).text == f"echo: n{number}"
+    assert cluster.metrics().sent == 300
+    assert cluster.metrics().instances[0].state == "ready"
+
+
+async def test_prompts_that_need_the_task_mix_with_those_that_do_not(cluster_factory) -> None:
+    cluster = await cluster_factory("mock", count=2)
+    results: dict[str, str] = {}
+
+    async def plain(number: int) -> None:
+        results[f"p{number}"] = (await cluster.send(f"p{number}")).text
+
+    async def with_deadline(number: int) -> None:
+        results[f"d{number}"] = (await cluster.send(f"d{number}", timeout=30)).text
+
+    async def pinned(number: int) -> None:
+        results[f"i{number}"] = (await cluster.send(f"i{number}", instance=number % 2)).text
+
+    async def leased(number: int) -> None:
+        async with cluster.lease() as session:
+            first = (await session.send(f"l{number}a")).text
+            second = (await session.send(f"l{number}b")).text
+        results[f"l{number}"] = f"{first}|{second}"
+
+    async with anyio.create_task_group() as tg:
+        for number in range(40):
+            for job in (plain, with_deadline, pinned, leased):
+                tg.start_soon(job, number)
+
+    for number in range(40):
+        for kind in "pdi":
+            assert results[f"{kind}{number}"] == f"echo: {kind}{number}"
+        assert results[f"l{number}"] == f"echo: l{number}a|echo: l{number}b"
+    metrics = cluster.metrics()
+    assert (metrics.sent, metrics.completed, metrics.failed) == (200, 200, 0)
+
+
+async def test_a_prompt_longer_than_the_pipe_holds_is_written_whole(cluster_factory) -> None:
+    # Started by a put or by the reader, it cannot be written at once: the task writes the rest.
+    cluster = await cluster_factory(lengths())
+    big = "x" * 300_000
+    assert (await cluster.send(big)).text == "300000"
+    replies = await cluster.map([big, "small", big, "y" * 70_000, "z"])
+    assert [reply.text for reply in replies] == ["300000", "5", "300000", "70000", "1"]
+    assert cluster.metrics().sent == 6
+
+
+async def test_a_cancelled_send_leaves_the_instance_serving(cluster_factory) -> None:
+    cluster = await cluster_factory("mock")
+    # Cancelled right after the put wrote the prompt: its reply is read and discarded.
+    with anyio.move_on_after(0) as scope:
+        await cluster.send("/sleep 0.05")
+    assert scope.cancelled_caught
+    assert (await cluster.send("after")).text == "echo: after"
+
+
+async def test_an_instance_dying_while_parked_is_restarted_and_serves(cluster_factory) -> None:
+    cluster = await cluster_factory("mock", restart=aimcluster.RestartPolicy(initial_delay=0.01))
+    assert (await cluster.send("first")).text == "echo: first"
+    # Its task is asleep waiting for a reply that came long ago (parked by the reader).
+    pid = cluster.pids[0]
+    assert pid is not None
+    os.killpg(pid, signal.SIGKILL)
+    await cluster.wait_for(
+        lambda m: m.instances[0].restarts == 1 and m.instances[0].state == "ready", timeout=10
+    )
+    assert (await cluster.send("second")).text == "echo: second"
