@@ -88,10 +88,13 @@ class Dispatcher:
             self._release(item)
             item.resolve(ClusterClosedError("the cluster was shut down before the prompt was sent"))
             return
+        # An offer only where nothing is queued ahead of the item: it must not jump the queue.
         if item.target is None:
-            index = next(iter(self._idle), None)
+            index = None if self._shared else next(iter(self._idle), None)
         else:
-            index = item.target if item.target in self._idle else None
+            index = item.target
+            if index not in self._idle or self._private[index]:
+                index = None
         if index is not None:
             idle = self._idle[index]
             if idle.offer is not None and idle.offer(item):

@@ -712,17 +712,19 @@ class Instance:
             or self._replacement_due()
         ):
             return False
-
-        def wake() -> None:
-            try:
-                frames.send_nowait(_WAKE)
-            except (anyio.WouldBlock, anyio.BrokenResourceError):
-                pass  # it has frames to wake it already, or it is gone
-
-        if not self.dispatcher.park(self.index, self._try_begin, wake):
+        if not self.dispatcher.park(self.index, self._try_begin, self._wake_task):
             return False
         self._set_state(InstanceState.READY)
         return True
+
+    def _wake_task(self) -> None:
+        """Wake the task parked by _carry_on: there is work it must take itself, or an
+        interrupt."""
+        if self._frames is not None:
+            try:
+                self._frames.send_nowait(_WAKE)
+            except (anyio.WouldBlock, anyio.BrokenResourceError):
+                pass  # it has frames to wake it already, or it is gone
 
     def _start_stderr_pump(self, tg: anyio.abc.TaskGroup, handle: ProcessHandle) -> anyio.Event:
         """Read a separate stderr, if the spec has one; the event is set at its EOF."""
@@ -949,11 +951,9 @@ class Instance:
         the reader may write the prompts queued behind this one as it completes each reply
         (see _try_begin); then this returns once the last of them is over.
         """
-        framer = self._framer
         if request.state is not RequestState.QUEUED:
             # Written already, by the put that handed it to us (and maybe answered already:
             # then its frame is queued).
-            assert framer is not None
             await self._send_unsent()
             return await self._await_reply(
                 request, frames, counted=1, internal=False, pipeline=True
@@ -961,6 +961,7 @@ class Instance:
         await self._wait_out_rate_limit(request)
         if handle is None:
             return await self._exchange_oneshot(request, internal=internal)
+        framer = self._framer
         assert framer is not None
         # Anything the tool printed while idle (stray prompts, notices) belongs to no prompt.
         stray_frames = 0
@@ -1150,7 +1151,7 @@ class Instance:
         if written < len(data):
             # The rest waits for room: the task writes it, woken here if it is parked.
             self._unsent = data[written:]
-            self._frames.send_nowait(_WAKE)
+            self._wake_task()
         return True
 
     async def _send_unsent(self) -> None:

@@ -587,3 +587,106 @@ async def test_cancelled_ticket_raises_prompt_cancelled_error() -> None:
     assert request.live is False
     with pytest.raises(PromptCancelledError):
         await ticket
+
+
+# -- the short cuts: offers, parking, peek and remove ------------------------------------------
+
+
+async def test_an_idle_instance_offered_an_item_takes_it_without_a_queue() -> None:
+    dispatcher = Dispatcher(2, max_pending=2)
+    offered: list[Item] = []
+
+    def offer(item: object) -> bool:
+        assert isinstance(item, Item)
+        offered.append(item)
+        return item.name != "refused"
+
+    got: list[object] = []
+
+    async def idle() -> None:
+        got.append(await dispatcher.get(0, offer=offer))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(idle)
+        await anyio.wait_all_tasks_blocked()
+        taken = Item("taken")
+        await dispatcher.put(taken)
+    assert got == [taken]
+    assert offered == [taken]
+    assert dispatcher.queued() == 0
+    # Its slot came back at once: two more fit without waiting.
+    with anyio.fail_after(HANG_GUARD):
+        await dispatcher.put(Item("a"))
+        await dispatcher.put(Item("b"))
+
+    # Refused: queued as usual, and the instance is woken to take it.
+    dispatcher = Dispatcher(1, max_pending=2)
+    got.clear()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(idle)
+        await anyio.wait_all_tasks_blocked()
+        refused = Item("refused")
+        await dispatcher.put(refused)
+    assert got == [refused]
+
+
+async def test_an_offer_never_lets_an_item_jump_the_queue() -> None:
+    dispatcher = Dispatcher(2, max_pending=10)
+    first = Item("first")
+    dispatcher.put_nowait(first)  # nobody idle: queued
+    calls: list[object] = []
+
+    def offer(item: object) -> bool:
+        calls.append(item)
+        return True
+
+    assert dispatcher.park(1, offer, lambda: None) is False  # an item waits for it
+    assert await take(dispatcher, 0) is first
+    woken: list[str] = []
+    assert dispatcher.park(1, offer, lambda: woken.append("woken")) is True
+    second, third = Item("second"), Item("third", target=0)
+    dispatcher.put_nowait(second)
+    assert calls == [second]  # the parked instance took it; its task was not woken
+    assert woken == []
+    dispatcher.put_nowait(third)  # for instance 0, which is not idle: queued
+    assert calls == [second]
+    assert dispatcher.peek(0) is third
+
+
+async def test_a_parked_instance_is_woken_for_what_it_refuses_and_for_interrupts() -> None:
+    dispatcher = Dispatcher(1, max_pending=10)
+    woken: list[str] = []
+    assert dispatcher.park(0, lambda item: False, lambda: woken.append("wake"))
+    dispatcher.put_nowait(Item("refused"))
+    assert woken == ["wake"]
+    assert dispatcher.peek(0) is not None  # queued for the task to take
+    assert await take(dispatcher, 0) is not None
+
+    assert dispatcher.park(0, lambda item: False, lambda: woken.append("interrupt"))
+    dispatcher.interrupt(0)
+    assert woken == ["wake", "interrupt"]
+    assert dispatcher.park(0, lambda item: True, lambda: None) is False  # interrupt pending
+    assert await take(dispatcher, 0) is None
+
+    assert dispatcher.park(0, lambda item: True, lambda: None)
+    dispatcher.unpark(0)
+    dispatcher.put_nowait(Item("after"))  # no offer once unparked
+    assert dispatcher.queued() == 1
+
+
+async def test_peek_and_remove_take_the_head_in_get_order() -> None:
+    dispatcher = Dispatcher(2, max_pending=10)
+    dead = Item("dead", target=0, abandoned=True)
+    mine, shared = Item("mine", target=0), Item("shared")
+    for item in (shared, dead, mine):
+        await dispatcher.put(item)
+    assert dispatcher.peek(0) is mine  # its own queue first, the dead item dropped
+    dispatcher.remove(0, mine)
+    assert dispatcher.peek(0) is shared
+    assert dispatcher.peek(1) is shared
+    dispatcher.remove(1, shared)
+    assert dispatcher.peek(0) is None
+    # Every slot is back: ten more fit without waiting.
+    with anyio.fail_after(HANG_GUARD):
+        for number in range(10):
+            await dispatcher.put(Item(str(number)))
