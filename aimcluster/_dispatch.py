@@ -62,22 +62,27 @@ class Dispatcher:
         self._private: list[deque[Queued]] = [deque() for _ in range(size)]
         self._idle: dict[int, _Idle] = {}
         self._interrupted: set[int] = set()
-        self._slots = anyio.Semaphore(max_pending)
+        # Items holding one of the max_pending slots. A full queue wakes its waiting producers
+        # once it has drained to the low-water mark, not at every free slot: a producer feeding
+        # thousands of prompts then wakes once per batch of replies rather than per reply.
+        self._pending = 0
+        self._max_pending = max_pending
+        self._low_water = max_pending - max(1, max_pending // 8)
+        self._space: anyio.Event | None = None
         self._closed = False
 
     # -- producers ------------------------------------------------------------------------
 
     async def put(self, item: Queued) -> None:
         """Queue *item*, waiting while ``max_pending`` items are already queued."""
+        # With room (the usual case) no pass of the event loop on the hot path.
+        while not self._closed and self._pending >= self._max_pending:
+            if self._space is None:
+                self._space = anyio.Event()
+            await self._space.wait()
         if self._closed:
             raise ClusterClosedError("the cluster is shut down")
-        try:
-            self._slots.acquire_nowait()  # the usual case: no event-loop pass on the hot path
-        except anyio.WouldBlock:
-            await self._slots.acquire()
-        if self._closed:
-            self._slots.release()
-            raise ClusterClosedError("the cluster is shut down")
+        self._pending += 1
         item.holds_slot = True
         self.put_nowait(item)
 
@@ -202,7 +207,14 @@ class Dispatcher:
     def _release(self, item: Queued) -> None:
         if item.holds_slot:
             item.holds_slot = False
-            self._slots.release()
+            self._pending -= 1
+            if self._space is not None and self._pending <= self._low_water:
+                self._wake_producers()
+
+    def _wake_producers(self) -> None:
+        space, self._space = self._space, None
+        if space is not None:
+            space.set()
 
     def _wake_any(self) -> None:
         for index, idle in self._idle.items():
@@ -238,6 +250,7 @@ class Dispatcher:
     def close(self) -> None:
         """Refuse new items and fail every queued one with ClusterClosedError."""
         self._closed = True
+        self._wake_producers()
         error = ClusterClosedError("the cluster was shut down before the prompt was sent")
         for queue in (self._shared, *self._private):
             for item in self._drain(queue):

@@ -690,3 +690,26 @@ async def test_peek_and_remove_take_the_head_in_get_order() -> None:
     with anyio.fail_after(HANG_GUARD):
         for number in range(10):
             await dispatcher.put(Item(str(number)))
+
+
+async def test_a_full_queue_wakes_its_producer_at_the_low_water_mark_not_per_slot() -> None:
+    dispatcher = Dispatcher(1, max_pending=16)  # the mark: 16 - 16 // 8 = 14
+    for number in range(16):
+        await dispatcher.put(Item(str(number)))
+    queued = anyio.Event()
+
+    async def producer() -> None:
+        await dispatcher.put(Item("more"))
+        queued.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(producer)
+        await anyio.wait_all_tasks_blocked()
+        await take(dispatcher, 0)
+        await anyio.wait_all_tasks_blocked()
+        after_one = queued.is_set()
+        await take(dispatcher, 0)
+        with anyio.fail_after(HANG_GUARD):
+            await queued.wait()
+    assert after_one is False
+    assert dispatcher.queued() == 15
