@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 from anyio.abc import TaskStatus
 
@@ -651,6 +652,12 @@ class Instance:
                     await frames.send(_Overflow(exc.size, exc.partial))
                     continue
                 await self._hand_over(frames, done)
+                if done:
+                    # Let whoever a reply went to run before this looks for more output (as
+                    # trio's own pipe streams do before every read): the caller sends its next
+                    # prompt, the other readers do their work, and by then the next reply is
+                    # often in, read without waking up for it. One pass per reply, no polling.
+                    await anyio.lowlevel.checkpoint()
         finally:
             eof.set()
             frames.close_sender()
