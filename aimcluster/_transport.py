@@ -222,8 +222,8 @@ class LocalTransport(Transport):
         input_fd = errors = None
         child_input: int = subprocess.DEVNULL
         child_errors: int = subprocess.STDOUT
-        ours: list[int] = []  # our ends, kept
-        theirs: list[int] = []  # the child's ends, closed here once it has its copies
+        ours: list[int] = []
+        theirs: list[int] = []
         try:
             # Neither end is inherited (PEP 446) until Popen puts the child's on 0, 1 and 2.
             output, child_output = os.pipe()
@@ -237,25 +237,18 @@ class LocalTransport(Transport):
                 child_input, input_fd = os.pipe()
                 ours.append(input_fd)
                 theirs.append(child_input)
-            for fd in ours:
-                os.set_blocking(fd, False)
-            process = await anyio.open_process(
-                list(spec.argv),
-                stdin=child_input,
-                stdout=child_output,
-                stderr=child_errors,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-            )
         except BaseException:
-            for fd in ours:
+            for fd in ours + theirs:
                 os.close(fd)
             raise
-        finally:
-            # The child holds its own copies; ours would keep its output from ever ending.
-            for fd in theirs:
-                os.close(fd)
+        process = await _open_process(
+            list(spec.argv),
+            (child_input, child_output, child_errors),
+            ours=ours,
+            theirs=theirs,
+            env=env,
+            cwd=cwd,
+        )
         return _FdProcess(process, output=output, input=input_fd, errors=errors)
 
     async def _spawn_pty(
@@ -264,20 +257,52 @@ class LocalTransport(Transport):
         master, slave = os.openpty()
         try:
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", _PTY_ROWS, _PTY_COLS, 0, 0))
-            os.set_blocking(master, False)
-            process = await anyio.open_process(
-                [sys.executable, "-I", "-S", "-c", _CTTY_TRAMPOLINE, *spec.argv],
-                stdin=slave,
-                stdout=slave,
-                stderr=slave,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-            )
         except BaseException:
             os.close(master)
-            raise
-        finally:
-            # The child holds its own copy; ours would keep the pty from ever reporting EOF.
             os.close(slave)
+            raise
+        process = await _open_process(
+            [sys.executable, "-I", "-S", "-c", _CTTY_TRAMPOLINE, *spec.argv],
+            (slave, slave, slave),
+            ours=[master],
+            theirs=[slave],
+            env=env,
+            cwd=cwd,
+        )
         return _FdProcess(process, output=master, input=master, errors=None)
+
+
+async def _open_process(
+    argv: list[str],
+    stdio: tuple[int, int, int],
+    *,
+    ours: list[int],
+    theirs: list[int],
+    env: dict[str, str] | None,
+    cwd: str | None,
+) -> Process:
+    """Start *argv* in a session of its own with *stdio* as its fds 0, 1 and 2.
+
+    *ours* are the ends we keep: made non-blocking, and closed if the start fails. *theirs*
+    are the child's ends, closed here either way: once it has its copies, ours would keep its
+    output from ever ending.
+    """
+    try:
+        for fd in ours:
+            os.set_blocking(fd, False)
+        return await anyio.open_process(
+            argv,
+            stdin=stdio[0],
+            stdout=stdio[1],
+            stderr=stdio[2],
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+    except BaseException:
+        for fd in ours:
+            os.close(fd)
+        raise
+    finally:
+        for fd in theirs:
+            os.close(fd)

@@ -592,42 +592,33 @@ async def test_cancelled_ticket_raises_prompt_cancelled_error() -> None:
 # -- the short cuts: offers, parking, peek and remove ------------------------------------------
 
 
-async def test_an_idle_instance_offered_an_item_takes_it_without_a_queue() -> None:
-    dispatcher = Dispatcher(2, max_pending=2)
-    offered: list[Item] = []
+@pytest.mark.parametrize("takes", [True, False], ids=["taken", "refused"])
+async def test_an_idle_instance_is_offered_an_item_and_gets_it_either_way(takes: bool) -> None:
+    # Taken: handed over without a queue. Refused: queued, and the instance woken to take it.
+    dispatcher = Dispatcher(1, max_pending=2)
+    offered: list[object] = []
 
     def offer(item: object) -> bool:
-        assert isinstance(item, Item)
         offered.append(item)
-        return item.name != "refused"
+        return takes
 
     got: list[object] = []
 
     async def idle() -> None:
         got.append(await dispatcher.get(0, offer=offer))
 
+    item = Item("item")
     async with anyio.create_task_group() as tg:
         tg.start_soon(idle)
         await anyio.wait_all_tasks_blocked()
-        taken = Item("taken")
-        await dispatcher.put(taken)
-    assert got == [taken]
-    assert offered == [taken]
+        await dispatcher.put(item)
+    assert got == [item]
+    assert offered == [item]
     assert dispatcher.queued() == 0
-    # Its slot came back at once: two more fit without waiting.
+    # Its slot is back: two more fit without waiting.
     with anyio.fail_after(HANG_GUARD):
         await dispatcher.put(Item("a"))
         await dispatcher.put(Item("b"))
-
-    # Refused: queued as usual, and the instance is woken to take it.
-    dispatcher = Dispatcher(1, max_pending=2)
-    got.clear()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(idle)
-        await anyio.wait_all_tasks_blocked()
-        refused = Item("refused")
-        await dispatcher.put(refused)
-    assert got == [refused]
 
 
 async def test_an_offer_never_lets_an_item_jump_the_queue() -> None:
