@@ -239,11 +239,18 @@ class Cluster:
             raise ValueError(f"retries must be >= 0, got {retries!r}")
         if instance is not None and not 0 <= instance < self.size:
             raise ValueError(f"instance must be in range(0, {self.size}), got {instance!r}")
+        try:
+            encoded = prompt.encode(self.spec.encoding)
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"the prompt cannot be written in the tool's encoding ({exc.encoding}): "
+                f"{exc.object[exc.start : exc.end]!r} at position {exc.start}"
+            ) from None
         if self.spec.pty:
-            for line in prompt.split("\n"):
-                if len(line.encode(self.spec.encoding)) > _PTY_MAX_LINE:
+            for line in encoded.split(b"\n"):
+                if len(line) > _PTY_MAX_LINE:
                     raise ValueError(
-                        f"a prompt line of {len(line)} characters is longer than a terminal "
+                        f"a prompt line of {len(line)} bytes is longer than a terminal "
                         f"accepts ({_PTY_MAX_LINE} bytes); use pipes (pty=False) for long input"
                     )
         timeout = self.spec.reply_timeout if timeout is None else timeout

@@ -179,6 +179,10 @@ class Instance:
     _pipeline: bool = attrs.field(init=False, default=False)
     #: The end of a prompt _try_begin could not write at once: the task sends it.
     _unsent: bytes = attrs.field(init=False, default=b"")
+    #: What an offer took and wrote while the task waited in the dispatcher's get.
+    _offered: Request | None = attrs.field(init=False, default=None)
+    #: Held while the task or the reader waits to write: one waiter per fd at a time.
+    _write_lock: anyio.Lock | None = attrs.field(init=False, default=None)
     _served: int = attrs.field(init=False, default=0)
     _recycle_after: int | None = attrs.field(init=False, default=None)
     _recycle_at: float = attrs.field(init=False, default=math.inf)
@@ -548,6 +552,8 @@ class Instance:
         self._framer = self._new_framer()
         self._exit_code = None
         self._unsent = b""
+        self._resend = None
+        self._write_lock = anyio.Lock()
         self._stderr_tail.clear()
         self._answers = 0
         self.pid = handle.pid
@@ -682,7 +688,7 @@ class Instance:
             return
         self._plog.info("prompt_answered", pattern=pattern, answer=answer, count=self._answers)
         try:
-            await handle.send((answer + self.spec.newline).encode(self.spec.encoding))
+            await self._write(handle, (answer + self.spec.newline).encode(self.spec.encoding))
         except anyio.BrokenResourceError:
             pass  # it exited; the exit watcher reports that
 
@@ -841,8 +847,9 @@ class Instance:
             if wake_at == math.inf:
                 # A prompt put while we wait may be written by the putter (_try_begin).
                 try:
-                    item = await self.dispatcher.get(self.index, offer=self._try_begin)
+                    item = await self.dispatcher.get(self.index, offer=self._take_offer)
                 except BaseException:
+                    self._offered = None
                     self._abandon_in_flight(counted=1)
                     raise
             else:
@@ -860,7 +867,8 @@ class Instance:
                 ended = await self._serve_lease(item, handle, frames)
             else:
                 assert isinstance(item, Request)
-                ended = await self._exchange(item, handle, frames, pipeline=True)
+                begun, self._offered = item is self._offered, None
+                ended = await self._exchange(item, handle, frames, pipeline=True, begun=begun)
             if ended is not None:
                 return ended
             self._set_state(InstanceState.READY)
@@ -950,21 +958,29 @@ class Instance:
         *,
         internal: bool = False,
         pipeline: bool = False,
+        begun: bool = False,
     ) -> _Ended | None:
         """Send one prompt and wait for its reply. Returns how the process ended, if it did.
 
         *internal* prompts (probes) are not counted in the metrics and never requeued. Without
         a *handle* (a one-shot tool) the prompt runs a process of its own. With *pipeline*,
         the reader may write the prompts queued behind this one as it completes each reply
-        (see _try_begin); then this returns once the last of them is over.
+        (see _try_begin); then this returns once the last of them is over. *begun*: an offer
+        wrote it already (and it may even be answered already: then its frame is queued).
         """
-        if request.state is not RequestState.QUEUED:
-            # Written already, by the put that handed it to us (and maybe answered already:
-            # then its frame is queued).
-            await self._send_unsent()
+        if begun:
+            try:
+                await self._send_unsent()
+            except BaseException:
+                self._abandon_in_flight(counted=1)
+                raise
             return await self._await_reply(
                 request, frames, counted=1, internal=False, pipeline=True
             )
+        if not request.live:
+            return None  # withdrawn (a lease's prompt cancelled before we got to it): unsent
+        if self._resend is request:
+            self._resend = None
         await self._wait_out_rate_limit(request)
         if handle is None:
             return await self._exchange_oneshot(request, internal=internal)
@@ -972,12 +988,19 @@ class Instance:
         assert framer is not None
         # Anything the tool printed while idle (stray prompts, notices) belongs to no prompt.
         stray_frames = 0
+        ended: _Ended | None = None
         while True:
             try:
                 stray = frames.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream):
                 break
             stray_frames += stray is not _WAKE
+            ended = ended or self._idle_breakdown(stray)
+        if ended is not None:
+            # The prompt was not sent: it goes to the next instance free (this one restarts).
+            if not internal:
+                self.requeue(request)
+            return ended
         if stray_frames or framer.buffered_bytes:
             self._plog.debug(
                 "unsolicited_output", frames=stray_frames, text=framer.partial()[-200:]
@@ -991,7 +1014,7 @@ class Instance:
         delivered = False
         if self._exit_code is None:
             try:
-                await handle.send(data)
+                await self._write(handle, data)
                 delivered = True
             except anyio.BrokenResourceError:
                 await self._wait_exited()
@@ -1057,10 +1080,21 @@ class Instance:
                 ClusterClosedError("the cluster was shut down while the prompt was in flight")
             )
             raise
+        if self._current is None and event is not _WAKE and not isinstance(event, Frame):
+            # Every prompt of ours is answered (the reader completed them and parked the
+            # instance): what woke us happened while it was idle, and no prompt is charged.
+            ended = None if event is None else self._idle_breakdown(event)
+            if ended is None and self._exit_code is not None:
+                ended = _Ended.EXITED
+            if ended is not None:
+                return ended
         if isinstance(event, Frame) or (event is _WAKE and self._current is None):
             if self._current is not None:  # normally the reader completed it already
                 assert isinstance(event, Frame)
                 self._complete(event)
+            # Answered before all of it was written (a multi-line prompt to a REPL): the rest
+            # still goes, as a blocking write would have sent it.
+            await self._send_unsent()
             resend, self._resend = self._resend, None
             if resend is not None and resend.live:  # not withdrawn meanwhile
                 return await self._exchange(
@@ -1146,8 +1180,10 @@ class Instance:
         handle, framer = self._handle, self._framer
         if handle is None or framer is None or framer.buffered_bytes or self._replacement_due():
             return False
-        if self.limiter.paused:
+        if self._unsent or self.limiter.paused:
             return False
+        if self._write_lock is None or self._write_lock.locked():
+            return False  # someone waits to write (the task, or the reader answering)
         events = self.spec.events
         line = item.prompt if events is None else events.encode(item.prompt)
         data = (line + self.spec.newline).encode(self.spec.encoding)
@@ -1161,13 +1197,43 @@ class Instance:
             self._wake_task()
         return True
 
+    def _take_offer(self, item: Queued) -> bool:
+        """The dispatcher's offer while the task waits in get: see _try_begin."""
+        if not self._try_begin(item):
+            return False
+        assert isinstance(item, Request)
+        self._offered = item
+        return True
+
     async def _send_unsent(self) -> None:
-        unsent, self._unsent = self._unsent, b""
-        if unsent and self._handle is not None:
+        # _unsent stays set until it is all out, so that _try_begin writes nothing in between.
+        if self._unsent and self._handle is not None:
             try:
-                await self._handle.send(unsent)
+                await self._write(self._handle, self._unsent)
             except anyio.BrokenResourceError:
                 pass  # it exited: the exit watcher reports that, failing the prompt
+        self._unsent = b""
+
+    async def _write(self, handle: ProcessHandle, data: bytes) -> None:
+        """Write *data*, waiting for room; the reader's answers and the task's prompts take
+        turns (two tasks must not wait on one fd at once)."""
+        assert self._write_lock is not None
+        async with self._write_lock:
+            await handle.send(data)
+
+    def _idle_breakdown(self, event: _Event) -> _Ended | None:
+        """What *event*, seen while no prompt of ours was in flight, means for the process.
+
+        A flood past the reply cap, or more unanswerable questions than allowed, leaves the
+        framer unusable: the process is restarted, and no prompt is charged with it.
+        """
+        if isinstance(event, _Overflow):
+            self._plog.warning("output_overflow_while_idle", size=event.size)
+            return _Ended.KILL
+        if isinstance(event, _TooManyQuestions):
+            self._plog.warning("auto_answers_exhausted_while_idle", pattern=event.pattern)
+            return _Ended.KILL
+        return None
 
     def _replacement_due(self) -> bool:
         """Whether the task has something to do before the next prompt (see _due)."""

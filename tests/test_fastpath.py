@@ -123,3 +123,59 @@ async def test_an_instance_dying_while_parked_is_restarted_and_serves(cluster_fa
         lambda m: m.instances[0].restarts == 1 and m.instances[0].state == "ready", timeout=10
     )
     assert (await cluster.send("second")).text == "echo: second"
+
+
+# Answers "ok"; "flood-later" also floods 200 kB without a prompt, a moment after the reply.
+FLOOD_LATER = (
+    "import os, sys, threading, time\n"
+    "def flood():\n"
+    "    time.sleep(0.1); os.write(1, b'y' * 200_000)\n"
+    "sys.stdout.write('> '); sys.stdout.flush()\n"
+    "for line in sys.stdin:\n"
+    "    if line.strip() == 'flood-later':\n"
+    "        threading.Thread(target=flood, daemon=True).start()\n"
+    "    sys.stdout.write('ok\\n> '); sys.stdout.flush()\n"
+)
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0], ids=["parked", "idle-in-queue"])
+async def test_a_flood_while_idle_restarts_the_instance_and_charges_no_prompt(
+    cluster_factory, timeout: float | None
+) -> None:
+    # Without a deadline the reader parks the instance with its task asleep; with one the task
+    # goes back to the queue. Either way the flood comes when no prompt is in flight.
+    spec = aimcluster.ToolSpec(
+        name="flood-later",
+        argv=[sys.executable, "-u", "-c", FLOOD_LATER],
+        ready="> ",
+        max_reply_bytes=65_536,
+    )
+    cluster = await cluster_factory(spec, restart=aimcluster.RestartPolicy(initial_delay=0.01))
+    assert (await cluster.send("flood-later", timeout=timeout)).text == "ok"
+    await anyio.sleep(0.5)  # the flood is over
+    assert (await cluster.send("again", timeout=timeout)).text == "ok"
+    metrics = cluster.metrics()
+    assert (metrics.completed, metrics.failed, metrics.restarts) == (2, 0, 1)
+
+
+async def test_a_lease_prompt_withdrawn_at_once_leaves_the_lease_working(cluster_factory) -> None:
+    cluster = await cluster_factory("mock")
+    async with cluster.lease() as session:
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            # Withdrawn at its first wait: on trio before the instance could take it (never
+            # sent); on asyncio the instance may send it first (its reply is discarded).
+            await session.send("/echo withdrawn")
+        assert scope.cancelled_caught
+        with anyio.fail_after(10):
+            assert (await session.send("after")).text == "echo: after"
+    assert cluster.metrics().failed == 0
+    with anyio.fail_after(10):
+        assert (await cluster.send("free again")).text == "echo: free again"
+
+
+async def test_a_prompt_the_tool_cannot_encode_is_refused_up_front(cluster_factory) -> None:
+    cluster = await cluster_factory(attrs.evolve(aimcluster.tools.mock(), encoding="ascii"))
+    with pytest.raises(ValueError, match=r"cannot be written in the tool's encoding \(ascii\)"):
+        await cluster.send("café")
+    assert (await cluster.send("cafe")).text == "echo: cafe"
