@@ -553,7 +553,7 @@ class Instance:
         self._exit_code = None
         self._unsent = b""
         self._resend = None
-        self._write_lock = anyio.Lock()
+        self._write_lock = anyio.Lock(fast_acquire=True)  # no pass of the loop when free
         self._stderr_tail.clear()
         self._answers = 0
         self.pid = handle.pid
