@@ -82,6 +82,13 @@ class Dispatcher:
             await self._space.wait()
         if self._closed:
             raise ClusterClosedError("the cluster is shut down")
+        if item.target is not None and item.target >= len(self._private):
+            # Its instance was scaled away while we waited for room.
+            if item.pinned:
+                raise ValueError(
+                    f"instance must be in range(0, {len(self._private)}), got {item.target}"
+                )
+            item.target = None
         self._pending += 1
         item.holds_slot = True
         self.put_nowait(item)

@@ -704,3 +704,32 @@ async def test_a_full_queue_wakes_its_producer_at_the_low_water_mark_not_per_slo
             await queued.wait()
     assert after_one is False
     assert dispatcher.queued() == 15
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+async def test_a_put_waiting_for_room_whose_instance_is_scaled_away(pinned: bool) -> None:
+    dispatcher = Dispatcher(2, max_pending=1)
+    first, waiting = Item("first"), Item("waiting", target=1, pinned=pinned)
+    await dispatcher.put(first)
+    errors: list[Exception] = []
+
+    async def producer() -> None:
+        try:
+            await dispatcher.put(waiting)
+        except ValueError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(producer)
+        await anyio.wait_all_tasks_blocked()
+        dispatcher.take_private(1)
+        dispatcher.remove_slots(1)  # instance 1 is gone
+        assert await take(dispatcher, 0) is first
+
+    if pinned:
+        assert [str(error) for error in errors] == ["instance must be in range(0, 1), got 1"]
+        assert dispatcher.queued() == 0
+    else:
+        # Routed to the removed instance, not pinned to it: any instance may take it.
+        assert errors == []
+        assert await take(dispatcher, 0) is waiting
