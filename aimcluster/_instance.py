@@ -1,9 +1,16 @@
 """One supervised tool instance: a slot that keeps a process alive and feeds it prompts.
 
-The data path of a prompt, in order: the dispatcher hands it to :meth:`Instance._serve`, which
-writes it to the process; the process's reader task (:meth:`Instance._pump`) feeds output to the
-framer and puts each complete reply on the instance's frame queue; :meth:`Instance._exchange`
-takes it from there and resolves the request.
+The data path of a prompt, in order: the dispatcher hands it to the instance's task
+(:meth:`Instance._serve`), which writes it to the process; the process's reader task
+(:meth:`Instance._pump`) feeds output to the framer and resolves the request the moment its
+reply is complete, then tells the instance's task through the frame queue; the task, in
+:meth:`Instance._exchange`, goes on to the next prompt or deals with what went wrong.
+
+A plain prompt (no deadline, no stall watchdog, no lease) takes two short cuts past the task
+(:meth:`Instance._try_begin`): a put that finds the instance idle writes it at once, and the
+reader, having completed a reply, writes the next queued prompt itself or leaves the instance
+idle with its task still asleep (:meth:`Instance._carry_on`). The task wakes only for what
+needs it.
 """
 
 from __future__ import annotations
@@ -91,7 +98,7 @@ class _Signal(enum.Enum):
     #: Put on the frame queue by the exit watcher, after every frame read before EOF.
     EXITED = "exited"
     #: Put there for the dispatcher when the reader had parked the instance as idle while its
-    #: task still waited for a reply (see _hand_over): there is work, or an interrupt, for it.
+    #: task still waited for a reply (see _carry_on): there is work, or an interrupt, for it.
     WAKE = "wake"
 
 
