@@ -2,7 +2,7 @@
 the reader as it completes the previous reply, with the instance's task asleep throughout.
 
 Each prompt must still be written exactly once, answered in order, and mixed freely with the
-prompts that go the long way (deadlines, leases, pinned prompts, probes).
+prompts that go the long way (deadlines, leases, pinned prompts).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ LENGTHS = (
 )
 
 
-def lengths(*, pty: bool = False) -> aimcluster.ToolSpec:
+def lengths() -> aimcluster.ToolSpec:
     return aimcluster.ToolSpec(
-        name="lengths", argv=[sys.executable, "-u", "-c", LENGTHS], ready="> ", pty=pty
+        name="lengths", argv=[sys.executable, "-u", "-c", LENGTHS], ready="> "
     )
 
 
