@@ -141,7 +141,41 @@ def compile_ready(ready: str) -> re.Pattern[str]:
     return re.compile(f"{prefix}(?:{ready[len(prefix) :]})\\Z", re.MULTILINE)
 
 
-class Framer:
+class _CappedFramer:
+    """What both framers share: incremental decoding, and the cap on one reply's bytes."""
+
+    __slots__ = ("_decoder", "_max_bytes", "_nbytes", "_overflowed")
+
+    def __init__(self, *, max_bytes: int, encoding: str) -> None:
+        self._max_bytes = max_bytes
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        self._nbytes = 0
+        self._overflowed = False
+
+    def _take(self, data: bytes) -> str | None:
+        """*data* decoded; ``None`` once past the cap.
+
+        :raises FrameOverflow: when *data* takes the reply past the cap (what was buffered
+            is discarded, and so is everything after it)
+        """
+        if self._overflowed:
+            return None
+        self._nbytes += len(data)
+        if self._nbytes > self._max_bytes:
+            self._overflowed = True
+            size, partial = self._nbytes, self.partial()
+            self.discard()
+            raise FrameOverflow(size, partial)
+        return self._decoder.decode(data)
+
+    def partial(self) -> str:
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        raise NotImplementedError
+
+
+class Framer(_CappedFramer):
     """Accumulates output until it ends with the ready prompt.
 
     :meth:`feed` returns the raw text before the prompt when the output ends with it, else
@@ -152,10 +186,6 @@ class Framer:
     __slots__ = (
         "_candidate",
         "_chunks",
-        "_decoder",
-        "_max_bytes",
-        "_nbytes",
-        "_overflowed",
         "_pattern",
         "_question",
         "_responders",
@@ -186,23 +216,12 @@ class Framer:
         self._settle = settle
         self._candidate: int | None = None
         self._window = window
-        self._max_bytes = max_bytes
-        self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        super().__init__(max_bytes=max_bytes, encoding=encoding)
         self._chunks: list[str] = []
         self._tail = ""
-        self._nbytes = 0
-        self._overflowed = False
 
     def feed(self, data: bytes) -> str | None:
-        if self._overflowed:
-            return None
-        self._nbytes += len(data)
-        if self._nbytes > self._max_bytes:
-            self._overflowed = True
-            size, partial = self._nbytes, self.partial()
-            self.discard()
-            raise FrameOverflow(size, partial)
-        text = self._decoder.decode(data)
+        text = self._take(data)
         if not text:
             return None
         self._candidate = None  # more output: the earlier prompt was inside the reply
@@ -273,7 +292,7 @@ class Framer:
         return self._nbytes
 
 
-class JsonlFramer:
+class JsonlFramer(_CappedFramer):
     """Cuts a stream of JSON lines into replies, each ending with a terminal event.
 
     Lines that are not a JSON object are handed to *on_junk* (to be logged) and otherwise
@@ -282,14 +301,10 @@ class JsonlFramer:
     """
 
     __slots__ = (
-        "_decoder",
         "_events",
         "_framing",
         "_line",
-        "_max_bytes",
-        "_nbytes",
         "_on_junk",
-        "_overflowed",
         "_raw",
         "_starting",
     )
@@ -302,28 +317,18 @@ class JsonlFramer:
         encoding: str,
         on_junk: Callable[[str], None] | None = None,
     ) -> None:
+        super().__init__(max_bytes=max_bytes, encoding=encoding)
         self._framing = framing
-        self._max_bytes = max_bytes
-        self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
         self._on_junk = on_junk
         self._line: list[str] = []
         self._raw: list[str] = []
         self._events: list[Event] = []
-        self._nbytes = 0
-        self._overflowed = False
         self._starting = framing.ready is not None
 
     def feed(self, data: bytes) -> list[Frame]:
         """The replies completed by *data* (usually none or one)."""
-        if self._overflowed:
-            return []
-        self._nbytes += len(data)
-        if self._nbytes > self._max_bytes:
-            self._overflowed = True
-            size, partial = self._nbytes, self.partial()
-            self.discard()
-            raise FrameOverflow(size, partial)
-        return self._lines(self._decoder.decode(data))
+        text = self._take(data)
+        return [] if text is None else self._lines(text)
 
     def finish(self) -> list[Frame]:
         """At end of output: frame a last line that had no newline."""
