@@ -148,6 +148,16 @@ def _run_async(ctx: click.Context, function: Callable[[], Any]) -> Any:
     return anyio.run(function, backend=backend)
 
 
+#: run's and demo's --progress, which _display interprets.
+_progress_option = click.option(
+    "--progress",
+    type=click.Choice(["auto", "live", "plain", "none"]),
+    default="auto",
+    show_default=True,
+    help="auto: live on a terminal, status lines otherwise.",
+)
+
+
 def _display(mode: str, console: Console, tracker: Tracker) -> Display:
     if mode == "auto":
         mode = "live" if console.is_terminal else "plain"
@@ -406,13 +416,7 @@ def _write_report(path: str, outcome: BatchOutcome, extra: dict[str, Any]) -> No
     metavar="SECONDS",
     help="On Ctrl-C, how long jobs in flight may take to finish.",
 )
-@click.option(
-    "--progress",
-    type=click.Choice(["auto", "live", "plain", "none"]),
-    default="auto",
-    show_default=True,
-    help="auto: live on a terminal, status lines otherwise.",
-)
+@_progress_option
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -546,12 +550,7 @@ def run(
     help="Files in the generated project.",
 )
 @click.option("--keep", is_flag=True, help="Keep the project directory and print its path.")
-@click.option(
-    "--progress",
-    type=click.Choice(["auto", "live", "plain", "none"]),
-    default="auto",
-    show_default=True,
-)
+@_progress_option
 @click.pass_context
 def demo(
     ctx: click.Context, count: int, delay: float, files: int, keep: bool, progress: str
