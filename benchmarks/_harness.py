@@ -27,7 +27,7 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -574,9 +574,10 @@ def live_children() -> list[int]:
     return pids
 
 
-def reap_leftovers(where: str) -> None:
-    """Kill, and say so, any child still alive after a benchmark closed everything it opened."""
-    pids = live_children()
+def reap_leftovers(where: str, *, keep: Collection[int] = ()) -> None:
+    """Kill, and say so, any child still alive after a benchmark closed everything it opened
+    (but those in *keep*, which were there before it started)."""
+    pids = [pid for pid in live_children() if pid not in keep]
     if pids:
         print(
             f"warning: {len(pids)} child(ren) left after {where}; killing {pids}", file=sys.stderr
@@ -599,12 +600,15 @@ def selected_backends(args: argparse.Namespace) -> list[str]:
     return list(BACKENDS) if args.backend == "all" else [args.backend]
 
 
-def run_on(backend: str, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+def run_on(
+    backend: str, func: Callable[..., Awaitable[T]], *args: Any, keep: Collection[int] = ()
+) -> T:
+    """``anyio.run`` on *backend*, then :func:`reap_leftovers` (sparing the children *keep*)."""
     name, options = BACKENDS[backend]
     try:
         return anyio.run(func, *args, backend=name, backend_options=options)
     finally:
-        reap_leftovers(f"the {backend} run")
+        reap_leftovers(f"the {backend} run", keep=keep)
 
 
 Cases = list[tuple[str, dict[str, Samples]]]

@@ -20,11 +20,9 @@ moment). Every reply is checked against its prompt.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -33,7 +31,6 @@ import anyio
 import anyio.lowlevel
 
 from _harness import (
-    BACKENDS,
     RAW,
     Benchmark,
     Cases,
@@ -51,6 +48,7 @@ from _harness import (
     ours_requester,
     raw_requester,
     request_contender,
+    run_on,
     selected_backends,
     stat,
     time_calls,
@@ -272,19 +270,8 @@ async def measure_losses(args: argparse.Namespace, cluster: Any) -> Cases:
 
 
 def run_backend(backend: str, func: Any, *args: Any) -> Any:
-    """anyio.run, then kill (and say so) any child left behind except the Ray cluster's own
-    processes, which were there before. (The harness's run_on would kill those too.)"""
-    before = set(live_children())
-    name, options = BACKENDS[backend]
-    try:
-        return anyio.run(func, *args, backend=name, backend_options=options)
-    finally:
-        left = [pid for pid in live_children() if pid not in before]
-        if left:
-            print(f"warning: {len(left)} child(ren) left after {backend}; killing {left}")
-            for pid in left:
-                with suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
+    """run_on, sparing the Ray cluster's own processes, which were there before."""
+    return run_on(backend, func, *args, keep=set(live_children()))
 
 
 def collect(args: argparse.Namespace) -> list[Report]:
