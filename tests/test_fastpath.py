@@ -125,34 +125,52 @@ async def test_an_instance_dying_while_parked_is_restarted_and_serves(cluster_fa
     assert (await cluster.send("second")).text == "echo: second"
 
 
-# Answers "ok"; "flood-later" also floods 200 kB without a prompt, a moment after the reply.
-FLOOD_LATER = (
-    "import os, sys, threading, time\n"
-    "def flood():\n"
-    "    time.sleep(0.1); os.write(1, b'y' * 200_000)\n"
+# Answers "ok". On SIGUSR1 (sent while it is idle) it floods 200 kB without a prompt, then
+# writes a byte to the FIFO argv[1] (once the flood is in the pipe, and read past the cap).
+FLOOD_ON_SIGNAL = (
+    "import os, signal, sys\n"
+    "def flood(*_):\n"
+    "    os.write(1, b'y' * 200_000)\n"
+    "    with open(sys.argv[1], 'wb') as done:\n"
+    "        done.write(b'1')\n"
+    "signal.signal(signal.SIGUSR1, flood)\n"
     "sys.stdout.write('> '); sys.stdout.flush()\n"
     "for line in sys.stdin:\n"
-    "    if line.strip() == 'flood-later':\n"
-    "        threading.Thread(target=flood, daemon=True).start()\n"
     "    sys.stdout.write('ok\\n> '); sys.stdout.flush()\n"
 )
 
 
 @pytest.mark.parametrize("timeout", [None, 30.0], ids=["parked", "idle-in-queue"])
 async def test_a_flood_while_idle_restarts_the_instance_and_charges_no_prompt(
-    cluster_factory, timeout: float | None
+    cluster_factory, tmp_path, timeout: float | None
 ) -> None:
-    # Without a deadline the reader parks the instance with its task asleep; with one the task
-    # goes back to the queue. Either way the flood comes when no prompt is in flight.
+    # Without a deadline the reader parks the instance with its task asleep, and the flood
+    # restarts it at once; with one, the task is back in the queue and the flood waits for it
+    # in the frame queue, found when the next prompt comes. No prompt is in flight either way.
+    flooded = tmp_path / "flooded"
+    os.mkfifo(flooded)
     spec = aimcluster.ToolSpec(
-        name="flood-later",
-        argv=[sys.executable, "-u", "-c", FLOOD_LATER],
+        name="flood-on-signal",
+        argv=[sys.executable, "-u", "-c", FLOOD_ON_SIGNAL, str(flooded)],
         ready="> ",
         max_reply_bytes=65_536,
     )
     cluster = await cluster_factory(spec, restart=aimcluster.RestartPolicy(initial_delay=0.01))
-    assert (await cluster.send("flood-later", timeout=timeout)).text == "ok"
-    await anyio.sleep(0.5)  # the flood is over
+    assert (await cluster.send("first", timeout=timeout)).text == "ok"
+    pid = cluster.pids[0]
+    assert pid is not None
+    if timeout is None:
+        os.kill(pid, signal.SIGUSR1)
+        await cluster.wait_for(lambda m: m.restarts == 1, timeout=10)
+    else:
+        # Opened before the flood starts, so the tool's open() finds a reader.
+        done = os.open(flooded, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            os.kill(pid, signal.SIGUSR1)
+            with anyio.fail_after(10):
+                await anyio.wait_readable(done)
+        finally:
+            os.close(done)
     assert (await cluster.send("again", timeout=timeout)).text == "ok"
     metrics = cluster.metrics()
     assert (metrics.completed, metrics.failed, metrics.restarts) == (2, 0, 1)
