@@ -1015,9 +1015,7 @@ class Instance:
             framer.discard()
         if self._expired_in_queue(request):
             return None
-        events = self.spec.events
-        line = request.prompt if events is None else events.encode(request.prompt)
-        data = (line + self.spec.newline).encode(self.spec.encoding)
+        data = self._wire(request)
         delivered = False
         if self._exit_code is None:
             try:
@@ -1191,9 +1189,7 @@ class Instance:
             return False
         if self._write_lock is None or self._write_lock.locked():
             return False  # someone waits to write (the task, or the reader answering)
-        events = self.spec.events
-        line = item.prompt if events is None else events.encode(item.prompt)
-        data = (line + self.spec.newline).encode(self.spec.encoding)
+        data = self._wire(item)
         written = handle.try_send(data)
         if not written:
             return False
@@ -1203,6 +1199,13 @@ class Instance:
             self._unsent = data[written:]
             self._wake_task()
         return True
+
+    def _wire(self, request: Request) -> bytes:
+        """The bytes that send *request*'s prompt: its line (wrapped by a JSON framing), the
+        newline, encoded."""
+        events = self.spec.events
+        line = request.prompt if events is None else events.encode(request.prompt)
+        return (line + self.spec.newline).encode(self.spec.encoding)
 
     def _take_offer(self, item: Queued) -> bool:
         """The dispatcher's offer while the task waits in get: see _try_begin."""
