@@ -662,7 +662,7 @@ class Instance:
                         if question is not None:
                             await self._answer(handle, frames, framer, *question)
                 except FrameOverflow as exc:
-                    await frames.send(_Overflow(exc.size, exc.partial))
+                    await self._break_down(frames, _Overflow(exc.size, exc.partial))
                     continue
                 await self._hand_over(frames, done)
                 if done:
@@ -691,13 +691,22 @@ class Instance:
             self._plog.warning(
                 "auto_answers_exhausted", pattern=pattern, limit=self.spec.max_auto_answers
             )
-            await frames.send(_TooManyQuestions(pattern, partial))
+            await self._break_down(frames, _TooManyQuestions(pattern, partial))
             return
         self._plog.info("prompt_answered", pattern=pattern, answer=answer, count=self._answers)
         try:
             await self._write(handle, (answer + self.spec.newline).encode(self.spec.encoding))
         except anyio.BrokenResourceError:
             pass  # it exited; the exit watcher reports that
+
+    async def _break_down(
+        self, frames: Channel[_Event], event: _Overflow | _TooManyQuestions
+    ) -> None:
+        """Tell the task that the framer gave up (see _idle_breakdown). With no prompt in
+        flight the task may be waiting for work rather than on the frame queue: wake it."""
+        await frames.send(event)
+        if self._current is None:
+            self.dispatcher.interrupt(self.index)
 
     async def _hand_over(self, frames: Channel[_Event], done: list[Frame]) -> None:
         for frame in done:
@@ -864,7 +873,12 @@ class Instance:
                     item = await self.dispatcher.get(self.index)
             if item is None:
                 # Woken without work: the process exited, a restart or retire was asked for,
-                # it is time to recycle (all checked at the top), or time for a probe.
+                # it is time to recycle (all checked at the top), time for a probe, or the
+                # tool broke down while idle (_break_down).
+                if handle is not None:
+                    ended = self._clear_stray(frames)
+                    if ended is not None:
+                        return ended
                 if self._exit_code is None and self.clock() >= self._next_probe_at:
                     ended = await self._probe(handle, frames)
                     if ended is not None:
@@ -991,28 +1005,12 @@ class Instance:
         await self._wait_out_rate_limit(request)
         if handle is None:
             return await self._exchange_oneshot(request, internal=internal)
-        framer = self._framer
-        assert framer is not None
-        # Anything the tool printed while idle (stray prompts, notices) belongs to no prompt.
-        stray_frames = 0
-        ended: _Ended | None = None
-        while True:
-            try:
-                stray = frames.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream):
-                break
-            stray_frames += stray is not _WAKE
-            ended = ended or self._idle_breakdown(stray)
+        ended = self._clear_stray(frames)
         if ended is not None:
             # The prompt was not sent: it goes to the next instance free (this one restarts).
             if not internal:
                 self.requeue(request)
             return ended
-        if stray_frames or framer.buffered_bytes:
-            self._plog.debug(
-                "unsolicited_output", frames=stray_frames, text=framer.partial()[-200:]
-            )
-            framer.discard()
         if self._expired_in_queue(request):
             return None
         data = self._wire(request)
@@ -1230,6 +1228,27 @@ class Instance:
         assert self._write_lock is not None
         async with self._write_lock:
             await handle.send(data)
+
+    def _clear_stray(self, frames: Channel[_Event]) -> _Ended | None:
+        """Drop what the tool printed while idle (stray prompts, notices): it belongs to no
+        prompt. Returns how the process must end if it broke down meanwhile."""
+        framer = self._framer
+        assert framer is not None
+        stray_frames = 0
+        ended: _Ended | None = None
+        while True:
+            try:
+                stray = frames.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break
+            stray_frames += stray is not _WAKE
+            ended = ended or self._idle_breakdown(stray)
+        if ended is None and (stray_frames or framer.buffered_bytes):
+            self._plog.debug(
+                "unsolicited_output", frames=stray_frames, text=framer.partial()[-200:]
+            )
+            framer.discard()
+        return ended
 
     def _idle_breakdown(self, event: _Event) -> _Ended | None:
         """What *event*, seen while no prompt of ours was in flight, means for the process.
