@@ -55,10 +55,11 @@ class LeaseRequest:
             return None
 
     def lose(self, error: BaseException) -> None:
-        """The instance can no longer serve this lease: fail its prompts from now on."""
+        """The instance can no longer serve this lease: fail its waiting prompts, and those
+        sent from now on."""
         if self.error is None:
             self.error = error
-        self._receive.close()
+        self.finish()
         self._granted.set()
 
     # -- the dispatcher's side (never-granted leases) -------------------------------------------
@@ -87,7 +88,14 @@ class LeaseRequest:
             raise self.error or ClusterClosedError("the lease was released") from None
 
     def finish(self) -> None:
-        """The instance is done with the lease (released, lost or shut down)."""
+        """The instance is done with the lease (released, lost or shut down). Prompts sent
+        to it and not taken yet fail: nobody else may send them."""
+        while True:
+            try:
+                request = self._receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+            request.resolve(self.error or ClusterClosedError("the lease was released"))
         self._receive.close()
 
     def release(self) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 
 import anyio
@@ -255,6 +257,29 @@ async def test_lease_lost_when_its_instance_crashes(cluster_factory) -> None:
         with pytest.raises(aimcluster.InstanceCrashedError):
             await session.send("/ls")
     assert (await cluster.send("again")).text == "echo: again"
+
+
+async def test_prompts_waiting_in_a_lost_lease_fail_too(cluster_factory) -> None:
+    cluster = await cluster_factory("mock", count=1)
+    async with cluster.lease() as session:
+        codes: list[int | None] = []
+
+        async def send(prompt: str) -> None:
+            with pytest.raises(aimcluster.InstanceCrashedError) as info:
+                await session.send(prompt)
+            codes.append(info.value.exit_code)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send, "/hang")
+                # Waits in the lease behind the hung prompt: it must fail with it, not wait
+                # forever.
+                tg.start_soon(send, "/ls")
+                await anyio.wait_all_tasks_blocked()
+                pid = cluster.pids[0]
+                assert pid is not None
+                os.killpg(pid, signal.SIGKILL)
+    assert codes == [-9, -9]
 
 
 async def test_metrics_snapshot_is_complete_and_json_serialisable(cluster_factory) -> None:
