@@ -167,6 +167,10 @@ class Instance:
     _framer: Framer | JsonlFramer | None = attrs.field(init=False, default=None)
     _exit_code: int | None = attrs.field(init=False, default=None)
     _wait_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
+    #: Set while a lease holds the instance: its prompts are never requeued, as they need the
+    #: state built up in this process. The scope is its wait for the next prompt.
+    _leased: bool = attrs.field(init=False, default=False)
+    _lease_wait: anyio.CancelScope | None = attrs.field(init=False, default=None)
     #: The scope of the reply being awaited, and the request's deadline (see _exchange).
     _reply_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
     _reply_deadline: float = attrs.field(init=False, default=math.inf)
@@ -703,10 +707,13 @@ class Instance:
         self, frames: Channel[_Event], event: _Overflow | _TooManyQuestions
     ) -> None:
         """Tell the task that the framer gave up (see _idle_breakdown). With no prompt in
-        flight the task may be waiting for work rather than on the frame queue: wake it."""
+        flight the task may be waiting for work, or for a lease's next prompt, rather than on
+        the frame queue: wake it."""
         await frames.send(event)
         if self._current is None:
             self.dispatcher.interrupt(self.index)
+            if self._lease_wait is not None:
+                self._lease_wait.cancel()
 
     async def _hand_over(self, frames: Channel[_Event], done: list[Frame]) -> None:
         for frame in done:
@@ -875,10 +882,8 @@ class Instance:
                 # Woken without work: the process exited, a restart or retire was asked for,
                 # it is time to recycle (all checked at the top), time for a probe, or the
                 # tool broke down while idle (_break_down).
-                if handle is not None:
-                    ended = self._clear_stray(frames)
-                    if ended is not None:
-                        return ended
+                if handle is not None and self._clear_stray(frames) is not None:
+                    return _Ended.KILL
                 if self._exit_code is None and self.clock() >= self._next_probe_at:
                     ended = await self._probe(handle, frames)
                     if ended is not None:
@@ -948,17 +953,23 @@ class Instance:
     ) -> _Ended | None:
         self._set_state(InstanceState.BUSY)
         lease.grant(self.index)
+        self._leased = True
         try:
             while True:
                 request = None
                 if self._exit_code is None:
                     with anyio.CancelScope() as scope:
-                        self._wait_scope = scope
+                        self._wait_scope = self._lease_wait = scope
                         request = await lease.next()
-                    self._wait_scope = None
+                    self._wait_scope = self._lease_wait = None
                     if request is None and not scope.cancelled_caught:
                         return None  # released: back to the pool
                 if request is None:
+                    # Woken by the exit watcher, or by the reader (the tool broke down).
+                    error = None if handle is None else self._clear_stray(frames)
+                    if error is not None:
+                        lease.lose(error)
+                        return _Ended.KILL
                     lease.lose(self._crash_error(None, "exited while leased"))
                     return _Ended.EXITED
                 ended = await self._exchange(request, handle, frames)
@@ -969,6 +980,7 @@ class Instance:
             lease.lose(ClusterClosedError("the cluster was shut down during the lease"))
             raise
         finally:
+            self._leased = False
             lease.finish()
 
     async def _exchange(
@@ -1005,12 +1017,11 @@ class Instance:
         await self._wait_out_rate_limit(request)
         if handle is None:
             return await self._exchange_oneshot(request, internal=internal)
-        ended = self._clear_stray(frames)
-        if ended is not None:
+        error = self._clear_stray(frames)
+        if error is not None:
             # The prompt was not sent: it goes to the next instance free (this one restarts).
-            if not internal:
-                self.requeue(request)
-            return ended
+            self._not_sent(request, error, internal=internal)
+            return _Ended.KILL
         if self._expired_in_queue(request):
             return None
         data = self._wire(request)
@@ -1023,14 +1034,21 @@ class Instance:
                 await self._wait_exited()
         if not delivered:
             # The process was gone before it could read the prompt: not lost, requeued.
-            if not internal:
-                self.requeue(request)
+            self._not_sent(request, self._crash_error(request, "exited"), internal=internal)
             return _Ended.EXITED
 
         counted = self._mark_sent(request, internal=internal)
         return await self._await_reply(
             request, frames, counted=counted, internal=internal, pipeline=pipeline
         )
+
+    def _not_sent(self, request: Request, error: InstanceCrashedError, *, internal: bool) -> None:
+        """*request* could not be written, because the process is going: requeue it, unless it
+        is a probe or a lease's (those are for this process only, and fail with *error*)."""
+        if internal or self._leased:
+            request.resolve(error)
+        else:
+            self.requeue(request)
 
     async def _await_reply(
         self,
@@ -1086,11 +1104,10 @@ class Instance:
         if self._current is None and event is not _WAKE and not isinstance(event, Frame):
             # Every prompt of ours is answered (the reader completed them and parked the
             # instance): what woke us happened while it was idle, and no prompt is charged.
-            ended = None if event is None else self._idle_breakdown(event)
-            if ended is None and self._exit_code is not None:
-                ended = _Ended.EXITED
-            if ended is not None:
-                return ended
+            if event is not None and self._idle_breakdown(event) is not None:
+                return _Ended.KILL
+            if self._exit_code is not None:
+                return _Ended.EXITED
         if isinstance(event, Frame) or (event is _WAKE and self._current is None):
             if self._current is not None:  # normally the reader completed it already
                 assert isinstance(event, Frame)
@@ -1112,20 +1129,9 @@ class Instance:
 
         self.failed += counted
         partial = framer.partial()
-        error: AimclusterError
-        if isinstance(event, _Overflow):
-            error = ReplyTooLargeError(
-                f"instance {self.index} printed more than {self.spec.max_reply_bytes} bytes "
-                f"without a ready prompt; restarting it",
-                instance=self.index,
-                exit_code=None,
-                partial_output=event.partial[-65536:],
-                prompt=request.prompt,
-            )
-            self._fail(request, error, retry=False)
-            return _Ended.KILL
-        if isinstance(event, _TooManyQuestions):
-            self._fail(request, self._question_loop(event, request), retry=False)
+        breakdown = None if event is None else self._breakdown_error(event, request)
+        if breakdown is not None:
+            self._fail(request, breakdown, retry=False)
             return _Ended.KILL
         if self._exit_code is not None:
             self._fail(request, self._crash_error(request, "exited", partial), retry=not internal)
@@ -1229,39 +1235,55 @@ class Instance:
         async with self._write_lock:
             await handle.send(data)
 
-    def _clear_stray(self, frames: Channel[_Event]) -> _Ended | None:
+    def _clear_stray(self, frames: Channel[_Event]) -> InstanceCrashedError | None:
         """Drop what the tool printed while idle (stray prompts, notices): it belongs to no
-        prompt. Returns how the process must end if it broke down meanwhile."""
+        prompt. Returns why the process must be restarted if it broke down meanwhile."""
         framer = self._framer
         assert framer is not None
         stray_frames = 0
-        ended: _Ended | None = None
+        error: InstanceCrashedError | None = None
         while True:
             try:
                 stray = frames.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream):
                 break
             stray_frames += stray is not _WAKE
-            ended = ended or self._idle_breakdown(stray)
-        if ended is None and (stray_frames or framer.buffered_bytes):
+            error = error or self._idle_breakdown(stray)
+        if error is None and (stray_frames or framer.buffered_bytes):
             self._plog.debug(
                 "unsolicited_output", frames=stray_frames, text=framer.partial()[-200:]
             )
             framer.discard()
-        return ended
+        return error
 
-    def _idle_breakdown(self, event: _Event) -> _Ended | None:
+    def _idle_breakdown(self, event: _Event) -> InstanceCrashedError | None:
         """What *event*, seen while no prompt of ours was in flight, means for the process.
 
         A flood past the reply cap, or more unanswerable questions than allowed, leaves the
-        framer unusable: the process is restarted, and no prompt is charged with it.
+        framer unusable: the process must be restarted, and no prompt is charged with it.
         """
+        error = self._breakdown_error(event, None)
         if isinstance(event, _Overflow):
             self._plog.warning("output_overflow_while_idle", size=event.size)
-            return _Ended.KILL
-        if isinstance(event, _TooManyQuestions):
+        elif isinstance(event, _TooManyQuestions):
             self._plog.warning("auto_answers_exhausted_while_idle", pattern=event.pattern)
-            return _Ended.KILL
+        return error
+
+    def _breakdown_error(
+        self, event: _Event, request: Request | None
+    ) -> ReplyTooLargeError | AutoAnswerLimitError | None:
+        """The error for *event* if it means the framer gave up (see _break_down)."""
+        if isinstance(event, _Overflow):
+            return ReplyTooLargeError(
+                f"instance {self.index} printed more than {self.spec.max_reply_bytes} bytes "
+                f"without a ready prompt; restarting it",
+                instance=self.index,
+                exit_code=None,
+                partial_output=event.partial[-65536:],
+                prompt=None if request is None else request.prompt,
+            )
+        if isinstance(event, _TooManyQuestions):
+            return self._question_loop(event, request)
         return None
 
     def _replacement_due(self) -> bool:

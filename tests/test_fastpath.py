@@ -162,6 +162,29 @@ async def test_a_flood_while_idle_restarts_the_instance_and_charges_no_prompt(
     assert (metrics.completed, metrics.failed, metrics.restarts) == (2, 0, 1)
 
 
+async def test_a_flood_in_an_idle_lease_loses_the_lease_at_once(cluster_factory) -> None:
+    spec = aimcluster.ToolSpec(
+        name="flood-on-signal",
+        argv=[sys.executable, "-u", "-c", FLOOD_ON_SIGNAL],
+        ready="> ",
+        max_reply_bytes=65_536,
+    )
+    cluster = await cluster_factory(spec, restart=aimcluster.RestartPolicy(initial_delay=0.01))
+    async with cluster.lease() as session:
+        assert (await session.send("first")).text == "ok"
+        pid = cluster.pids[0]
+        assert pid is not None
+        os.kill(pid, signal.SIGUSR1)
+        # Restarted while the lease waits for its next prompt, not when that prompt comes.
+        await cluster.wait_for(lambda m: m.restarts == 1, timeout=10)
+        # What the lease built up went with the process: it stays lost, and says why.
+        with pytest.raises(aimcluster.ReplyTooLargeError, match="more than 65536 bytes"):
+            await session.send("second")
+    assert (await cluster.send("again")).text == "ok"
+    metrics = cluster.metrics()
+    assert (metrics.completed, metrics.failed) == (2, 0)
+
+
 async def test_a_lease_prompt_withdrawn_at_once_leaves_the_lease_working(cluster_factory) -> None:
     cluster = await cluster_factory("mock")
     async with cluster.lease() as session:
