@@ -272,6 +272,7 @@ async def test_prompts_waiting_in_a_lost_lease_fail_too(cluster_factory) -> None
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(send, "/hang")
+                await anyio.wait_all_tasks_blocked()
                 # Waits in the lease behind the hung prompt: it must fail with it, not wait
                 # forever.
                 tg.start_soon(send, "/ls")
