@@ -1019,7 +1019,7 @@ class Instance:
             return await self._exchange_oneshot(request, internal=internal)
         error = self._clear_stray(frames)
         if error is not None:
-            # The prompt was not sent: it goes to the next instance free (this one restarts).
+            # The prompt was not sent, and this process is done for.
             self._not_sent(request, error, internal=internal)
             return _Ended.KILL
         if self._expired_in_queue(request):
@@ -1033,7 +1033,7 @@ class Instance:
             except anyio.BrokenResourceError:
                 await self._wait_exited()
         if not delivered:
-            # The process was gone before it could read the prompt: not lost, requeued.
+            # The process was gone before it could read the prompt.
             self._not_sent(request, self._crash_error(request, "exited"), internal=internal)
             return _Ended.EXITED
 
@@ -1043,8 +1043,9 @@ class Instance:
         )
 
     def _not_sent(self, request: Request, error: InstanceCrashedError, *, internal: bool) -> None:
-        """*request* could not be written, because the process is going: requeue it, unless it
-        is a probe or a lease's (those are for this process only, and fail with *error*)."""
+        """*request* could not be written, because the process is going: it is not lost, but
+        requeued for the next instance free. A probe or a lease's prompt is for this process
+        only: it fails with *error*."""
         if internal or self._leased:
             request.resolve(error)
         else:
