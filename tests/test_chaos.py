@@ -29,6 +29,9 @@ from aimcluster.testing import chaos_monkey
 from .conftest import wait_gone
 
 CHAOS_POLICY = aimcluster.RestartPolicy(initial_delay=0.01, max_delay=0.1, max_restarts=10_000)
+# Without jitter, which draws from the global `random`: Hypothesis, drawing on the test's
+# thread, must not see it used under its feet by the event loop's thread.
+MACHINE_POLICY = attrs.evolve(CHAOS_POLICY, jitter=0)
 
 
 @pytest.mark.anyio
@@ -75,7 +78,8 @@ def test_state_machine(backend: str) -> None:
 
 class ClusterMachine(RuleBasedStateMachine):
     """A real cluster of mock agents, driven from a blocking portal so that Hypothesis
-    (synchronous) can run async rules on either backend."""
+    (synchronous) can run async rules on either backend. The cluster lives on the portal's
+    thread: everything that touches it goes through the portal."""
 
     backend = "asyncio"
 
@@ -95,25 +99,32 @@ class ClusterMachine(RuleBasedStateMachine):
                 # A short grace: /hang instances ignore the exit command at teardown.
                 attrs.evolve(tools.mock(), shutdown_grace=0.2),
                 count=2,
-                restart=CHAOS_POLICY,
+                restart=MACHINE_POLICY,
             )
         )
         self.cluster = self.cluster_cm.__enter__()
         self._note_pids()
 
+    def _pids(self) -> list[int | None]:
+        return self.portal.call(lambda: self.cluster.pids)
+
     def _note_pids(self) -> None:
-        self.pids.update(pid for pid in self.cluster.pids if pid is not None)
+        self.pids.update(pid for pid in self._pids() if pid is not None)
 
     def _submit(self, prompt: str, kind: str, **options: Any) -> None:
-        ticket = self.portal.call(lambda: self.cluster.submit(prompt, **options))
         n = len(self.tickets)
         self.resolutions[n] = 0
 
-        def count(_request: object, n: int = n) -> None:
+        def count(_request: object) -> None:
             self.resolutions[n] += 1
 
-        ticket._request.add_done_callback(count)
-        self.tickets.append((ticket, prompt, kind))
+        async def submit() -> Any:
+            # Watched from the moment it exists, before the loop can resolve it.
+            ticket = await self.cluster.submit(prompt, **options)
+            ticket._request.add_done_callback(count)
+            return ticket
+
+        self.tickets.append((self.portal.call(submit), prompt, kind))
 
     @rule(n=st.integers(0, 10_000))
     def submit(self, n: int) -> None:
@@ -131,11 +142,11 @@ class ClusterMachine(RuleBasedStateMachine):
     def cancel(self, data: st.DataObject) -> None:
         if self.tickets:
             ticket, _, _ = data.draw(st.sampled_from(self.tickets))
-            ticket.cancel()
+            self.portal.call(ticket.cancel)
 
     @rule(i=st.integers(0, 3))
     def kill(self, i: int) -> None:
-        pids = self.cluster.pids
+        pids = self._pids()
         if i < len(pids) and pids[i] is not None:
             self.pids.add(pids[i])
             try:
@@ -151,7 +162,7 @@ class ClusterMachine(RuleBasedStateMachine):
 
     @rule(i=st.integers(0, 2))
     def restart(self, i: int) -> None:
-        if i < self.cluster.size:
+        if i < self.portal.call(lambda: self.cluster.size):
             self._note_pids()
             self.portal.call(lambda: self.cluster.restart(i, timeout=10))
             self._note_pids()
@@ -160,7 +171,7 @@ class ClusterMachine(RuleBasedStateMachine):
     def metrics_add_up(self) -> None:
         if self.cluster_cm is None:
             return
-        metrics = self.cluster.metrics()
+        metrics = self.portal.call(self.cluster.metrics)
         for m in metrics.instances:
             assert m.sent == m.completed + m.failed + m.in_flight, m
         assert metrics.sent == sum(m.sent for m in metrics.instances)
