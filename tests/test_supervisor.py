@@ -3,11 +3,14 @@ quarantine."""
 
 from __future__ import annotations
 
+import logging
 import sys
+from typing import NoReturn
 
 import anyio
 import attrs
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 import aimcluster
@@ -40,11 +43,25 @@ async def test_failing_probe_restarts_an_idle_instance(cluster_factory) -> None:
 async def test_passing_probe_keeps_the_instance(cluster_factory) -> None:
     probe = aimcluster.Probe(command="/echo pong", expect="^pong$", interval=0.05, timeout=1)
     spec = attrs.evolve(tools.mock(), probe=probe)
-    cluster = await cluster_factory(spec, restart=FAST_RESTART)
-    with capture_logs() as logs:
-        with anyio.move_on_after(0.5):
-            await cluster.wait_for(lambda m: m.instances[0].restarts > 0)
-    assert sum(e["event"] == "probe_passed" for e in logs) >= 3
+    passed = 0
+    three_passed = anyio.Event()
+
+    def count_passes(_logger: object, _method: str, event: dict[str, object]) -> NoReturn:
+        nonlocal passed
+        if event["event"] == "probe_passed":
+            passed += 1
+            if passed == 3:
+                three_passed.set()
+        raise structlog.DropEvent
+
+    logger = structlog.wrap_logger(
+        None,
+        processors=[count_passes],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+    )
+    cluster = await cluster_factory(spec, restart=FAST_RESTART, logger=logger)
+    with anyio.fail_after(10):
+        await three_passed.wait()
     assert cluster.metrics().instances[0].restarts == 0
     assert (await cluster.send("hi")).text == "echo: hi"
 
@@ -154,7 +171,7 @@ async def test_scale_rejects_bad_sizes(cluster_factory) -> None:
 
 
 async def test_quarantined_instance_comes_back_with_a_fresh_budget(cluster_factory) -> None:
-    policy = aimcluster.RestartPolicy(initial_delay=0.01, max_restarts=1, window=60, quarantine=0.3)
+    policy = aimcluster.RestartPolicy(initial_delay=0.01, max_restarts=1, window=60, quarantine=2)
     cluster = await cluster_factory("mock", count=1, restart=policy)
     for _ in range(2):
         with pytest.raises(aimcluster.InstanceCrashedError):
