@@ -279,7 +279,7 @@ async def test_oneshot_substitutes_the_prompt_as_one_argument_and_closes_stdin(
 async def test_oneshot_timeout_kills_the_process_and_the_slot_carries_on(tmp_path: Path) -> None:
     async with aimcluster.launch_cluster(script_spec(tmp_path), count=1) as cluster:
         with pytest.raises(aimcluster.ReplyTimeoutError) as caught:
-            await cluster.send("hang", timeout=1)
+            await cluster.send("hang", timeout=3)
         pid = int(caught.value.partial_output.split()[1])
         assert wait_gone([pid]) == []
         reply = await cluster.send("ok", timeout=20)

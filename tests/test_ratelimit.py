@@ -58,17 +58,18 @@ def claude(**env: str) -> aimcluster.ToolSpec:
 
 @pytest.mark.anyio
 async def test_claude_rate_limit_pauses_and_sends_the_prompt_again() -> None:
+    spec = attrs.evolve(claude(STANDIN_RATE_LIMIT="1"), rate_limit_backoff=1)
     with structlog.testing.capture_logs() as logs:
-        async with aimcluster.launch_cluster(claude(STANDIN_RATE_LIMIT="1"), count=1) as cluster:
+        async with aimcluster.launch_cluster(spec, count=1) as cluster:
             reply = await cluster.send("hi", timeout=20)
             metrics = cluster.metrics()
     assert reply.text == "echo: hi"
     assert reply.attempts == 2
-    assert reply.elapsed < 0.3  # the second attempt's own time
+    assert reply.elapsed < 1  # the second attempt's own time, without the pause
     assert (metrics.rate_limited, metrics.failed, metrics.completed) == (1, 0, 1)
     (event,) = [e for e in logs if e["event"] == "rate_limited"]
     assert event["match"] == "Rate limit"
-    assert 0.15 <= event["pause"] <= 0.3
+    assert 0.5 <= event["pause"] <= 1  # the backoff, with jitter
     assert event["instance"] == 0
 
 
