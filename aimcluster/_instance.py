@@ -68,7 +68,8 @@ async def _wait_all(events: Iterable[anyio.Event], *, timeout: float) -> None:
             await event.wait()
 
 
-# Frames a tool may print while nobody asked (stray prompts) before its reader blocks.
+# Events the reader may queue for the instance's task. Frames a tool prints while nobody
+# asked (stray prompts) are dropped past that.
 _FRAME_BUFFER = 16
 _LATENCY_SAMPLES = 1024
 
@@ -166,6 +167,11 @@ class Instance:
     _handle: ProcessHandle | None = attrs.field(init=False, default=None)
     _framer: Framer | JsonlFramer | None = attrs.field(init=False, default=None)
     _exit_code: int | None = attrs.field(init=False, default=None)
+    #: Set by the reader when the framer gave up while no prompt was in flight (see
+    #: _break_down): the process must be restarted before anything else is written to it.
+    _broken: ReplyTooLargeError | AutoAnswerLimitError | None = attrs.field(
+        init=False, default=None
+    )
     _wait_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
     #: Set while a lease holds the instance: its prompts are never requeued, as they need the
     #: state built up in this process. The scope is its wait for the next prompt.
@@ -562,6 +568,7 @@ class Instance:
         self._handle = handle
         self._framer = self._new_framer()
         self._exit_code = None
+        self._broken = None
         self._unsent = b""
         self._resend = None
         self._write_lock = anyio.Lock(fast_acquire=True)  # no pass of the loop when free
@@ -624,8 +631,8 @@ class Instance:
         frames: Channel[_Event],
         eof: anyio.Event,
     ) -> None:
-        """The reader: output -> framer -> frame queue. Never blocks on the consumer unless a
-        tool prints stray prompts faster than we serve it."""
+        """The reader: output -> framer -> frame queue. Waits for the consumer only with the
+        queue full and a reply or a breakdown to hand over; stray frames are dropped then."""
         framer = self._framer
         assert framer is not None
         stall = self.spec.stall_timeout
@@ -706,21 +713,44 @@ class Instance:
     async def _break_down(
         self, frames: Channel[_Event], event: _Overflow | _TooManyQuestions
     ) -> None:
-        """Tell the task that the framer gave up (see _idle_breakdown). With no prompt in
-        flight the task may be waiting for work, or for a lease's next prompt, rather than on
-        the frame queue: wake it."""
-        await frames.send(event)
-        if self._current is None:
+        """The framer gave up: a flood past the reply cap, or more questions than allowed.
+
+        With a prompt in flight, that prompt fails (see _await_reply). With none, no prompt
+        is to blame, and the process is restarted at once: ``_broken`` says so before this
+        waits for room in the frame queue, and the task is woken wherever it waits.
+        """
+        if self._current is None and self._broken is None:
+            self._broken = self._breakdown_error(event, None)
+            if isinstance(event, _Overflow):
+                self._plog.warning("output_overflow_while_idle", size=event.size)
+            else:
+                self._plog.warning("auto_answers_exhausted_while_idle", pattern=event.pattern)
+            # For work, for a lease's next prompt, or parked on the frame queue (the
+            # dispatcher wakes it with _WAKE). If it waits elsewhere (writing a prompt, say),
+            # the interrupt stays pending for this slot's next get, which then returns None
+            # once: harmless, as the exit watcher's.
             self.dispatcher.interrupt(self.index)
             if self._lease_wait is not None:
                 self._lease_wait.cancel()
+        # Also through the queue, for a task waiting on it for a reply.
+        await frames.send(event)
 
     async def _hand_over(self, frames: Channel[_Event], done: list[Frame]) -> None:
+        if self._broken is not None:
+            return  # whatever it prints now is garbage, until the process is replaced
         for frame in done:
-            if self._current is not None:
-                self._complete(frame)
-                if self._pipeline and frame is done[-1] and self._carry_on(frames):
-                    continue  # the task does not need to wake
+            if self._current is None:
+                # A stray: no prompt asked for it. With the queue full, drop it rather than
+                # stop reading: a reader blocked here would leave the rest of the tool's
+                # chatter in the pipe, to be taken for the next prompt's reply.
+                try:
+                    frames.send_nowait(frame)
+                except anyio.WouldBlock:
+                    self._plog.debug("unsolicited_output_dropped", text=frame.text[-200:])
+                continue
+            self._complete(frame)
+            if self._pipeline and frame is done[-1] and self._carry_on(frames):
+                continue  # the task does not need to wake
             # The instance's task learns from the queue that the exchange is over.
             # Hand over without a checkpoint when there is room.
             try:
@@ -865,6 +895,8 @@ class Instance:
             due = self._due()
             if due is not None:
                 return due
+            if self._broken is not None:
+                return _Ended.KILL
             item = None
             wake_at = min(self._next_probe_at, self._recycle_at)
             if wake_at == math.inf:
@@ -880,10 +912,8 @@ class Instance:
                     item = await self.dispatcher.get(self.index)
             if item is None:
                 # Woken without work: the process exited, a restart or retire was asked for,
-                # it is time to recycle (all checked at the top), time for a probe, or the
-                # tool broke down while idle (_break_down).
-                if handle is not None and self._clear_stray(frames) is not None:
-                    return _Ended.KILL
+                # it is time to recycle, the tool broke down (all checked at the top), or it
+                # is time for a probe.
                 if self._exit_code is None and self.clock() >= self._next_probe_at:
                     ended = await self._probe(handle, frames)
                     if ended is not None:
@@ -957,7 +987,7 @@ class Instance:
         try:
             while True:
                 request = None
-                if self._exit_code is None:
+                if self._exit_code is None and self._broken is None:
                     with anyio.CancelScope() as scope:
                         self._wait_scope = self._lease_wait = scope
                         request = await lease.next()
@@ -965,10 +995,9 @@ class Instance:
                     if request is None and not scope.cancelled_caught:
                         return None  # released: back to the pool
                 if request is None:
-                    # Woken by the exit watcher, or by the reader (the tool broke down).
-                    error = None if handle is None else self._clear_stray(frames)
-                    if error is not None:
-                        lease.lose(error)
+                    # Woken by the exit watcher, or by the reader: the tool broke down.
+                    if self._broken is not None:
+                        lease.lose(self._broken)
                         return _Ended.KILL
                     lease.lose(self._crash_error(None, "exited while leased"))
                     return _Ended.EXITED
@@ -1049,6 +1078,7 @@ class Instance:
         if internal or self._leased:
             request.resolve(error)
         else:
+            request.state = RequestState.QUEUED  # it may have been booked as sent
             self.requeue(request)
 
     async def _await_reply(
@@ -1105,7 +1135,7 @@ class Instance:
         if self._current is None and event is not _WAKE and not isinstance(event, Frame):
             # Every prompt of ours is answered (the reader completed them and parked the
             # instance): what woke us happened while it was idle, and no prompt is charged.
-            if event is not None and self._idle_breakdown(event) is not None:
+            if self._broken is not None:
                 return _Ended.KILL
             if self._exit_code is not None:
                 return _Ended.EXITED
@@ -1130,6 +1160,10 @@ class Instance:
 
         self.failed += counted
         partial = framer.partial()
+        if self._broken is not None:
+            # It broke down before the prompt was all written: the prompt is not to blame.
+            self._not_sent(request, self._broken, internal=internal)
+            return _Ended.KILL
         breakdown = None if event is None else self._breakdown_error(event, request)
         if breakdown is not None:
             self._fail(request, breakdown, retry=False)
@@ -1182,6 +1216,7 @@ class Instance:
             or self._current is not None
             or self._resend is not None
             or self._exit_code is not None
+            or self._broken is not None
             or self._frames is None
             or self._frames.pending
             or self.spec.stall_timeout is not None
@@ -1242,38 +1277,24 @@ class Instance:
         framer = self._framer
         assert framer is not None
         stray_frames = 0
-        error: InstanceCrashedError | None = None
         while True:
             try:
                 stray = frames.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream):
                 break
-            stray_frames += stray is not _WAKE
-            error = error or self._idle_breakdown(stray)
-        if error is None and (stray_frames or framer.buffered_bytes):
+            stray_frames += isinstance(stray, Frame)
+        if self._broken is None and (stray_frames or framer.buffered_bytes):
             self._plog.debug(
                 "unsolicited_output", frames=stray_frames, text=framer.partial()[-200:]
             )
             framer.discard()
-        return error
-
-    def _idle_breakdown(self, event: _Event) -> InstanceCrashedError | None:
-        """What *event*, seen while no prompt of ours was in flight, means for the process.
-
-        A flood past the reply cap, or more unanswerable questions than allowed, leaves the
-        framer unusable: the process must be restarted, and no prompt is charged with it.
-        """
-        error = self._breakdown_error(event, None)
-        if isinstance(event, _Overflow):
-            self._plog.warning("output_overflow_while_idle", size=event.size)
-        elif isinstance(event, _TooManyQuestions):
-            self._plog.warning("auto_answers_exhausted_while_idle", pattern=event.pattern)
-        return error
+        return self._broken
 
     def _breakdown_error(
         self, event: _Event, request: Request | None
     ) -> ReplyTooLargeError | AutoAnswerLimitError | None:
-        """The error for *event* if it means the framer gave up (see _break_down)."""
+        """The error for *event* if it means the framer gave up (see _break_down): the
+        process must be restarted."""
         if isinstance(event, _Overflow):
             return ReplyTooLargeError(
                 f"instance {self.index} printed more than {self.spec.max_reply_bytes} bytes "

@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import attrs
@@ -125,31 +128,77 @@ async def test_an_instance_dying_while_parked_is_restarted_and_serves(cluster_fa
     assert (await cluster.send("second")).text == "echo: second"
 
 
-# Answers "ok". On SIGUSR1 (sent while it is idle) it floods 200 kB without a prompt.
-FLOOD_ON_SIGNAL = (
-    "import os, signal, sys\n"
-    "signal.signal(signal.SIGUSR1, lambda *_: os.write(1, b'y' * 200_000))\n"
-    "sys.stdout.write('> '); sys.stdout.flush()\n"
-    "for line in sys.stdin:\n"
-    "    sys.stdout.write('ok\\n> '); sys.stdout.flush()\n"
-)
+def on_signal_tool(
+    *,
+    strays: int = 0,
+    flood: bool = True,
+    pause: float = 0,
+    started: Path | None = None,
+    finished: Path | None = None,
+) -> aimcluster.ToolSpec:
+    """A tool that answers "ok". On SIGUSR1 (sent while it is idle) it writes a byte to the
+    FIFO *started*, waits *pause* s, prints *strays* stray prompts ("note"), then, with
+    *flood*, 200 kB without a prompt (more than its 64 KiB reply cap), then writes a byte to
+    the FIFO *finished*."""
+    source = (
+        "import os, signal, sys, time\n"
+        "def tell(fifo):\n"
+        "    if fifo != 'None':\n"
+        "        with open(fifo, 'wb') as f:\n"
+        "            f.write(b'1')\n"
+        "def on_signal(*_):\n"
+        f"    tell({str(started)!r})\n"
+        f"    time.sleep({pause})\n"
+        f"    for _ in range({strays}):\n"
+        "        os.write(1, b'note\\n> ')\n"
+        "        time.sleep(0.01)\n"
+        f"    os.write(1, b'y' * {200_000 if flood else 0})\n"
+        f"    tell({str(finished)!r})\n"
+        "signal.signal(signal.SIGUSR1, on_signal)\n"
+        "sys.stdout.write('> '); sys.stdout.flush()\n"
+        "for line in sys.stdin:\n"
+        "    sys.stdout.write('ok\\n> '); sys.stdout.flush()\n"
+    )
+    return aimcluster.ToolSpec(
+        name="on-signal",
+        argv=[sys.executable, "-u", "-c", source],
+        ready="> ",
+        max_reply_bytes=65_536,
+    )
 
 
+@asynccontextmanager
+async def signalled(cluster: aimcluster.Cluster, told: Path) -> AsyncIterator[None]:
+    """Send SIGUSR1 to instance 0, an on_signal_tool, and wait until its handler writes to
+    the FIFO *told* (its *started* or *finished*)."""
+    os.mkfifo(told)
+    # Opened before the signal, so that the tool's open() finds a reader.
+    fifo = os.open(told, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        pid = cluster.pids[0]
+        assert pid is not None
+        os.kill(pid, signal.SIGUSR1)
+        with anyio.fail_after(10):
+            await anyio.wait_readable(fifo)
+        yield
+    finally:
+        os.close(fifo)
+
+
+FAST_RESTART = aimcluster.RestartPolicy(initial_delay=0.01)
+
+
+@pytest.mark.parametrize("strays", [0, 20])
 @pytest.mark.parametrize("timeout", [None, 30.0], ids=["plain", "deadline"])
 async def test_a_flood_while_idle_restarts_the_instance_and_charges_no_prompt(
-    cluster_factory, timeout: float | None
+    cluster_factory, timeout: float | None, strays: int
 ) -> None:
     # After a plain prompt the reader mostly parks the instance with its task still waiting
     # on the frame queue; after one with a deadline the task is back waiting for work. The
     # flood restarts the instance at once either way, without waiting for the next prompt,
-    # and no prompt is in flight to charge with it.
-    spec = aimcluster.ToolSpec(
-        name="flood-on-signal",
-        argv=[sys.executable, "-u", "-c", FLOOD_ON_SIGNAL],
-        ready="> ",
-        max_reply_bytes=65_536,
-    )
-    cluster = await cluster_factory(spec, restart=aimcluster.RestartPolicy(initial_delay=0.01))
+    # and no prompt is in flight to charge with it. 20 stray prompts first fill the frame
+    # queue, which nobody reads while the instance is idle.
+    cluster = await cluster_factory(on_signal_tool(strays=strays), restart=FAST_RESTART)
     assert (await cluster.send("first", timeout=timeout)).text == "ok"
     pid = cluster.pids[0]
     assert pid is not None
@@ -162,14 +211,40 @@ async def test_a_flood_while_idle_restarts_the_instance_and_charges_no_prompt(
     assert (metrics.completed, metrics.failed, metrics.restarts) == (2, 0, 1)
 
 
-async def test_a_flood_in_an_idle_lease_loses_the_lease_at_once(cluster_factory) -> None:
-    spec = aimcluster.ToolSpec(
-        name="flood-on-signal",
-        argv=[sys.executable, "-u", "-c", FLOOD_ON_SIGNAL],
-        ready="> ",
-        max_reply_bytes=65_536,
+async def test_stray_prompts_past_the_queue_are_not_taken_for_the_next_reply(
+    cluster_factory, tmp_path
+) -> None:
+    spec = on_signal_tool(strays=20, flood=False, finished=tmp_path / "done")
+    cluster = await cluster_factory(spec)
+    assert (await cluster.send("first", timeout=30)).text == "ok"
+    async with signalled(cluster, tmp_path / "done"):
+        pass
+    # Past the 16 the queue holds, the reader drops them and reads on, rather than wait and
+    # leave the rest in the pipe to answer the next prompt.
+    await anyio.wait_all_tasks_blocked()
+    assert (await cluster.send("again", timeout=30)).text == "ok"
+    assert cluster.metrics().restarts == 0
+
+
+async def test_a_flood_while_a_prompt_is_written_requeues_the_prompt(
+    cluster_factory, tmp_path
+) -> None:
+    # The tool floods while the task waits to write the rest of a long prompt: the flood is
+    # not the prompt's doing, so it is not failed for it but goes again, to the fresh process.
+    cluster = await cluster_factory(
+        on_signal_tool(started=tmp_path / "s", pause=0.5), restart=FAST_RESTART
     )
-    cluster = await cluster_factory(spec, restart=aimcluster.RestartPolicy(initial_delay=0.01))
+    assert (await cluster.send("first", timeout=30)).text == "ok"
+    async with signalled(cluster, tmp_path / "s"):
+        # The handler does not read stdin, so 300 kB cannot all be written before the flood.
+        reply = await cluster.send("p" * 300_000, timeout=30)
+    assert reply.text == "ok"
+    metrics = cluster.metrics()
+    assert (metrics.completed, metrics.restarts) == (2, 1)
+
+
+async def test_a_flood_in_an_idle_lease_loses_the_lease_at_once(cluster_factory) -> None:
+    cluster = await cluster_factory(on_signal_tool(), restart=FAST_RESTART)
     async with cluster.lease() as session:
         assert (await session.send("first")).text == "ok"
         pid = cluster.pids[0]
