@@ -1077,7 +1077,7 @@ class Instance:
         only: it fails with *error*."""
         if internal or self._leased:
             request.resolve(error)
-        else:
+        elif not request.done:  # not withdrawn meanwhile
             request.state = RequestState.QUEUED  # it may have been booked as sent
             self.requeue(request)
 
