@@ -871,7 +871,7 @@ class Instance:
             )
             output = event.partial
         elif isinstance(event, _TooManyQuestions):
-            message = str(self._question_loop(event, None))
+            message = str(self._breakdown_error(event, None))
             output = event.partial
         elif self._exit_code is not None:
             message = (
@@ -1305,7 +1305,15 @@ class Instance:
                 prompt=None if request is None else request.prompt,
             )
         if isinstance(event, _TooManyQuestions):
-            return self._question_loop(event, request)
+            return AutoAnswerLimitError(
+                f"instance {self.index} ({self.spec.name}) asked more than "
+                f"{self.spec.max_auto_answers} questions matching {event.pattern!r}; "
+                f"restarting it",
+                instance=self.index,
+                exit_code=None,
+                partial_output=event.partial[-65536:],
+                prompt=None if request is None else request.prompt,
+            )
         return None
 
     def _replacement_due(self) -> bool:
@@ -1434,18 +1442,6 @@ class Instance:
             if self._exit_code is None:
                 await anyio.sleep_forever()
         self._wait_scope = None
-
-    def _question_loop(
-        self, event: _TooManyQuestions, request: Request | None
-    ) -> AutoAnswerLimitError:
-        return AutoAnswerLimitError(
-            f"instance {self.index} ({self.spec.name}) asked more than "
-            f"{self.spec.max_auto_answers} questions matching {event.pattern!r}; restarting it",
-            instance=self.index,
-            exit_code=None,
-            partial_output=event.partial[-65536:],
-            prompt=None if request is None else request.prompt,
-        )
 
     def _crash_error(
         self, request: Request | None, what: str, partial: str = ""
