@@ -1295,26 +1295,25 @@ class Instance:
     ) -> ReplyTooLargeError | AutoAnswerLimitError | None:
         """The error for *event* if it means the framer gave up (see _break_down): the
         process must be restarted."""
+        error: type[ReplyTooLargeError | AutoAnswerLimitError]
         if isinstance(event, _Overflow):
-            return ReplyTooLargeError(
-                f"instance {self.index} printed more than {self.spec.max_reply_bytes} bytes "
-                f"without a ready prompt; restarting it",
-                instance=self.index,
-                exit_code=None,
-                partial_output=event.partial[-65536:],
-                prompt=None if request is None else request.prompt,
+            error = ReplyTooLargeError
+            what = f"printed more than {self.spec.max_reply_bytes} bytes without a ready prompt"
+        elif isinstance(event, _TooManyQuestions):
+            error = AutoAnswerLimitError
+            what = (
+                f"({self.spec.name}) asked more than {self.spec.max_auto_answers} questions "
+                f"matching {event.pattern!r}"
             )
-        if isinstance(event, _TooManyQuestions):
-            return AutoAnswerLimitError(
-                f"instance {self.index} ({self.spec.name}) asked more than "
-                f"{self.spec.max_auto_answers} questions matching {event.pattern!r}; "
-                f"restarting it",
-                instance=self.index,
-                exit_code=None,
-                partial_output=event.partial[-65536:],
-                prompt=None if request is None else request.prompt,
-            )
-        return None
+        else:
+            return None
+        return error(
+            f"instance {self.index} {what}; restarting it",
+            instance=self.index,
+            exit_code=None,
+            partial_output=event.partial[-65536:],
+            prompt=None if request is None else request.prompt,
+        )
 
     def _replacement_due(self) -> bool:
         """Whether the task has something to do before the next prompt (see _due)."""
