@@ -80,8 +80,9 @@ class JobResult:
 
     #: The job.
     job: Job
-    #: ``ok`` (every step got a reply), ``failed`` (a step failed, retries spent) or
-    #: ``cancelled`` (stopped by :meth:`JobRun.stop` after its grace period).
+    #: ``ok`` (every step got a reply), ``failed`` (a step failed, retries spent, or was
+    #: refused with a ``ValueError``, never retried) or ``cancelled`` (stopped by
+    #: :meth:`JobRun.stop` after its grace period).
     status: JobStatus
     #: The instance that ran the last attempt (``None`` if no instance was ever granted).
     instance: int | None
@@ -310,7 +311,7 @@ class JobRun:
         attempt = _Attempt()
         started_at = time.time()
         start = anyio.current_time()
-        error: AimclusterError | None = None
+        error: Exception | None = None
         try:
             with scope:
                 error = await self._attempts(node.job, attempt)
@@ -337,7 +338,7 @@ class JobRun:
         finally:
             self._finish(node)
 
-    async def _attempts(self, job: Job, attempt: _Attempt) -> AimclusterError | None:
+    async def _attempts(self, job: Job, attempt: _Attempt) -> Exception | None:
         """Run *job* until it succeeds or its retries are spent; return the last error."""
         error: AimclusterError | None = None
         for number in range(1, self._retries + 2):
@@ -345,6 +346,11 @@ class JobRun:
             try:
                 await self._attempt(job, attempt)
             except _FATAL as exc:
+                return exc
+            except ValueError as exc:
+                # A step the tool cannot take (a character its encoding lacks, a newline it
+                # cannot read as one prompt) was refused before a byte was written: this job
+                # fails, the others run, and trying again would be refused the same way.
                 return exc
             except AimclusterError as exc:
                 error = exc
@@ -379,7 +385,8 @@ def run_jobs(
     Each job holds one instance (:meth:`Cluster.lease`) while it sends its steps in order.
     Jobs that share a resource run one after another in submission order; the others run
     concurrently, at most *concurrency* (default: the cluster's size) at a time. A failed job
-    does not stop the others or the jobs queued behind it on its resources.
+    does not stop the others or the jobs queued behind it on its resources. A step the tool
+    cannot take (``send`` raises ``ValueError``) fails its job, with that error, at once.
 
     ::
 

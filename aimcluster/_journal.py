@@ -216,8 +216,21 @@ class Journal:
         The write runs in a worker thread (``fsync`` can take milliseconds) and is not
         interrupted by cancellation, so a record is never half-written by us.
         """
-        line = json.dumps(record_of(result, run=self.run), ensure_ascii=False) + "\n"
+        line = _json_line(record_of(result, run=self.run))
         if self._lock is None:
             self._lock = anyio.Lock()
         async with self._lock:
-            await anyio.to_thread.run_sync(self._write, line.encode())
+            await anyio.to_thread.run_sync(self._write, line)
+
+
+def _json_line(record: dict[str, Any]) -> bytes:
+    """*record* as one line of UTF-8 JSON, readable where it can be and exact always.
+
+    Non-ASCII text is written as itself, except in a record that holds a lone surrogate (a
+    file name that is not UTF-8, as ``os.fsdecode`` keeps it): UTF-8 cannot encode one, so that
+    record is written with ``\\u`` escapes, which read back to the very same name.
+    """
+    try:
+        return (json.dumps(record, ensure_ascii=False) + "\n").encode()
+    except UnicodeEncodeError:
+        return (json.dumps(record) + "\n").encode()
