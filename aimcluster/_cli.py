@@ -5,7 +5,11 @@ journal, progress and a summary.
 
 Exit codes: 0 every item succeeded (or was already done); 1 some item failed, or an instance
 did not start; 2 bad usage or input (one line on stderr, never a traceback); 128 + N stopped by
-signal N, after a graceful stop with its summary (130 for Ctrl-C, 143 for SIGTERM).
+signal N, after a graceful stop with its summary (130 for Ctrl-C, 143 for SIGTERM, 129 for
+SIGHUP: a closed terminal).
+
+Everything printed that comes from outside (item and file names, paths, tool names, tool
+output, error messages) goes through :func:`shown`, and reaches rich as text, never as markup.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from ._progress import Display, LiveDisplay, NullDisplay, PlainDisplay, Tracker
 from ._report import render_summary, seconds
 from ._routing import ROUTINGS
 from ._spec import ToolSpec
+from ._terminal import shown
 from ._toolref import resolve_tool
 from ._transport import LocalTransport
 
@@ -105,7 +110,7 @@ class _Group(click.Group):
             if isinstance(exc, click.UsageError) and not isinstance(exc, UserError):
                 command = exc.ctx.command_path if exc.ctx is not None else "aimcluster"
                 message += f" (see '{command} --help')"
-            click.echo(f"aimcluster: error: {message}", err=True)
+            click.echo(f"aimcluster: error: {shown(message)}", err=True)
             sys.exit(exc.exit_code)
         except click.Abort:
             click.echo("aimcluster: interrupted", err=True)
@@ -115,8 +120,9 @@ class _Group(click.Group):
 
 def _console() -> Console:
     # Lines are never folded at the terminal's width: paths and command lines must stay
-    # copyable as they are.
-    return Console(highlight=False, soft_wrap=True)
+    # copyable as they are. No markup and no :emoji: codes by default: a string printed is
+    # printed as it is (the live display's stderr redirect prints log lines through here too).
+    return Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 class _StderrLogger:
@@ -124,7 +130,8 @@ class _StderrLogger:
     live display swaps it to print above itself)."""
 
     def msg(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        # Events carry tool output and item names: made inert here, for every event at once.
+        print(shown(message, block=True), file=sys.stderr, flush=True)
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
@@ -192,6 +199,7 @@ def _open_journal(stack: contextlib.ExitStack, path: str, run_id: str) -> Journa
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot open the journal {path}: {exc.strerror or exc}")
+    path = shown(path)
     contents = journal.contents
     if contents.bad_lines:
         lines = ", ".join(map(str, contents.bad_lines[:5]))
@@ -211,9 +219,9 @@ def _open_journal(stack: contextlib.ExitStack, path: str, run_id: str) -> Journa
 
 def _startup_failure(exc: StartupError) -> NoReturn:
     head, _, output = str(exc).partition("\n")
-    click.echo(f"aimcluster: error: {head}", err=True)
+    click.echo(f"aimcluster: error: {shown(head)}", err=True)
     if output:
-        click.echo(output, err=True)
+        click.echo(shown(output, block=True), err=True)
     sys.exit(EXIT_FAILED)
 
 
@@ -285,7 +293,7 @@ def _execute(
     except StartupError as exc:
         _startup_failure(exc)
     except OSError as exc:
-        click.echo(f"aimcluster: error: {exc}", err=True)
+        click.echo(f"aimcluster: error: {shown(str(exc))}", err=True)
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         click.echo("aimcluster: interrupted", err=True)
@@ -303,12 +311,15 @@ def _write_report(path: str, outcome: BatchOutcome, extra: dict[str, Any]) -> No
     try:
         Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
-        click.echo(f"aimcluster: error: cannot write the report {path}: {exc}", err=True)
+        click.echo(
+            f"aimcluster: error: cannot write the report {shown(path)}: {shown(str(exc))}",
+            err=True,
+        )
 
 
 @cli.command(
     epilog="Exit codes: 0 all items done, 1 some failed, 2 bad usage or input, "
-    "130 stopped by Ctrl-C (143 by SIGTERM)."
+    "130 stopped by Ctrl-C (143 by SIGTERM, 129 by SIGHUP)."
 )
 @click.argument("paths", nargs=-1, metavar="[FILE|GLOB]...")
 @click.option(
@@ -414,7 +425,7 @@ def _write_report(path: str, outcome: BatchOutcome, extra: dict[str, Any]) -> No
     default=10.0,
     show_default=True,
     metavar="SECONDS",
-    help="On Ctrl-C, how long jobs in flight may take to finish.",
+    help="On Ctrl-C (or SIGTERM, SIGHUP), how long jobs in flight may take to finish.",
 )
 @_progress_option
 @click.pass_context
@@ -479,7 +490,7 @@ def run(
         skipped = len(jobs) - len(todo)
         if not todo:
             console.print(
-                f"Nothing to do: all {len(jobs)} items are already done (journal {journal}; "
+                f"Nothing to do: all {len(jobs)} items are already done (journal {shown(journal)}; "
                 "--fresh runs them again).",
                 markup=False,
             )
@@ -488,8 +499,8 @@ def run(
         title = (
             f"aimcluster run: {_plural(len(todo), 'job')}"
             + (f" ({skipped} already done)" if skipped else "")
-            + f", {spec.name} x {count}"
-            + ("" if writer is None else f", journal {journal}")
+            + f", {shown(spec.name)} x {count}"
+            + ("" if writer is None else f", journal {shown(journal)}")
         )
         try:
             with isolate(isolation, spec, root=root, count=count, run=run_id) as place:
@@ -509,16 +520,17 @@ def run(
                 outcome = _execute(ctx, console, batch, progress=progress)
         except InputError as exc:
             _fail(str(exc))
+    # The report first: whatever happens to the terminal, the file is written.
+    if report is not None:
+        _write_report(report, outcome, {"run": run_id})
     console.print(render_summary(outcome.summary))
     for note in place.notes:
-        console.print(f"note: {note}", markup=False)
+        console.print(f"note: {shown(note)}", markup=False)
     if writer is not None and not outcome.summary.succeeded:
         console.print(
             "Run the same command again to resume: items done are skipped, the rest run.",
             markup=False,
         )
-    if report is not None:
-        _write_report(report, outcome, {"run": run_id})
     ctx.exit(outcome.exit_code)
 
 
@@ -570,7 +582,7 @@ def demo(
         jobs, _ = build_jobs(items_from_paths(["pkg/*.py"], root=root), DEMO_STEPS)
         count = min(count, len(jobs))
         console.print(
-            f"aimcluster demo: DOC_ID headers for {files} files in {root}/pkg, "
+            f"aimcluster demo: DOC_ID headers for {files} files in {shown(str(root))}/pkg, "
             f"mock x {count} (--delay {delay:g} s)",
             markup=False,
             style="bold",
@@ -593,7 +605,7 @@ def demo(
         verification = verify_project(root, originals)
         _show_changes(console, root, originals, verification)
         if keep:
-            console.print(f"Kept the project (and its journal) in {root}", markup=False)
+            console.print(f"Kept the project (and its journal) in {shown(str(root))}", markup=False)
         else:
             console.print("Removed the project and its journal (--keep keeps them).")
         if outcome.exit_code > 128:
@@ -656,7 +668,7 @@ def list_tools() -> int:
     for name in tools.names():
         spec = tools.get(name)
         ready = "-" if spec.ready is None else repr(spec.ready)
-        rows.append((name, "pty" if spec.pty else "pipes", ready, shlex.join(spec.argv)))
+        rows.append((name, "pty" if spec.pty else "pipes", ready, shown(shlex.join(spec.argv))))
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
     for number, row in enumerate(rows):
         line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
@@ -707,8 +719,8 @@ def check(ctx: click.Context, tool: str, probe: str | None, timeout: float, cwd:
         prompt, expect = spec.probe.command, spec.probe.expect
     else:
         prompt = PROBES.get(spec.name)
-    console.print(f"tool     {spec.name}", markup=False)
-    console.print(f"command  {shlex.join(spec.argv)}", markup=False)
+    console.print(f"tool     {shown(spec.name)}", markup=False)
+    console.print(f"command  {shown(shlex.join(spec.argv))}", markup=False)
     logger = _logger(ctx.find_root().params.get("verbose", 0))
 
     async def probe_tool() -> tuple[float, int | None, str | None, float | None, float]:
@@ -731,7 +743,9 @@ def check(ctx: click.Context, tool: str, probe: str | None, timeout: float, cwd:
         _startup_failure(exc)
     except AimclusterError as exc:
         console.print(
-            f"probe    FAILED: {type(exc).__name__}: {exc}", markup=False, style="bold red"
+            f"probe    FAILED: {type(exc).__name__}: {shown(str(exc))}",
+            markup=False,
+            style="bold red",
         )
         ctx.exit(EXIT_FAILED)
     except KeyboardInterrupt:
@@ -741,11 +755,14 @@ def check(ctx: click.Context, tool: str, probe: str | None, timeout: float, cwd:
     if prompt is None:
         console.print("probe    none (pass --probe TEXT to send one)", markup=False)
     else:
-        shown = text if text is not None and len(text) <= 200 else f"{(text or '')[:200]}..."
-        console.print(f"probe    {prompt!r} -> {shown!r} in {seconds(elapsed)}", markup=False)
+        excerpt = text if text is not None and len(text) <= 200 else f"{(text or '')[:200]}..."
+        # repr escapes what a terminal would act on; shown() keeps the rule in one place.
+        console.print(
+            shown(f"probe    {prompt!r} -> {excerpt!r} in {seconds(elapsed)}"), markup=False
+        )
         if expect is not None and re.search(expect, text or "") is None:
             console.print(
-                f"probe    FAILED: the reply does not match the spec's expect {expect!r}",
+                shown(f"probe    FAILED: the reply does not match the spec's expect {expect!r}"),
                 markup=False,
                 style="bold red",
             )

@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ._report import seconds
+from ._terminal import shown
 
 if TYPE_CHECKING:
     from ._cluster import Cluster
@@ -129,7 +130,7 @@ class NullDisplay:
         pass
 
     def notice(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        print(shown(message), file=sys.stderr, flush=True)
 
     def result(self, result: JobResult) -> None:
         pass
@@ -170,7 +171,9 @@ class PlainDisplay:
         self.console.print(self.line(), markup=False, highlight=False, soft_wrap=True)
 
     def notice(self, message: str) -> None:
-        self.console.print(f"[stop] {message}", markup=False, highlight=False, soft_wrap=True)
+        self.console.print(
+            f"[stop] {shown(message)}", markup=False, highlight=False, soft_wrap=True
+        )
 
     def result(self, result: JobResult) -> None:
         total = self.tracker.total
@@ -240,7 +243,7 @@ class LiveDisplay:
     def render(self) -> RenderableType:
         parts: list[RenderableType] = [self._bar(), self._counts()]
         if self._notice is not None:
-            parts.append(Text(self._notice, style="bold yellow"))
+            parts.append(Text(shown(self._notice), style="bold yellow"))
         if self._cluster is not None and self._run is not None:
             parts.append(self._instances(self._cluster, self._run))
         return Group(*parts)
@@ -298,8 +301,8 @@ class LiveDisplay:
             table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
         # Leave room for the bar, counts and the table's header on a small terminal.
         room = max(3, self.console.height - 9)
-        shown = metrics.instances[:room]
-        for m in shown:
+        listed = metrics.instances[:room]
+        for m in listed:
             job = active.get(m.index)
             failed = self.tracker.per_instance_failed[m.index]
             table.add_row(
@@ -312,10 +315,10 @@ class LiveDisplay:
                 Text(str(m.restarts), style="yellow" if m.restarts else ""),
                 seconds(m.latency_p50),
                 seconds(m.latency_p95),
-                Text(job.item if job is not None else "", overflow="ellipsis"),
+                Text(shown(job.item) if job is not None else "", overflow="ellipsis"),
             )
         parts: list[RenderableType] = [summary, table]
-        hidden = len(metrics.instances) - len(shown)
+        hidden = len(metrics.instances) - len(listed)
         if hidden > 0:
             parts.append(Text(f"... and {hidden} more instances", style="dim"))
         return Group(*parts)

@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ._metrics import percentile
+from ._terminal import shown
 
 if TYPE_CHECKING:
     from ._jobs import JobResult
@@ -226,10 +227,10 @@ def _totals(summary: RunSummary) -> Table:
         wall += f", {rate:.1f} items/s"
     grid.add_row("wall time", wall)
     grid.add_row("job time", f"p50 {seconds(summary.job_p50)}, p95 {seconds(summary.job_p95)}")
-    grid.add_row("tool", f"{summary.tool} x {summary.count}")
+    grid.add_row("tool", Text(f"{shown(summary.tool)} x {summary.count}"))
     if summary.journal is not None:
         # Folded, never cut short with an ellipsis: the path is what a resume needs.
-        grid.add_row("journal", Text(summary.journal, overflow="fold"))
+        grid.add_row("journal", Text(shown(summary.journal), overflow="fold"))
     if summary.interrupted is not None:
         grid.add_row("stopped", Text(f"by {summary.interrupted}", style="yellow"))
     return grid
@@ -265,18 +266,19 @@ def _failures(summary: RunSummary) -> RenderableType:
     table.add_column("error", overflow="fold", ratio=1)
     for failure in summary.failures[:MAX_FAILURES_SHOWN]:
         message = (failure.error or "").splitlines()[0] if failure.error else ""
+        # Data as Text, never as markup: an item named '[/]' must not break the table.
         table.add_row(
-            failure.item,
+            Text(shown(failure.item)),
             Text(failure.status, style="red" if failure.status == "failed" else "yellow"),
             str(failure.attempts),
-            f"{failure.error_type}: {message}",
+            Text(shown(f"{failure.error_type}: {message}")),
         )
     parts: list[RenderableType] = [Text(f"Failures ({len(summary.failures)})", style="bold red")]
     parts.append(table)
     hidden = len(summary.failures) - MAX_FAILURES_SHOWN
     if hidden > 0:
         kinds = Counter(failure.error_type for failure in summary.failures)
-        by_kind = ", ".join(f"{kind} x {n}" for kind, n in kinds.most_common())
+        by_kind = shown(", ".join(f"{kind} x {n}" for kind, n in kinds.most_common()))
         parts.append(Text(f"... and {hidden} more ({by_kind}); the journal has them all"))
     return Group(*parts)
 
