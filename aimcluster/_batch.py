@@ -1,9 +1,10 @@
 """One batch run for the command line: cluster, jobs, journal, progress, signals, summary.
 
-``aimcluster run`` and ``aimcluster demo`` both end up here. Ctrl-C (SIGINT) or SIGTERM stops a
-run gracefully: no new job starts, jobs in flight get ``grace`` seconds to finish and are then
-cancelled, the summary is printed, and the exit code is 128 + the signal number (130 for
-SIGINT). A second Ctrl-C cancels the jobs in flight at once; a third abandons the run.
+``aimcluster run`` and ``aimcluster demo`` both end up here. Ctrl-C (SIGINT), SIGTERM or SIGHUP
+(the terminal was closed) stops a run gracefully: no new job starts, jobs in flight get
+``grace`` seconds to finish and are then cancelled, the summary is printed, and the exit code
+is 128 + the signal number (130 for SIGINT, 129 for SIGHUP). A second Ctrl-C cancels the jobs
+in flight at once; a third abandons the run.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class _Stopper:
 async def _watch_signals(
     stopper: _Stopper, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         task_status.started()
         async for signum in signals:
             stopper.on_signal(signum)

@@ -462,7 +462,9 @@ def test_resume_after_sigkill_runs_each_item_exactly_once(
     assert verification.ok
 
 
-@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("signum", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_a_signal_stops_gracefully_with_a_summary_and_exit_code_128_plus_n(
     tmp_path: Path, cli_process: Callable[..., CliProcess], signum: signal.Signals, exit_code: int
 ) -> None:
@@ -501,6 +503,41 @@ def test_a_signal_stops_gracefully_with_a_summary_and_exit_code_128_plus_n(
         content = (root / relative).read_bytes()
         want = expected_content(relative, original) if relative in done else original
         assert content == want, relative
+
+
+def test_sighup_cancels_what_overruns_the_grace_and_leaves_no_tool_running(
+    tmp_path: Path, cli_process: Callable[..., CliProcess]
+) -> None:
+    # A closed terminal sends SIGHUP: the run stops as it does on SIGTERM.
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(
+        '{"item": "quick", "s": 0}\n'
+        + "".join(f'{{"item": "slow{n}", "s": 60}}\n' for n in range(3))
+    )
+    journal = tmp_path / "journal.jsonl"
+    cli_run = cli_process(
+        *("run", "-t", "mock", "-n", "2", "--jsonl", str(tasks), "-s", "/sleep {s}"),
+        *("--journal", str(journal), "--progress", "plain", "--grace", "0.5"),
+        cwd=tmp_path,
+    )
+    # 'quick' is journaled; 'slow0' has held the other instance since the start.
+    cli_run.wait_for_line(first_progress)
+    agents = descendants(cli_run.process.pid)
+    assert len(agents) == 2
+
+    cli_run.process.send_signal(signal.SIGHUP)
+    code = cli_run.finish()
+
+    out = cli_run.output
+    assert code == 129, out + "".join(cli_run.stderr)
+    assert "[stop] SIGHUP: starting no new jobs; waiting up to 0.5 s" in out
+    assert "stopped    by SIGHUP" in out
+    assert "Traceback" not in "".join(cli_run.stderr)
+    assert wait_gone(agents) == []
+    statuses = {r["item"]: r["status"] for r in records(journal)}
+    assert statuses["quick"] == "ok"
+    assert statuses["slow0"] == "cancelled"
+    assert "slow2" not in statuses
 
 
 # -- bad input --------------------------------------------------------------------------------
