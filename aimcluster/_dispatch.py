@@ -5,6 +5,12 @@ explicit ``instance=``) and all instances share one queue (late-bound prompts: `
 An idle instance parks on an event; a put wakes exactly the instance that can take the item, so
 nothing polls and a burst of puts does not wake the whole pool.
 
+A producer finding ``max_pending`` items queued waits in line: waiters get room in the order they
+came, and a slot freed is granted to one waiter (the slot passes to it, so a newcomer cannot take
+it first) and wakes that waiter alone. Grants start once the queues have drained to a low-water
+mark, so that a producer feeding thousands of prompts wakes once per batch of replies rather than
+per reply; N waiters take N wake-ups in all, not one each per freed slot.
+
 Two short cuts keep the event loop out of the way of a prompt. An idle instance may offer to
 take an item on the spot: the put then hands it over already written to the tool, and the
 instance's task wakes to wait for the reply. And an instance's reader, having just completed a
@@ -56,42 +62,84 @@ class _Idle:
         self.item: Queued | None = None  # what an offer took for get()
 
 
+class _Producer:
+    """A producer waiting in :meth:`Dispatcher.put` for room in the queues."""
+
+    __slots__ = ("event", "granted")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        # None while it waits in line; True once a slot was granted to it (it holds the slot);
+        # False if it left the line without one (cancelled, or the dispatcher closed).
+        self.granted: bool | None = None
+
+
 class Dispatcher:
     def __init__(self, size: int, *, max_pending: int) -> None:
         self._shared: deque[Queued] = deque()
         self._private: list[deque[Queued]] = [deque() for _ in range(size)]
         self._idle: dict[int, _Idle] = {}
         self._interrupted: set[int] = set()
-        # Items holding one of the max_pending slots. A full queue wakes its waiting producers
-        # once it has drained to the low-water mark, not at every free slot: a producer feeding
-        # thousands of prompts then wakes once per batch of replies rather than per reply.
+        # Slots held: by queued items, and by producers granted one that have yet to queue.
         self._pending = 0
         self._max_pending = max_pending
         self._low_water = max_pending - max(1, max_pending // 8)
-        self._space: anyio.Event | None = None
+        # Producers waiting for a slot, in arrival order. Those that left the line (cancelled)
+        # stay in it until they reach its head: removing one from the middle would cost O(N).
+        self._producers: deque[_Producer] = deque()
+        self._waiting = 0  # producers in the line that still wait
         self._closed = False
 
     # -- producers ------------------------------------------------------------------------
 
     async def put(self, item: Queued) -> None:
-        """Queue *item*, waiting while ``max_pending`` items are already queued."""
-        # With room (the usual case) no pass of the event loop on the hot path.
-        while not self._closed and self._pending >= self._max_pending:
-            if self._space is None:
-                self._space = anyio.Event()
-            await self._space.wait()
+        """Queue *item*, waiting while ``max_pending`` items are already queued.
+
+        Producers that wait get room in the order they came.
+        """
         if self._closed:
             raise ClusterClosedError("the cluster is shut down")
+        if self._waiting or self._pending >= self._max_pending:
+            await self._wait_for_slot()
+            if self._closed:
+                self._pending -= 1
+                raise ClusterClosedError("the cluster is shut down")
+        else:
+            # With room (the usual case) no pass of the event loop on the hot path.
+            self._pending += 1
+        item.holds_slot = True
         if item.target is not None and item.target >= len(self._private):
             # Its instance was scaled away while we waited for room.
             if item.pinned:
+                self._release(item)
                 raise ValueError(
                     f"instance must be in range(0, {len(self._private)}), got {item.target}"
                 )
             item.target = None
-        self._pending += 1
-        item.holds_slot = True
         self.put_nowait(item)
+
+    async def _wait_for_slot(self) -> None:
+        """Wait in line until a slot is granted to us; on return we hold it."""
+        producer = _Producer()
+        self._producers.append(producer)
+        self._waiting += 1
+        try:
+            await producer.event.wait()
+        except BaseException:
+            if producer.granted:
+                # Granted, then cancelled before it could use the slot (anyio lets a task that
+                # was woken run to its next checkpoint, but a plain asyncio cancel does not):
+                # the slot goes to the next in line at once, or nobody may ever wake it.
+                self._pending -= 1
+                self._grant()
+            elif producer.granted is None:
+                producer.granted = False
+                self._waiting -= 1
+                if not self._waiting:
+                    self._producers.clear()  # only those that left: none to skip later
+            raise
+        if not producer.granted:
+            raise ClusterClosedError("the cluster is shut down")
 
     def put_nowait(self, item: Queued) -> None:
         """Queue *item* without taking a slot: for requeues, which must never block a worker."""
@@ -215,13 +263,26 @@ class Dispatcher:
         if item.holds_slot:
             item.holds_slot = False
             self._pending -= 1
-            if self._space is not None and self._pending <= self._low_water:
-                self._wake_producers()
+            if self._waiting and self._pending <= self._low_water:
+                self._grant()
 
-    def _wake_producers(self) -> None:
-        space, self._space = self._space, None
-        if space is not None:
-            space.set()
+    def _grant(self) -> None:
+        """Hand free slots to the producers at the head of the line, waking each."""
+        while self._waiting and self._pending < self._max_pending:
+            producer = self._producers.popleft()
+            if producer.granted is None:
+                producer.granted = True
+                self._waiting -= 1
+                self._pending += 1
+                producer.event.set()
+
+    def _refuse_producers(self) -> None:
+        while self._producers:
+            producer = self._producers.popleft()
+            if producer.granted is None:
+                producer.granted = False
+                producer.event.set()
+        self._waiting = 0
 
     def _wake_any(self) -> None:
         for index, idle in self._idle.items():
@@ -257,7 +318,7 @@ class Dispatcher:
     def close(self) -> None:
         """Refuse new items and fail every queued one with ClusterClosedError."""
         self._closed = True
-        self._wake_producers()
+        self._refuse_producers()
         error = ClusterClosedError("the cluster was shut down before the prompt was sent")
         for queue in (self._shared, *self._private):
             for item in self._drain(queue):
