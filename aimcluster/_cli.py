@@ -118,11 +118,25 @@ class _Group(click.Group):
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
+class _Console(Console):
+    """A console that outlives its reader."""
+
+    def on_broken_pipe(self) -> None:
+        # The reader is gone (a closed terminal, a pipe into 'head'). rich would exit at once,
+        # from inside the event loop: instead the run goes on without output, and stops as
+        # the signal that usually comes with it asks; the journal and --report keep the record.
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def _console() -> Console:
     # Lines are never folded at the terminal's width: paths and command lines must stay
     # copyable as they are. No markup and no :emoji: codes by default: a string printed is
     # printed as it is (the live display's stderr redirect prints log lines through here too).
-    return Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+    return _Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 class _StderrLogger:

@@ -3,10 +3,13 @@
 Both displays read a :class:`Tracker` (fed one result at a time), the run (which job each
 instance holds) and :meth:`Cluster.metrics`. They redraw on a timer: the display is UI, not
 part of the data path, and a timer keeps a burst of results from costing a burst of redraws.
+For the same reason a display never fails the run: once the terminal is gone (a closed
+terminal answers writes with EIO, a closed pipe with EPIPE) its output is dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from collections import Counter
@@ -130,7 +133,8 @@ class NullDisplay:
         pass
 
     def notice(self, message: str) -> None:
-        print(shown(message), file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):
+            print(shown(message), file=sys.stderr, flush=True)
 
     def result(self, result: JobResult) -> None:
         pass
@@ -168,12 +172,14 @@ class PlainDisplay:
         if self.tracker.finished == self._last_finished:
             return
         self._last_finished = self.tracker.finished
-        self.console.print(self.line(), markup=False, highlight=False, soft_wrap=True)
+        self._print(self.line())
 
     def notice(self, message: str) -> None:
-        self.console.print(
-            f"[stop] {shown(message)}", markup=False, highlight=False, soft_wrap=True
-        )
+        self._print(f"[stop] {shown(message)}")
+
+    def _print(self, line: str) -> None:
+        with contextlib.suppress(OSError):
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def result(self, result: JobResult) -> None:
         total = self.tracker.total
@@ -215,7 +221,8 @@ class LiveDisplay:
             redirect_stdout=True,
             redirect_stderr=True,
         )
-        self._live.start()
+        with contextlib.suppress(OSError):
+            self._live.start()
 
     def notice(self, message: str) -> None:
         self._notice = message
@@ -226,7 +233,8 @@ class LiveDisplay:
 
     def _redraw(self) -> None:
         if self._live is not None:
-            self._live.update(self.render(), refresh=True)
+            with contextlib.suppress(OSError):
+                self._live.update(self.render(), refresh=True)
 
     async def refresh_forever(self) -> None:
         while True:
@@ -235,7 +243,8 @@ class LiveDisplay:
 
     def close(self) -> None:
         if self._live is not None:
-            self._live.stop()
+            with contextlib.suppress(OSError):
+                self._live.stop()
             self._live = None
 
     # -- rendering ------------------------------------------------------------------------

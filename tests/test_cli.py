@@ -35,6 +35,7 @@ from aimcluster._jobs import Job, JobResult
 from aimcluster._journal import Journal, read_journal
 from aimcluster._progress import LiveDisplay, PlainDisplay, Tracker, format_eta
 from aimcluster._report import FailureSummary, InstanceSummary, RunSummary, render_summary
+from aimcluster._terminal import shown
 from aimcluster._toolref import resolve_tool
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -540,6 +541,43 @@ def test_sighup_cancels_what_overruns_the_grace_and_leaves_no_tool_running(
     assert "slow2" not in statuses
 
 
+def test_a_run_whose_terminal_is_gone_still_stops_cleanly_on_sighup(tmp_path: Path) -> None:
+    # A closed terminal: the reader of the output is gone, then SIGHUP comes. rich used to
+    # raise SystemExit from inside the event loop, which hung the process at exit.
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"item": "quick", "s": 0}\n{"item": "slow", "s": 60}\n')
+    journal = tmp_path / "journal.jsonl"
+    args = ["run", "-t", "mock", "-n", "2", "--jsonl", str(tasks), "-s", "/sleep {s}"]
+    args += ["--journal", str(journal), "--progress", "plain", "--grace", "0.5"]
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aimcluster", *args],
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith(b"[progress]"):
+                break
+        agents = descendants(process.pid)
+        process.stdout.close()
+
+        process.send_signal(signal.SIGHUP)
+        code = process.wait(timeout=TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert code == 129, (tmp_path / "stderr.txt").read_text()
+    assert wait_gone(agents) == []
+    statuses = {r["item"]: r["status"] for r in records(journal)}
+    assert statuses == {"quick": "ok", "slow": "cancelled"}
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 
@@ -800,7 +838,8 @@ def test_tools_lists_each_profile_with_its_exact_command_line() -> None:
     assert len(lines) == 1 + len(tools.names())
     for name, line in zip(tools.names(), lines[1:], strict=True):
         assert line.startswith(name + " ")
-        assert line.endswith("  " + shlex.join(tools.get(name).argv))
+        # One line per tool: a newline in an argument (python's boot script) is shown as \n.
+        assert line.endswith("  " + shown(shlex.join(tools.get(name).argv)))
     assert "pty" in next(line for line in result.stdout.splitlines() if line.startswith("bash"))
 
 
@@ -822,7 +861,7 @@ def test_check_starts_the_tool_and_shows_the_probe_reply(
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == f"tool     {tool}"
-    assert lines[1] == f"command  {' '.join(tools.get(tool).argv)}"
+    assert lines[1] == f"command  {shown(shlex.join(tools.get(tool).argv))}"
     assert re.fullmatch(r"started  ready in \d+(\.\d+)? (µs|ms|s) \(pid \d+\)", lines[2])
     assert lines[3].startswith("probe    ")
     assert f"-> {reply} in " in lines[3]
