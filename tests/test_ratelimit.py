@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import random
+import sys
+import textwrap
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any, NoReturn
 
 import anyio
 import attrs
@@ -91,6 +96,77 @@ async def test_rate_limit_pause_holds_back_every_instance(tmp_path: Path) -> Non
     assert metrics.failed == 0
     # Whoever was limited waited out at least one jittered pause (0.25 s at the least).
     assert took >= 0.25
+
+
+# Logs each prompt with the time it read it (CLOCK_MONOTONIC: one clock for every process),
+# and answers the first "limited" prompt of the whole cluster with a rate-limit error.
+_TIMED_TOOL = """
+import os, sys, time
+
+log, first = sys.argv[1], sys.argv[2]
+sys.stdout.write("> ")
+sys.stdout.flush()
+for line in sys.stdin:
+    prompt = line.rstrip("\\n")
+    with open(log, "a") as handle:
+        handle.write(f"{time.monotonic()!r} {prompt}\\n")
+    if prompt == "limited" and not os.path.exists(first):
+        open(first, "x").close()
+        sys.stdout.write("Error: 429 Too Many Requests\\n> ")
+    else:
+        sys.stdout.write(f"echo: {prompt}\\n> ")
+    sys.stdout.flush()
+"""
+
+
+@pytest.mark.anyio
+async def test_rate_limit_pause_holds_back_a_prompt_to_another_instance(tmp_path: Path) -> None:
+    # Instance 0 is rate-limited; a prompt for instance 1, sent once the pause has begun, must
+    # not reach its tool before the pause ends (with a limiter per instance it went at once).
+    tool, log = tmp_path / "tool.py", tmp_path / "prompts.log"
+    tool.write_text(textwrap.dedent(_TIMED_TOOL))
+    spec = aimcluster.ToolSpec(
+        name="timed",
+        argv=[sys.executable, str(tool), str(log), str(tmp_path / "limited-once")],
+        ready=r"> $",
+        rate_limit=r"\b429\b",
+        rate_limit_backoff=2.0,  # a pause of 1 to 2 s
+    )
+    pauses: list[float] = []
+    paused = anyio.Event()
+
+    def on_rate_limited(_logger: object, _method: str, event: MutableMapping[str, Any]) -> NoReturn:
+        if event["event"] == "rate_limited":
+            pauses.append(event["pause"])
+            paused.set()
+        raise structlog.DropEvent
+
+    logger = structlog.wrap_logger(
+        None,
+        processors=[on_rate_limited],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+    )
+    async with aimcluster.launch_cluster(spec, count=2, logger=logger) as cluster:
+        replies: list[str] = []
+
+        async def send(prompt: str, instance: int) -> None:
+            replies.append((await cluster.send(prompt, instance=instance, timeout=30)).text)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send, "limited", 0)
+            with anyio.fail_after(20):
+                await paused.wait()
+            tg.start_soon(send, "other", 1)
+
+    assert sorted(replies) == ["echo: limited", "echo: other"]
+    (pause,) = pauses
+    read = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    first_limited = next(float(at) for at, prompt in read if prompt == "limited")
+    (other,) = [float(at) for at, prompt in read if prompt == "other"]
+    # The pause began after the tool read the first "limited"; "other" waited all of it.
+    # (The logged pause is rounded to the millisecond.)
+    assert other - first_limited >= pause - 0.001
+    assert [prompt for _at, prompt in read].count("limited") == 2
 
 
 @pytest.mark.anyio
