@@ -7,6 +7,7 @@ from ._cluster import launch_cluster as launch_cluster
 from ._exceptions import AimclusterError as AimclusterError
 from ._exceptions import AutoAnswerLimitError as AutoAnswerLimitError
 from ._exceptions import ClusterClosedError as ClusterClosedError
+from ._exceptions import DesyncError as DesyncError
 from ._exceptions import InstanceCrashedError as InstanceCrashedError
 from ._exceptions import NoHealthyInstancesError as NoHealthyInstancesError
 from ._exceptions import PromptCancelledError as PromptCancelledError
@@ -40,6 +41,7 @@ __all__ = [
     "Cluster",
     "ClusterClosedError",
     "ClusterMetrics",
+    "DesyncError",
     "InstanceCrashedError",
     "InstanceMetrics",
     "InstanceStalledError",

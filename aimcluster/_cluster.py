@@ -240,14 +240,16 @@ class Cluster:
         if instance is not None and not 0 <= instance < self.size:
             raise ValueError(f"instance must be in range(0, {self.size}), got {instance!r}")
         try:
-            encoded = prompt.encode(self.spec.encoding)
+            prompt.encode(self.spec.encoding)
         except UnicodeEncodeError as exc:
             raise ValueError(
                 f"the prompt cannot be written in the tool's encoding ({exc.encoding}): "
                 f"{exc.object[exc.start : exc.end]!r} at position {exc.start}"
             ) from None
+        # Refuses a prompt the tool would not read as one input (a line break, mostly).
+        text = self.spec.input_for(prompt, 1)
         if self.spec.pty:
-            for line in encoded.split(b"\n"):
+            for line in text.encode(self.spec.encoding).split(b"\n"):
                 if len(line) > _PTY_MAX_LINE:
                     raise ValueError(
                         f"a prompt line of {len(line)} bytes is longer than a terminal "

@@ -100,6 +100,17 @@ class AutoAnswerLimitError(InstanceCrashedError):
     allows (a question loop); the instance is restarted."""
 
 
+class DesyncError(InstanceCrashedError):
+    """The tool's output no longer lines up with the prompts written to it: a ready prompt
+    that cannot end the reply in flight (one that names another input, or one while no
+    prompt is in flight), or input the tool did not read as one prompt.
+
+    The prompt in flight fails with this error rather than take output that may belong to
+    another prompt, and the instance is restarted, so that no later prompt is answered with
+    what was meant for an earlier one.
+    """
+
+
 class ClusterClosedError(AimclusterError):
     """The cluster was shut down before (or while) the prompt could be handled."""
 

@@ -19,13 +19,14 @@ import codecs
 import json
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 
 __all__ = [
     "Event",
     "Frame",
+    "FrameDesync",
     "FrameOverflow",
     "Framer",
     "Framing",
@@ -56,12 +57,36 @@ def _json_prompt(prompt: str) -> str:
 
 @attrs.frozen(kw_only=True)
 class PromptFraming:
-    """A reply ends where the output ends with the ToolSpec's ``ready`` regex."""
+    """A reply ends where the output ends with the ToolSpec's ``ready`` regex.
+
+    Such a tool reads one line per prompt, so a prompt with a line break would reach it as
+    several inputs, each answered with a ready prompt of its own, and every later reply would
+    go to the prompt before it. A prompt therefore reaches the tool as exactly one input: as
+    *encode* writes it (the built-in ``python`` and ``bash`` profiles wrap every prompt into
+    one line), as a block the tool reads as one (*prompt_per_line*: aider's ``{``...``}``),
+    or not at all: a prompt whose input would span lines is refused with :class:`ValueError`
+    before a byte is written.
+
+    Where the profile chooses the tool's prompt, it makes the prompt name the input it
+    follows: a ``ready`` regex with a group named ``seq`` must match the number *encode* was
+    given for the prompt in flight. A ready prompt with another number, or one while no prompt
+    is in flight, fails the prompt with :class:`~aimcluster.DesyncError` and restarts the
+    instance. Then no reply can be taken for another prompt's.
+    """
 
     #: After the ready regex matched, the reply is complete only if no more output arrives
     #: within this many seconds; for tools whose prompt text can also appear inside a reply.
     #: ``None``: complete at once.
     settle: float | None = attrs.field(default=None, validator=_positive_or_none)
+    #: The input for a prompt, without the final newline: ``encode(prompt, seq)``, where *seq*
+    #: is the number the tool's next ready prompt must show (group ``seq`` of the ``ready``
+    #: regex), counted from 1 for each process. ``None``: the prompt as it is.
+    encode: Callable[[str, int], str] | None = None
+    #: The tool shows its ready prompt again before it reads each further line of one input
+    #: (aider reading a ``{``...``}`` block). Then *encode* may return several lines: the
+    #: framer skips one such prompt a line before it looks for the reply's end. Otherwise an
+    #: input that spans lines is refused.
+    prompt_per_line: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -126,6 +151,16 @@ class FrameOverflow(Exception):
         self.partial = partial
 
 
+class FrameDesync(Exception):
+    """The output stopped lining up with the input: a ready prompt that names another input,
+    or a tool that did not show its prompt again for each line of a block."""
+
+    def __init__(self, why: str, partial: str) -> None:
+        super().__init__(why)
+        self.why = why
+        self.partial = partial
+
+
 _INLINE_FLAGS = re.compile(r"^\(\?[aiLmsux]+\)")
 
 
@@ -144,13 +179,13 @@ def compile_ready(ready: str) -> re.Pattern[str]:
 class _CappedFramer:
     """What both framers share: incremental decoding, and the cap on one reply's bytes."""
 
-    __slots__ = ("_decoder", "_max_bytes", "_nbytes", "_overflowed")
+    __slots__ = ("_dead", "_decoder", "_max_bytes", "_nbytes")
 
     def __init__(self, *, max_bytes: int, encoding: str) -> None:
         self._max_bytes = max_bytes
         self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
         self._nbytes = 0
-        self._overflowed = False
+        self._dead = False
 
     def _take(self, data: bytes) -> str | None:
         """*data* decoded; ``None`` once past the cap.
@@ -158,11 +193,11 @@ class _CappedFramer:
         :raises FrameOverflow: when *data* takes the reply past the cap (what was buffered
             is discarded, and so is everything after it)
         """
-        if self._overflowed:
+        if self._dead:
             return None
         self._nbytes += len(data)
         if self._nbytes > self._max_bytes:
-            self._overflowed = True
+            self._dead = True
             size, partial = self._nbytes, self.partial()
             self.discard()
             raise FrameOverflow(size, partial)
@@ -179,16 +214,28 @@ class Framer(_CappedFramer):
     """Accumulates output until it ends with the ready prompt.
 
     :meth:`feed` returns the raw text before the prompt when the output ends with it, else
-    ``None``. Once it has raised :class:`FrameOverflow`, the framer discards everything, since
-    the rest of the stream cannot be framed reliably.
+    ``None``. Once it has raised :class:`FrameOverflow` or :class:`FrameDesync`, the framer
+    discards everything, since the rest of the stream cannot be framed reliably.
+
+    :meth:`begin` tells it, as each prompt is written, what the output must start with (the
+    terminal's echo, the prompts the tool repeats for a block's lines) and which number the
+    ready prompt must show; those checks cost the plain path nothing.
     """
 
     __slots__ = (
         "_candidate",
         "_chunks",
+        "_echo",
+        "_echo_at",
+        "_expect",
+        "_expecting",
+        "_held",
+        "_last_prompt",
         "_pattern",
         "_question",
+        "_repeats",
         "_responders",
+        "_sequenced",
         "_settle",
         "_tail",
         "_window",
@@ -211,6 +258,7 @@ class Framer(_CappedFramer):
         the tool asks (see :meth:`take_question`), never the end of a reply.
         """
         self._pattern = compile_ready(ready)
+        self._sequenced = "seq" in self._pattern.groupindex
         self._responders = [(compile_ready(rx), rx, answer) for rx, answer in responders]
         self._question: tuple[str, str] | None = None
         self._settle = settle
@@ -219,11 +267,42 @@ class Framer(_CappedFramer):
         super().__init__(max_bytes=max_bytes, encoding=encoding)
         self._chunks: list[str] = []
         self._tail = ""
+        self._last_prompt = ""
+        self._clear_expectations()
+
+    def _clear_expectations(self) -> None:
+        self._expect: int | None = None
+        self._expecting = False
+        self._echo = ""
+        self._echo_at = 0
+        self._repeats = 0
+        self._held = ""
+
+    def begin(self, *, seq: int | None = None, echo: str = "", repeats: int = 0) -> None:
+        """A prompt's input is about to be written; call before writing it.
+
+        *seq*: the number the ready prompt that ends its reply must show (group ``seq`` of
+        the ready regex). *echo*: the input as a terminal echoes it back; the output's start
+        is skipped while it matches (with the carriage returns a terminal adds), so that the input
+        is never searched for the ready prompt. Output that differs from the echo ends the
+        skipping: a tool that echoes nothing loses nothing. *repeats*: how many times the tool
+        shows its last ready prompt again before the reply, one for each further line of the
+        input (see :attr:`PromptFraming.prompt_per_line`).
+        """
+        self._expect = seq
+        self._echo, self._echo_at = echo, 0
+        self._repeats = repeats
+        self._held = ""
+        self._expecting = bool(echo or repeats)
 
     def feed(self, data: bytes) -> str | None:
         text = self._take(data)
         if not text:
             return None
+        if self._expecting:
+            text = self._skip_expected(text)
+            if not text:
+                return None
         self._candidate = None  # more output: the earlier prompt was inside the reply
         self._chunks.append(text)
         tail = self._tail + text
@@ -242,6 +321,9 @@ class Framer(_CappedFramer):
         if match is None:
             self._tail = tail
             return None
+        if self._sequenced:
+            self._check_seq(match)
+        self._last_prompt = match.group()
         prompt_len = len(tail) - match.start()
         whole = text if len(self._chunks) == 1 else "".join(self._chunks)
         if self._settle:
@@ -251,6 +333,51 @@ class Framer(_CappedFramer):
             return None
         self.discard()
         return whole[: len(whole) - prompt_len]
+
+    def _check_seq(self, match: re.Match[str]) -> None:
+        seq = match.group("seq")
+        expect = self._expect
+        if expect is not None and seq != str(expect):
+            self._desync(f"the ready prompt {match.group()!r} does not end input {expect}")
+
+    def _skip_expected(self, text: str) -> str:
+        """*text* without what :meth:`begin` said the output starts with."""
+        echo, at, i = self._echo, self._echo_at, 0
+        while at < len(echo) and i < len(text):
+            char = text[i]
+            if char == echo[at]:
+                at += 1
+            elif char != "\r":
+                at = len(echo)  # it echoes otherwise, or not at all: the rest is output
+                break
+            i += 1
+        self._echo_at = at
+        if at < len(echo):
+            return ""
+        text = text[i:]
+        if self._repeats:
+            text, self._held = self._held + text, ""
+            prompt = self._last_prompt
+            while self._repeats and text:
+                if text.startswith(prompt):
+                    text = text[len(prompt) :]
+                    self._repeats -= 1
+                elif prompt.startswith(text):
+                    self._held = text  # the rest of the repeated prompt is still to come
+                    return ""
+                else:
+                    self._desync(
+                        f"expected the prompt {prompt!r} again for each line of the input, "
+                        f"got {text[:80]!r}"
+                    )
+        self._expecting = bool(self._repeats)
+        return text
+
+    def _desync(self, why: str) -> NoReturn:
+        partial = self.partial()
+        self.discard()
+        self._dead = True
+        raise FrameDesync(why, partial)
 
     def take_question(self) -> tuple[str, str] | None:
         """The ``(regex, answer)`` of the question the output ended with at the last
@@ -273,11 +400,13 @@ class Framer(_CappedFramer):
         return text
 
     def discard(self) -> None:
-        """Forget the output buffered so far (it belongs to no prompt)."""
+        """Forget the output buffered so far (it belongs to no prompt), and what
+        :meth:`begin` said about it."""
         self._chunks.clear()
         self._tail = ""
         self._nbytes = 0
         self._candidate = None
+        self._clear_expectations()
 
     def tail(self) -> str:
         """The last ``window`` characters or so of the buffered output."""
@@ -332,7 +461,7 @@ class JsonlFramer(_CappedFramer):
 
     def finish(self) -> list[Frame]:
         """At end of output: frame a last line that had no newline."""
-        if self._overflowed:
+        if self._dead:
             return []
         return self._lines(self._decoder.decode(b"", final=True) + "\n")
 

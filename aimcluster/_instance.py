@@ -35,13 +35,22 @@ from ._exceptions import (
     AimclusterError,
     AutoAnswerLimitError,
     ClusterClosedError,
+    DesyncError,
     InstanceCrashedError,
     ReplyTimeoutError,
     ReplyTooLargeError,
     StartupError,
     ToolError,
 )
-from ._framing import Frame, FrameOverflow, Framer, JsonlFramer, PromptFraming, clean_reply
+from ._framing import (
+    Frame,
+    FrameDesync,
+    FrameOverflow,
+    Framer,
+    JsonlFramer,
+    PromptFraming,
+    clean_reply,
+)
 from ._metrics import InstanceMetrics, percentile
 from ._policy import RestartBudget, RestartPolicy
 from ._ratelimit import RateLimiter
@@ -111,8 +120,18 @@ class _TooManyQuestions:
     partial: str
 
 
+@attrs.frozen
+class _Desync:
+    """The output stopped lining up with the prompts: a ready prompt that cannot end the
+    reply in flight (see FrameDesync), or one while no prompt is in flight."""
+
+    why: str
+    partial: str
+
+
 _EXITED, _WAKE = _Signal.EXITED, _Signal.WAKE
-_Event = Frame | _Overflow | _TooManyQuestions | _Signal
+_Breakdown = _Overflow | _TooManyQuestions | _Desync
+_Event = Frame | _Breakdown | _Signal
 
 
 class _Ended(enum.Enum):
@@ -169,9 +188,7 @@ class Instance:
     _exit_code: int | None = attrs.field(init=False, default=None)
     #: Set by the reader when the framer gave up while no prompt was in flight (see
     #: _break_down): the process must be restarted before anything else is written to it.
-    _broken: ReplyTooLargeError | AutoAnswerLimitError | None = attrs.field(
-        init=False, default=None
-    )
+    _broken: InstanceCrashedError | None = attrs.field(init=False, default=None)
     _wait_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
     #: Set while a lease holds the instance: its prompts are never requeued, as they need the
     #: state built up in this process. The scope is its wait for the next prompt.
@@ -201,6 +218,9 @@ class Instance:
     #: Held while the task or the reader waits to write: one waiter per fd at a time.
     _write_lock: anyio.Lock | None = attrs.field(init=False, default=None)
     _served: int = attrs.field(init=False, default=0)
+    #: Inputs written to this process: the number its next ready prompt must show, where the
+    #: profile numbers them (PromptFraming.encode).
+    _inputs: int = attrs.field(init=False, default=0)
     _recycle_after: int | None = attrs.field(init=False, default=None)
     _recycle_at: float = attrs.field(init=False, default=math.inf)
     _next_probe_at: float = attrs.field(init=False, default=math.inf)
@@ -574,6 +594,7 @@ class Instance:
         self._write_lock = anyio.Lock(fast_acquire=True)  # no pass of the loop when free
         self._stderr_tail.clear()
         self._answers = 0
+        self._inputs = 0
         self.pid = handle.pid
         self.node = handle.node
         self._plog = self.log.bind(instance=self.index, pid=handle.pid)
@@ -675,6 +696,9 @@ class Instance:
                 except FrameOverflow as exc:
                     await self._break_down(frames, _Overflow(exc.size, exc.partial))
                     continue
+                except FrameDesync as exc:
+                    await self._break_down(frames, _Desync(exc.why, exc.partial))
+                    continue
                 await self._hand_over(frames, done)
                 if done:
                     # Let whoever a reply went to run before this looks for more output (as
@@ -710,10 +734,9 @@ class Instance:
         except anyio.BrokenResourceError:
             pass  # it exited; the exit watcher reports that
 
-    async def _break_down(
-        self, frames: Channel[_Event], event: _Overflow | _TooManyQuestions
-    ) -> None:
-        """The framer gave up: a flood past the reply cap, or more questions than allowed.
+    async def _break_down(self, frames: Channel[_Event], event: _Breakdown) -> None:
+        """The framer gave up: a flood past the reply cap, more questions than allowed, or
+        output that no longer lines up with the prompts.
 
         With a prompt in flight, that prompt fails (see _await_reply). With none, no prompt
         is to blame, and the process is restarted at once: ``_broken`` says so before this
@@ -723,8 +746,10 @@ class Instance:
             self._broken = self._breakdown_error(event, None)
             if isinstance(event, _Overflow):
                 self._plog.warning("output_overflow_while_idle", size=event.size)
-            else:
+            elif isinstance(event, _TooManyQuestions):
                 self._plog.warning("auto_answers_exhausted_while_idle", pattern=event.pattern)
+            else:
+                self._plog.warning("output_desynchronised", why=event.why)
             # For work, for a lease's next prompt, or parked on the frame queue (the
             # dispatcher wakes it with _WAKE). If it waits elsewhere (writing a prompt, say),
             # the interrupt stays pending for this slot's next get, which then returns None
@@ -740,9 +765,16 @@ class Instance:
             return  # whatever it prints now is garbage, until the process is replaced
         for frame in done:
             if self._current is None:
-                # A stray: no prompt asked for it. With the queue full, drop it rather than
-                # stop reading: a reader blocked here would leave the rest of the tool's
-                # chatter in the pipe, to be taken for the next prompt's reply.
+                if self.state is not InstanceState.STARTING:
+                    # A reply nobody asked for: the tool answered one input twice, or showed
+                    # a prompt inside a reply. Whatever it prints next may end a later
+                    # prompt's reply, so the process is replaced before anything else is
+                    # written to it.
+                    why = "a reply ended while no prompt was in flight"
+                    await self._break_down(frames, _Desync(why, frame.raw or frame.text))
+                    return
+                # Start-up: a tool that shows its prompt twice. With the queue full, drop it
+                # rather than stop reading (the task discards it before the first prompt).
                 try:
                     frames.send_nowait(frame)
                 except anyio.WouldBlock:
@@ -870,7 +902,7 @@ class Instance:
                 f"matching {self.spec.ready!r}"
             )
             output = event.partial
-        elif isinstance(event, _TooManyQuestions):
+        elif isinstance(event, _TooManyQuestions | _Desync):
             message = str(self._breakdown_error(event, None))
             output = event.partial
         elif self._exit_code is not None:
@@ -1241,11 +1273,23 @@ class Instance:
         return True
 
     def _wire(self, request: Request) -> bytes:
-        """The bytes that send *request*'s prompt: its line (wrapped by a JSON framing), the
-        newline, encoded."""
-        events = self.spec.events
-        line = request.prompt if events is None else events.encode(request.prompt)
-        return (line + self.spec.newline).encode(self.spec.encoding)
+        """The bytes that send *request*'s prompt (see ToolSpec.input_for), with the newline,
+        encoded; and the framer told what to expect of its reply. Called just before they
+        are written: the reader may see the first of the output before the write returns."""
+        spec = self.spec
+        self._inputs += 1
+        line = spec.input_for(request.prompt, self._inputs)
+        text = line + spec.newline
+        framer = self._framer
+        if isinstance(framer, Framer):
+            framing = spec.framing
+            assert isinstance(framing, PromptFraming)
+            framer.begin(
+                seq=self._inputs,
+                echo=text if spec.pty and spec.echo else "",
+                repeats=line.count("\n") if framing.prompt_per_line else 0,
+            )
+        return text.encode(spec.encoding)
 
     def _take_offer(self, item: Queued) -> bool:
         """The dispatcher's offer while the task waits in get: see _try_begin."""
@@ -1292,10 +1336,10 @@ class Instance:
 
     def _breakdown_error(
         self, event: _Event, request: Request | None
-    ) -> ReplyTooLargeError | AutoAnswerLimitError | None:
+    ) -> InstanceCrashedError | None:
         """The error for *event* if it means the framer gave up (see _break_down): the
         process must be restarted."""
-        error: type[ReplyTooLargeError | AutoAnswerLimitError]
+        error: type[InstanceCrashedError]
         if isinstance(event, _Overflow):
             error = ReplyTooLargeError
             what = f"printed more than {self.spec.max_reply_bytes} bytes without a ready prompt"
@@ -1305,6 +1349,9 @@ class Instance:
                 f"({self.spec.name}) asked more than {self.spec.max_auto_answers} questions "
                 f"matching {event.pattern!r}"
             )
+        elif isinstance(event, _Desync):
+            error = DesyncError
+            what = f"({self.spec.name}) lost track of its prompts: {event.why}"
         else:
             return None
         return error(
@@ -1390,7 +1437,8 @@ class Instance:
             return
         text = frame.text
         if self.spec.events is None:
-            text = clean_reply(text, echo=request.prompt if self.spec.pty else None)
+            # A terminal's echo of the prompt never reaches here: the framer skipped it.
+            text = clean_reply(text, echo=None)
         reply = Reply(
             text=text,
             instance=self.index,

@@ -156,6 +156,10 @@ class ToolSpec:
     #: The most questions answered automatically during one prompt (or the start-up); one more
     #: fails the prompt with :class:`~aimcluster.AutoAnswerLimitError` and restarts the instance.
     max_auto_answers: int = attrs.field(default=10, validator=_positive)
+    #: With ``pty``: whether the terminal echoes what is written to it. ``False`` turns echo
+    #: off before the tool starts (a tool that reads its input itself, such as one using
+    #: readline, may still echo). Echoed input is skipped before the ready regex is looked for.
+    echo: bool = True
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.framing, PromptFraming) and self.ready is None:
@@ -188,6 +192,31 @@ class ToolSpec:
         # Not attrs.evolve: its validation would insist that the new argv contain {prompt}.
         object.__setattr__(spawned, "argv", tuple(a.replace("{prompt}", prompt) for a in self.argv))
         return spawned
+
+    def input_for(self, prompt: str, seq: int) -> str:
+        """The text written to send *prompt*, without ``newline``: the JSON line of a JSONL
+        framing, or what the prompt framing's ``encode`` makes of it. *seq* numbers the
+        process's inputs from 1 (see :attr:`PromptFraming.encode`).
+
+        :raises ValueError: if the tool would not read it as one input: a line break in a
+            prompt for a tool that reads one line per prompt
+        """
+        framing = self.framing
+        if isinstance(framing, JsonlFraming):
+            return framing.encode(prompt)
+        if not isinstance(framing, PromptFraming):
+            return prompt  # a one-shot tool takes it as an argument
+        text = prompt if framing.encode is None else framing.encode(prompt, seq)
+        if "\r" in text or ("\n" in text and not framing.prompt_per_line):
+            breaks = [i for i in (prompt.find("\n"), prompt.find("\r")) if i >= 0]
+            at = f" at position {min(breaks)}" if breaks else ""
+            raise ValueError(
+                f"tool {self.name!r} reads one line per prompt, and this prompt has a line "
+                f"break{at}: it would reach the tool as several prompts. Send it as one line, "
+                f"or describe how the tool reads several lines as one input "
+                f"(PromptFraming(encode=..., prompt_per_line=...))"
+            )
+        return text
 
     @property
     def executable(self) -> str:

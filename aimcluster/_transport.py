@@ -257,6 +257,10 @@ class LocalTransport(Transport):
         master, slave = os.openpty()
         try:
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", _PTY_ROWS, _PTY_COLS, 0, 0))
+            if not spec.echo:
+                mode = termios.tcgetattr(slave)
+                mode[3] &= ~termios.ECHO  # lflag
+                termios.tcsetattr(slave, termios.TCSANOW, mode)
         except BaseException:
             os.close(master)
             os.close(slave)

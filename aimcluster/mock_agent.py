@@ -25,6 +25,11 @@ All output goes to stdout as UTF-8 and is flushed whenever a prompt is shown.
    the prompt is printed again and we return to step 4.  Blank (empty or
    whitespace-only) lines produce no reply.
 
+Several lines are read as one input the way aider reads them: a line ``{``
+(or ``{tag``, tag being letters and digits) opens a block, which the line
+``}`` (or ``tag}``) closes; the prompt is shown again before each line of the
+block is read. The block's lines, joined with ``\\n``, are handled as one line.
+
 Commands (a line starting with ``/``; arguments are whitespace-separated):
 
 ``/add PATH...``       ``Added PATH to the chat`` or ``No such file: PATH``
@@ -79,7 +84,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import random
     import subprocess
-    from typing import NoReturn
+    from typing import BinaryIO, NoReturn
 
 VERSION = "1.0"
 DOC_ID_MARKER = "DOC_ID"
@@ -309,6 +314,20 @@ def replace_file(path: str, data: bytes) -> None:
 # --------------------------------------------------------------------------
 
 
+def block_closing(line: str) -> str | None:
+    """The line that closes the block *line* opens, or None if it opens none.
+
+    As aider reads several lines as one input: ``{`` up to ``}``, or ``{tag`` up to
+    ``tag}``, where tag is letters and digits.
+    """
+    if not line.startswith("{"):
+        return None
+    tag = line[1:]
+    if tag and not tag.isalnum():
+        return None
+    return tag + "}"
+
+
 def usage(text: str) -> str:
     return f"usage: {text}"
 
@@ -342,7 +361,12 @@ class Agent:
             raw = stdin.readline()
             if not raw:
                 return 0
-            reply = self.handle(decode_line(raw))
+            line = decode_line(raw)
+            closing = block_closing(line)
+            block = None if closing is None else self.read_block(stdin, closing)
+            if closing is not None and block is None:
+                return 0
+            reply = self.handle(line if block is None else block)
             if reply is None:
                 return 0
             if reply:
@@ -352,6 +376,20 @@ class Agent:
     def prompt(self) -> None:
         write(self.config.prompt)
         flush()
+
+    def read_block(self, stdin: BinaryIO, closing: str) -> str | None:
+        """The lines of a block up to *closing*, joined; the prompt is shown before each,
+        as aider does. None at EOF."""
+        lines: list[str] = []
+        while True:
+            self.prompt()
+            raw = stdin.readline()
+            if not raw:
+                return None
+            line = decode_line(raw)
+            if line == closing:
+                return "\n".join(lines)
+            lines.append(line)
 
     def handle(self, line: str) -> str | None:
         """Return the reply for one input line, or None to exit."""

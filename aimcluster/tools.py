@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._framing import Event, JsonlFraming, OneshotFraming
+import attrs
+
+from ._framing import Event, JsonlFraming, OneshotFraming, PromptFraming
 from ._spec import ToolSpec
 
 __all__ = [
     "AIDER_CONFIRM",
     "AIDER_READY",
     "aider",
+    "aider_block",
     "aider_oneshot",
     "bash",
     "claude",
@@ -43,6 +47,29 @@ __all__ = [
 _MOCK_AGENT = Path(__file__).with_name("mock_agent.py")
 
 
+#: Part of the prompts the ``python`` and ``bash`` profiles give their tools, drawn once per
+#: process: no reply can show the prompt by chance, or by quoting one it has seen elsewhere.
+_NONCE = secrets.token_hex(4)
+
+
+def aider_block(prompt: str, seq: int) -> str:
+    """*prompt* as aider reads several lines as one input: a ``{tag`` ... ``tag}`` block, with
+    a tag that no line of the prompt closes. One line that aider would take for the start of a
+    block (``{`` or ``{word``) is sent as a block too. *seq* is unused: aider's prompt is
+    fixed."""
+    if "\n" not in prompt and not prompt.startswith("{"):
+        return prompt
+    lines = prompt.replace("\r\n", "\n").split("\n")
+    tag = "aimcluster"
+    while f"{tag}}}" in lines:
+        tag += "x"
+    return "\n".join([f"{{{tag}", *lines, f"{tag}}}"])
+
+
+#: How aider (and the mock agent, its look-alike) reads a prompt of several lines.
+_AIDER_INPUT = PromptFraming(encode=aider_block, prompt_per_line=True)
+
+
 def mock(
     *,
     delay: float = 0.0,
@@ -55,7 +82,8 @@ def mock(
     cwd: str | Path | None = None,
     env: Mapping[str, str] | None = None,
 ) -> ToolSpec:
-    """The bundled mock agent (``python -m aimcluster.mock_agent``), an aider look-alike.
+    """The bundled mock agent (``python -m aimcluster.mock_agent``), an aider look-alike: a
+    prompt of several lines goes as aider's ``{``...``}`` block (:func:`aider_block`).
 
     It runs the module's file directly rather than with ``-m``: ``-m`` would first import the
     ``aimcluster`` package (and anyio, structlog, attrs) in every child, which triples start-up
@@ -75,15 +103,70 @@ def mock(
     if seed is not None:
         argv += ["--seed", str(seed)]
     argv += extra_args
-    return ToolSpec(name="mock", argv=argv, ready=r"> ", cwd=cwd, env=env, exit_command="/exit")
+    return ToolSpec(
+        name="mock",
+        argv=argv,
+        ready=r"> ",
+        framing=_AIDER_INPUT,
+        cwd=cwd,
+        env=env,
+        exit_command="/exit",
+    )
+
+
+# Run by ``python -i -c`` before the first prompt. sys.ps1 shows the number of the input it
+# follows, and __aimcluster__(seq, source) runs one prompt as the REPL would run its lines
+# (expression values echoed, tracebacks printed), whatever its number of lines: the REPL
+# reads one line per prompt, and shows its ps1 exactly once after it.
+_PYTHON_BOOT = f"""\
+def _aimcluster_boot():
+    import ast, builtins, sys, traceback, __main__
+    class Prompt:
+        seq = 0
+        def __str__(self):
+            return '[aimcluster-{_NONCE}:%d]>>> ' % Prompt.seq
+    sys.ps1, sys.ps2 = Prompt(), '[aimcluster-{_NONCE}]... '
+    def run(seq, source):
+        Prompt.seq = seq
+        try:
+            tree = ast.parse(source, '<stdin>')
+        except (SyntaxError, ValueError) as exc:
+            traceback.print_exception(type(exc), exc, None)
+            return
+        for node in tree.body:
+            try:
+                exec(compile(ast.Interactive([node]), '<stdin>', 'single'), __main__.__dict__)
+            except SystemExit:
+                raise
+            except BaseException as exc:
+                sys.last_type, sys.last_value = type(exc), exc
+                sys.last_traceback = exc.__traceback__
+                traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+                return
+    builtins.__aimcluster__ = run
+_aimcluster_boot()
+del _aimcluster_boot
+"""
+
+
+def _python_input(prompt: str, seq: int) -> str:
+    return f"__aimcluster__({seq}, {prompt!r})"
 
 
 def python(*, executable: str = sys.executable, cwd: str | Path | None = None) -> ToolSpec:
-    """The Python REPL over pipes: ``python -i -q -u``. ``send("1+1")`` replies ``"2"``."""
+    """The Python REPL over pipes: ``python -i -q -u``. ``send("1+1")`` replies ``"2"``.
+
+    A prompt may be any Python source, of any number of lines (``def``, loops, several
+    statements): it runs as the REPL runs what is typed at it, values of expressions echoed
+    and errors shown as tracebacks, and its reply is everything it printed (also output that
+    does not end its line). The REPL's prompt names the input it follows, so a reply can
+    never be taken for another prompt's.
+    """
     return ToolSpec(
         name="python",
-        argv=[executable, "-i", "-q", "-u"],
-        ready=r"^>>> ",
+        argv=[executable, "-q", "-u", "-i", "-c", _PYTHON_BOOT],
+        ready=rf"\[aimcluster-{_NONCE}:(?P<seq>\d+)\]>>> ",
+        framing=PromptFraming(encode=_python_input),
         cwd=cwd,
         # Keep the REPL plain: no colour codes or the 3.13+ fancy REPL escapes in replies.
         env={"PYTHON_BASIC_REPL": "1", "PYTHON_COLORS": "0", "TERM": "dumb"},
@@ -91,22 +174,46 @@ def python(*, executable: str = sys.executable, cwd: str | Path | None = None) -
     )
 
 
-BASH_PROMPT = "[aimcluster]$ "
+_BASH_ESCAPES = {
+    **{code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F]},
+    ord("\\"): "\\\\",
+    ord("'"): "\\'",
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
+
+
+def _bash_input(prompt: str, seq: int) -> str:
+    # One line whatever the script: ANSI-C quoting ($'...') escapes line breaks and quotes,
+    # and eval runs the script as if it had been typed.
+    return f"__aimcluster_seq={seq}; eval $'{prompt.translate(_BASH_ESCAPES)}'"
 
 
 def bash(*, cwd: str | Path | None = None, env: Mapping[str, str] | None = None) -> ToolSpec:
-    """Interactive bash in a pseudo-terminal: ``bash --norc --noprofile -i``.
+    """Interactive bash in a pseudo-terminal: ``bash --norc --noprofile --noediting -i``.
 
-    The prompt is set to ``[aimcluster]$ `` so that it is unlikely to appear in a reply, and
-    ``TERM=dumb`` keeps readline from writing escape sequences.
+    A prompt may be a script of any number of lines; it runs as if typed (through ``eval``).
+    The prompt (``PS1``) names the input it follows, with a part drawn at random, so that no
+    reply can be taken for another prompt's. Line editing and the terminal's echo are off, so
+    replies hold only what the commands printed; ``TERM=dumb`` keeps programs plain.
     """
     return ToolSpec(
         name="bash",
-        argv=["bash", "--norc", "--noprofile", "-i"],
-        ready=r"\[aimcluster\]\$ ",
+        argv=["bash", "--norc", "--noprofile", "--noediting", "-i"],
+        ready=rf"\[aimcluster-{_NONCE}:(?P<seq>\d+)\]\$ ",
+        framing=PromptFraming(encode=_bash_input),
         pty=True,
+        echo=False,
         cwd=cwd,
-        env={"PS1": BASH_PROMPT, "PS2": "", "TERM": "dumb", **(env or {})},
+        env={
+            # Not in PS1: after a syntax error in eval, bash shows the PS1 it expanded before.
+            "PROMPT_COMMAND": f"printf '[aimcluster-{_NONCE}:%s]' \"${{__aimcluster_seq:-0}}\"",
+            "PS1": "$ ",
+            "PS2": "",
+            "TERM": "dumb",
+            **(env or {}),
+        },
         exit_command="exit",
     )
 
@@ -212,6 +319,7 @@ def aider(
     cwd: str | Path | None = None,
     env: Mapping[str, str] | None = None,
     extra_args: Sequence[str] = (),
+    settle: float | None = 0.1,
 ) -> ToolSpec:
     """aider as a long-lived chat over pipes that never asks a question and never goes online
     on its own. It runs::
@@ -225,7 +333,9 @@ def aider(
               [--openai-api-base URL] [--model-metadata-file FILE] [EXTRA_ARGS...]
 
     with ``TERM=dumb``, ``LITELLM_LOCAL_MODEL_COST_MAP=True`` and ``COLUMNS=10000``; a reply
-    ends at aider's ``> `` prompt (:data:`AIDER_READY`).
+    ends at aider's ``> `` prompt (:data:`AIDER_READY`) once aider has printed nothing more for
+    *settle* seconds. A prompt of several lines goes as aider's ``{``...``}`` block
+    (:func:`aider_block`).
 
     :param model: a litellm model name; ``openai/<name>`` talks to any OpenAI-compatible server
     :param api_base: the server's base URL, ending in ``/v1`` (``--openai-api-base``)
@@ -235,6 +345,8 @@ def aider(
         costs; without one aider downloads litellm's price list from GitHub at every start
     :param git: run in the git repository at *cwd* without committing; by default aider runs
         with ``--no-git``
+    :param settle: seconds of quiet after aider's prompt before the reply counts as complete
+        (``None``: at once); see :attr:`~aimcluster.PromptFraming.settle`
     """
     return ToolSpec(
         name="aider",
@@ -248,6 +360,9 @@ def aider(
             extra_args=extra_args,
         ),
         ready=AIDER_READY,
+        # aider's prompt is fixed, and a reply may hold a line that looks like it (a quoted
+        # "> " line): the reply ends only once aider has been quiet for a moment after it.
+        framing=attrs.evolve(_AIDER_INPUT, settle=settle),
         env=_aider_env(api_key, env),
         cwd=cwd,
         # A cold start imports litellm and friends: seconds, more on a busy machine.

@@ -11,6 +11,7 @@ EXPECTED = {
     "AutoAnswerLimitError",
     "Cluster",
     "ClusterClosedError",
+    "DesyncError",
     "ClusterMetrics",
     "InstanceCrashedError",
     "InstanceMetrics",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import pytest
 
@@ -38,6 +38,10 @@ class SearchSpy:
     def __init__(self, pattern: re.Pattern[str]) -> None:
         self._pattern = pattern
         self.searched: list[int] = []
+
+    @property
+    def groupindex(self) -> Mapping[str, int]:
+        return self._pattern.groupindex
 
     def search(self, text: str, pos: int = 0) -> re.Match[str] | None:
         self.searched.append(len(text) - pos)

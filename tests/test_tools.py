@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -41,16 +42,27 @@ def test_mock_profile_passes_its_options_as_flags() -> None:
 
 def test_python_profile_is_the_plain_repl_over_pipes() -> None:
     spec = tools.python()
-    assert spec.argv == (sys.executable, "-i", "-q", "-u")
+    assert spec.argv[:5] == (sys.executable, "-q", "-u", "-i", "-c")
     assert spec.pty is False
+    # Every prompt is one line, and the ready prompt names it.
+    wire = spec.input_for("def f():\n    return 1", 7)
+    assert wire == "__aimcluster__(7, 'def f():\\n    return 1')"
+    assert re.fullmatch(spec.ready or "", "[aimcluster-" + tools._NONCE + ":7]>>> ")
 
 
-def test_bash_profile_runs_in_a_pty() -> None:
+def test_bash_profile_runs_in_a_pty_without_echo_or_line_editing() -> None:
     spec = tools.bash()
-    assert spec.argv == ("bash", "--norc", "--noprofile", "-i")
-    assert spec.pty is True
+    assert spec.argv == ("bash", "--norc", "--noprofile", "--noediting", "-i")
+    assert (spec.pty, spec.echo) == (True, False)
     assert spec.env is not None
-    assert spec.env["PS1"] == tools.BASH_PROMPT
+    assert spec.env["PS1"] == "$ "
+    assert spec.input_for("echo 'a'\nb\\", 3) == "__aimcluster_seq=3; eval $'echo \\'a\\'\\nb\\\\'"
+
+
+def test_profiles_compare_equal_when_built_twice() -> None:
+    # The random part of the python and bash prompts is drawn once per process.
+    assert tools.python() == tools.python()
+    assert tools.bash() == tools.bash()
 
 
 @pytest.mark.anyio

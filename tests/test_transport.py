@@ -42,7 +42,7 @@ async def test_pty_reply_with_no_output_is_empty(cluster_factory) -> None:
 
 
 async def test_python_repl_in_a_pty(cluster_factory) -> None:
-    spec = attrs.evolve(tools.python(), pty=True, argv=[sys.executable, "-i", "-q"])
+    spec = attrs.evolve(tools.python(), pty=True)
     cluster = await cluster_factory(spec)
     assert (await cluster.send("1+1")).text == "2"
     assert (await cluster.send("import sys; sys.stdin.isatty()")).text == "True"
