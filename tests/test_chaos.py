@@ -59,6 +59,9 @@ async def test_chaos_every_prompt_ends_correct_or_typed_and_nothing_leaks() -> N
     every_pid = {e["pid"] for e in logs if e["event"] == "instance_started"}
     assert monkey.pids <= every_pid
     assert wait_gone(every_pid) == []  # no orphans
+    # And most got through: a run where every prompt failed, typed, would pass the lines
+    # above. Here all 3,000 are answered, run after run; the floor leaves a wide margin.
+    assert correct >= 0.9 * len(prompts)
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
