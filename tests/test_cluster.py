@@ -60,6 +60,30 @@ async def test_sticky_key_always_goes_to_the_same_instance(cluster_factory) -> N
         assert seen == {expected}
 
 
+@pytest.mark.parametrize("how", ["sigkill", "restart"])
+async def test_sticky_key_goes_back_to_its_instance_after_a_restart(cluster_factory, how) -> None:
+    cluster = await cluster_factory("mock", count=3, routing="sticky")
+    key = "a.py"
+    home = aimcluster._routing.rendezvous(key, range(3))
+    before = await cluster.send("/pid", key=key)
+    old_pid = int(before.text)
+    assert (before.instance, cluster.pids[home]) == (home, old_pid)
+    restarts = cluster.metrics().instances[home].restarts
+    if how == "sigkill":
+        os.kill(old_pid, signal.SIGKILL)
+    else:
+        await cluster.restart(home, timeout=30)
+    await cluster.wait_for(
+        lambda m: m.instances[home].restarts > restarts and m.instances[home].state == "ready",
+        timeout=30,
+    )
+    after = await cluster.send("/pid", key=key)
+    assert after.instance == home
+    assert int(after.text) == cluster.pids[home]
+    assert int(after.text) != old_pid
+    assert wait_gone([old_pid]) == []
+
+
 async def test_sticky_send_without_key_falls_back_to_least_busy(cluster_factory) -> None:
     cluster = await cluster_factory("mock", count=2, routing="sticky")
     async with anyio.create_task_group() as tg:
@@ -191,11 +215,14 @@ async def test_map_raises_first_error_and_withdraws_unsent_prompts(cluster_facto
 
 async def test_map_return_exceptions_keeps_partial_results(cluster_factory) -> None:
     cluster = await cluster_factory("mock", count=2, routing="round_robin")
-    results = await cluster.map(["ok", "/crash 4", "fine"], return_exceptions=True)
-    assert isinstance(results[0], aimcluster.Reply)
-    assert isinstance(results[1], aimcluster.InstanceCrashedError)
-    assert results[1].exit_code == 4
-    assert isinstance(results[2], aimcluster.Reply)
+    ok, crashed, fine = await cluster.map(["ok", "/crash 4", "fine"], return_exceptions=True)
+    assert isinstance(ok, aimcluster.Reply)
+    assert (ok.text, ok.prompt, ok.instance) == ("echo: ok", "ok", 0)
+    assert isinstance(crashed, aimcluster.InstanceCrashedError)
+    assert (crashed.instance, crashed.exit_code, crashed.prompt) == (1, 4, "/crash 4")
+    assert crashed.partial_output == "crashing\n"
+    assert isinstance(fine, aimcluster.Reply)
+    assert (fine.text, fine.prompt, fine.instance) == ("echo: fine", "fine", 0)
 
 
 async def test_map_of_nothing_is_empty(cluster_factory) -> None:
