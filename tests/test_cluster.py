@@ -185,6 +185,30 @@ async def test_map_returns_results_in_input_order(cluster_factory) -> None:
     assert [r.text for r in replies] == ["slept 0.3", "slept 0", "slept 0.1", "echo: x", "echo: y"]
 
 
+async def test_sends_cancelled_while_waiting_for_room_strand_nobody(cluster_factory) -> None:
+    # The lease holds the only instance, so the first send holds the one queue slot and the
+    # others wait in line for room; half of them give up. The rest are all answered.
+    cluster = await cluster_factory("mock", count=1, max_pending=1)
+    scopes: dict[int, anyio.CancelScope] = {}
+    replies: dict[int, str] = {}
+
+    async def send(number: int) -> None:
+        with anyio.CancelScope() as scopes[number]:
+            replies[number] = (await cluster.send(f"p{number}")).text
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg, cluster.lease():
+            for number in range(10):
+                tg.start_soon(send, number)
+            await anyio.wait_all_tasks_blocked()
+            assert cluster.metrics().queued == 1
+            for number in range(1, 10, 2):
+                scopes[number].cancel()
+            await anyio.wait_all_tasks_blocked()
+    assert replies == {number: f"echo: p{number}" for number in range(0, 10, 2)}
+    assert (await cluster.send("after")).text == "echo: after"
+
+
 async def test_map_runs_prompts_concurrently(cluster_factory) -> None:
     cluster = await cluster_factory("mock", count=4)
     replies = await cluster.map(["/sleep 0.5"] * 4)
