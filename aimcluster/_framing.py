@@ -227,6 +227,7 @@ class Framer(_CappedFramer):
         "_chunks",
         "_echo",
         "_echo_at",
+        "_echo_seen",
         "_expect",
         "_expecting",
         "_held",
@@ -275,6 +276,7 @@ class Framer(_CappedFramer):
         self._expecting = False
         self._echo = ""
         self._echo_at = 0
+        self._echo_seen = ""
         self._repeats = 0
         self._held = ""
 
@@ -290,7 +292,7 @@ class Framer(_CappedFramer):
         input (see :attr:`PromptFraming.prompt_per_line`).
         """
         self._expect = seq
-        self._echo, self._echo_at = echo, 0
+        self._echo, self._echo_at, self._echo_seen = echo, 0, ""
         self._repeats = repeats
         self._held = ""
         self._expecting = bool(echo or repeats)
@@ -348,12 +350,15 @@ class Framer(_CappedFramer):
             if char == echo[at]:
                 at += 1
             elif char != "\r":
-                at = len(echo)  # it echoes otherwise, or not at all: the rest is output
+                # It echoes otherwise, or not at all: what looked like echo is output too.
+                text, i, at = self._echo_seen + text, 0, len(echo)
                 break
             i += 1
         self._echo_at = at
         if at < len(echo):
+            self._echo_seen += text
             return ""
+        self._echo_seen = ""
         text = text[i:]
         if self._repeats:
             text, self._held = self._held + text, ""
@@ -537,19 +542,13 @@ class JsonlFramer(_CappedFramer):
         return self._nbytes
 
 
-def clean_reply(raw: str, *, echo: str | None) -> str:
-    """Normalise a framed reply: ``\\r\\n`` to ``\\n``, strip a terminal's echo and one trailing
-    newline.
+def clean_reply(raw: str) -> str:
+    """Normalise a framed reply: ``\\r\\n`` to ``\\n``, and one trailing newline stripped.
 
-    *echo* is the prompt as the terminal would have echoed it back (PTY only).
+    A terminal's echo of the prompt is not here to strip: the framer skipped it (see
+    :meth:`Framer.begin`).
     """
     text = _CRLF.sub("\n", raw) if "\r" in raw else raw
-    if echo is not None:
-        echoed = echo.replace("\r\n", "\n")
-        if text.startswith(echoed):
-            text = text[len(echoed) :]
-            if text.startswith("\n"):
-                text = text[1:]
     if text.endswith("\n"):
         text = text[:-1]
     return text

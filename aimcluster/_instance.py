@@ -893,7 +893,7 @@ class Instance:
         self._wait_scope = None
         if isinstance(event, Frame):
             self._set_state(InstanceState.READY)
-            self._plog.info("instance_ready", banner=clean_reply(event.text, echo=None)[-200:])
+            self._plog.info("instance_ready", banner=clean_reply(event.text)[-200:])
             return
         output = self._framer.partial() + self._stderr_tail.decode(self.spec.encoding, "replace")
         if isinstance(event, _Overflow):
@@ -1437,8 +1437,7 @@ class Instance:
             return
         text = frame.text
         if self.spec.events is None:
-            # A terminal's echo of the prompt never reaches here: the framer skipped it.
-            text = clean_reply(text, echo=None)
+            text = clean_reply(text)
         reply = Reply(
             text=text,
             instance=self.index,

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 import pytest
 
 from aimcluster import _framing
-from aimcluster._framing import FrameOverflow, Framer, clean_reply
+from aimcluster._framing import FrameDesync, FrameOverflow, Framer, clean_reply
 from aimcluster._spec import ToolSpec
 
 PROMPT = ">>> "
@@ -271,6 +271,77 @@ def test_partial_returns_the_output_since_the_last_prompt() -> None:
     assert framer.buffered_bytes == 0
 
 
+# -- what begin() says the output starts with ---------------------------------------------
+
+
+def test_the_echo_is_skipped_before_the_prompt_is_searched() -> None:
+    # A terminal echoes the input; node's readline does it in pieces, one ending in "=> ".
+    framer = make_framer(r"> ")
+    framer.begin(echo="[1,2,3].map(x => x*2)\n")
+    results = feed_all(framer, [b"[1,2,3].map(x => ", b"x*2)\r\r\n[ 2, 4, 6 ]\r\n> "])
+    assert results == [None, "[ 2, 4, 6 ]\r\n"]
+
+
+def test_the_echo_is_skipped_when_it_comes_one_byte_at_a_time() -> None:
+    framer = make_framer(r"> ")
+    framer.begin(echo="a > b\n")
+    results = feed_all(framer, one_byte_at_a_time(b"a > b\r\nout\r\n> "))
+    assert results == [None] * (len(results) - 1) + ["out\r\n"]
+
+
+@pytest.mark.parametrize("chunks", [[b"quiet\n> "], [b"qu", b"iet\n> "]])
+def test_output_that_is_not_the_echo_is_the_reply(chunks: list[bytes]) -> None:
+    # A tool that does not echo loses nothing of its reply, not even what began like an echo.
+    framer = make_framer(r"> ")
+    framer.begin(echo="question\n")
+    assert feed_all(framer, chunks)[-1] == "quiet\n"
+
+
+def test_the_prompt_a_tool_repeats_for_each_line_of_a_block_is_skipped() -> None:
+    framer = make_framer(r"^(?:[a-z]+)?> ")
+    assert framer.feed(b"files\nask> ") == "files\n"
+    framer.begin(repeats=3)
+    results = feed_all(framer, [b"ask", b"> ask> as", b"k> reply\nask> "])
+    assert results == [None, None, "reply\n"]
+
+
+def test_a_block_whose_lines_do_not_each_repeat_the_prompt_is_a_desync() -> None:
+    framer = make_framer(r"> ")
+    assert framer.feed(b"> ") == ""
+    framer.begin(repeats=2)
+    with pytest.raises(FrameDesync, match="expected the prompt '> ' again"):
+        framer.feed(b"> oops\n> ")
+    # Nothing it prints afterwards is framed.
+    assert framer.feed(b"reply\n> ") is None
+
+
+def test_a_ready_prompt_must_name_the_input_in_flight() -> None:
+    framer = make_framer(r"\[(?P<seq>\d+)\]> ")
+    assert framer.feed(b"banner\n[0]> ") == "banner\n"  # start-up: no input yet
+    framer.begin(seq=1)
+    assert framer.feed(b"one\n[1]> ") == "one\n"
+    framer.begin(seq=2)
+    with pytest.raises(FrameDesync, match=r"the ready prompt '\[1\]> ' does not end input 2"):
+        framer.feed(b"two\n[1]> ")
+    assert framer.feed(b"[2]> ") is None
+
+
+def test_a_ready_prompt_named_for_the_input_in_flight_settles_as_any_other() -> None:
+    framer = Framer(r"\[(?P<seq>\d+)\]> ", window=4096, max_bytes=1 << 20, encoding="utf-8",
+                    settle=True)  # fmt: skip
+    framer.begin(seq=3)
+    assert framer.feed(b"a\n[3]> ") is None
+    assert framer.feed(b"b\n[3]> ") is None  # more output: the first was inside the reply
+    assert framer.commit() == "a\n[3]> b\n"
+
+
+def test_discard_forgets_what_begin_said() -> None:
+    framer = make_framer(r"> ")
+    framer.begin(echo="never echoed\n", repeats=4)
+    framer.discard()
+    assert framer.feed(b"reply\n> ") == "reply\n"
+
+
 # -- clean_reply ----------------------------------------------------------------------------
 
 
@@ -284,23 +355,7 @@ def test_partial_returns_the_output_since_the_last_prompt() -> None:
     ],
 )
 def test_clean_reply_turns_crlf_into_lf(raw: str, expected: str) -> None:
-    assert clean_reply(raw, echo=None) == expected
-
-
-@pytest.mark.parametrize(
-    ("raw", "echo", "expected"),
-    [
-        pytest.param("2+2\r\n4\r\n", "2+2", "4", id="echo-then-newline"),
-        pytest.param("2+2", "2+2", "", id="echo-without-newline"),
-        pytest.param("2+2\n", "2+2", "", id="echo-only-line"),
-        pytest.param("a\r\nb\r\nout\r\n", "a\nb", "out", id="multi-line-echo"),
-        pytest.param("a\r\nb\r\nout\r\n", "a\r\nb", "out", id="multi-line-echo-crlf"),
-        pytest.param("x 2+2\n", "2+2", "x 2+2", id="echo-not-at-start-kept"),
-        pytest.param("2+2\n4\n", None, "2+2\n4", id="no-echo-given"),
-    ],
-)
-def test_clean_reply_strips_the_echoed_prompt(raw: str, echo: str | None, expected: str) -> None:
-    assert clean_reply(raw, echo=echo) == expected
+    assert clean_reply(raw) == expected
 
 
 @pytest.mark.parametrize(
@@ -315,4 +370,4 @@ def test_clean_reply_strips_the_echoed_prompt(raw: str, echo: str | None, expect
     ],
 )
 def test_clean_reply_strips_a_single_trailing_newline(raw: str, expected: str) -> None:
-    assert clean_reply(raw, echo=None) == expected
+    assert clean_reply(raw) == expected
