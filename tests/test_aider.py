@@ -239,3 +239,35 @@ async def test_aider_oneshot_runs_one_process_per_message(
     assert all("forty-two" in reply.text for reply in replies)
     questions = sorted(r.last_user_text.splitlines()[0] for r in server.requests)
     assert questions == ["--and again?", "what is six times seven?"]
+
+
+@pytest.mark.timeout(300)
+async def test_an_instruction_of_several_lines_reaches_aider_as_one_message(
+    aider_executable: str, tmp_path: Path
+) -> None:
+    # Sent as aider's {tag ... tag} block: one message to the model, one reply, and the
+    # replies after it still answer their own prompts.
+    with FakeOpenAI(model="fake", responder=lambda messages, body: "understood") as server:
+        home = tmp_path / "home"
+        home.mkdir()
+        spec = aimcluster.tools.aider(
+            executable=aider_executable,
+            model="openai/fake",
+            api_base=server.base_url,
+            api_key="sk-fake-key",
+            cwd=project_with(tmp_path, ORIGINALS),
+            model_metadata_file=write_model_metadata(tmp_path / "models.json", "openai/fake"),
+            env={"HOME": str(home), **OFFLINE_ENV},
+        )
+        instruction = "First line of the task.\n\n> a quoted line\n}\n{\nLast line."
+        async with aimcluster.launch_cluster(spec, count=1) as cluster:
+            reply = await cluster.send(instruction, timeout=120)
+            added = await cluster.send("/add a.py", timeout=120)
+            dropped = await cluster.send("/drop a.py", timeout=120)
+    # The model's answer, then aider's token count: the whole reply to the one message.
+    assert reply.text.strip().splitlines()[0] == "understood"
+    assert reply.text.splitlines()[-1].startswith("Tokens: ")
+    assert added.text == "\nAdded a.py to the chat\n\na.py"
+    assert dropped.text == "\nRemoved a.py from the chat\n"
+    (request,) = server.completions
+    assert request.last_user_text.startswith(instruction + "\n")
