@@ -319,3 +319,72 @@ def test_a_step_the_tool_cannot_encode_fails_its_item_and_releases_the_instance(
     }
     assert "ValueError: the prompt cannot be" in result.stdout
     assert "Traceback" not in result.output
+
+
+@backends
+def test_a_file_name_with_a_newline_is_one_item_with_its_own_replies(
+    tmp_path: Path, backend: str
+) -> None:
+    # Before, the name's second line reached the tool as a command of its own, and the next
+    # item was journaled "ok" with the previous item's replies.
+    root = tmp_path / "project"
+    root.mkdir()
+    names = ["a.py", "two\nlines.py", "z.py"]
+    for name in names:
+        (root / name).write_text("x\n")
+    journal = tmp_path / "j.jsonl"
+    args = ["run", "-t", "mock --delay 0.05", "-n", "1", "--cwd", str(root), "*.py"]
+    args += ["-s", "/echo <{item}>", "-s", "about {item}", "--journal", str(journal)]
+
+    result = invoke(*args, backend=backend)
+
+    assert result.exit_code == 0, result.output
+    records = sorted(journal_records(journal), key=lambda r: r["item"])
+    assert [(r["item"], r["status"], r["replies"]) for r in records] == [
+        (name, "ok", [f"<{name}>", f"echo: about {name}"]) for name in sorted(names)
+    ]
+
+
+@backends
+def test_a_step_with_a_newline_fails_its_item_for_a_tool_that_reads_lines(
+    tmp_path: Path, backend: str
+) -> None:
+    spec = tmp_path / "line-mock.toml"
+    argv = json.dumps(list(tools.mock().argv))
+    # The mock without the profile's {...} blocks: it reads one line per prompt.
+    spec.write_text(f'argv = {argv}\nready = "> "\nexit_command = "/exit"\n')
+    items = tmp_path / "items.jsonl"
+    items.write_text(
+        json.dumps({"item": "a", "note": "fine"})
+        + "\n"
+        + json.dumps({"item": "b", "note": "two\nlines"})
+        + "\n"
+        + json.dumps({"item": "c", "note": "fine"})
+        + "\n"
+    )
+    journal = tmp_path / "j.jsonl"
+
+    result = invoke(
+        "run",
+        "-t",
+        str(spec),
+        "-n",
+        "1",
+        "--jsonl",
+        str(items),
+        "-s",
+        "/echo {item}: {note}",
+        "--journal",
+        str(journal),
+        backend=backend,
+    )
+
+    assert result.exit_code == 1, result.output
+    records = journal_records(journal)
+    assert [(r["item"], r["status"], r["replies"]) for r in records] == [
+        ("a", "ok", ["a: fine"]),
+        ("b", "failed", []),
+        ("c", "ok", ["c: fine"]),
+    ]
+    assert records[1]["error"]["type"] == "ValueError"
+    assert "line break at position 12" in records[1]["error"]["message"]
