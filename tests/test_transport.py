@@ -84,6 +84,7 @@ async def test_separate_stderr_stays_out_of_the_reply(cluster_factory) -> None:
 async def test_the_last_of_a_separate_stderr_reaches_the_startup_error() -> None:
     # The tool exits at once; a helper it left in a session of its own says why a little later,
     # on the stderr they share. The error waits for the stream's end (up to a grace period).
+    # Without a cgroup, the helper outlives the tool (only a cgroup would take it along).
     script = (
         "import os, time\n"
         "r, w = os.pipe()\n"
@@ -96,8 +97,9 @@ async def test_the_last_of_a_separate_stderr_reaches_the_startup_error() -> None
     spec = aimcluster.ToolSpec(
         name="grumpy", argv=[sys.executable, "-c", script], ready="> ", merge_stderr=False
     )
+    transport = aimcluster.LocalTransport(cgroups=False)
     with pytest.raises(aimcluster.StartupError) as caught:
-        async with aimcluster.launch_cluster(spec, 1, restart=False):
+        async with aimcluster.launch_cluster(spec, 1, restart=False, transport=transport):
             pass
     assert caught.value.exit_code == 3
     assert caught.value.output == "no model key"
