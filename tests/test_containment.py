@@ -18,8 +18,10 @@ import threading
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from aimcluster import LocalTransport, ToolSpec, launch_cluster
+from aimcluster import _transport as transport_module
 from aimcluster._transport import _own_cgroup
 
 from .conftest import alive, wait_gone
@@ -56,11 +58,17 @@ import os, sys
 import anyio
 from aimcluster import ToolSpec, launch_cluster
 
-tool, pid_file, backend, pty, report = sys.argv[1:6]
+tool, pid_file, backend, streams, report = sys.argv[1:6]
+if streams == "trampoline":  # as where setpriv is missing
+    import aimcluster._transport
+    aimcluster._transport._setpriv = lambda: None
 
 async def main() -> None:
     spec = ToolSpec(
-        name="stubborn", argv=[sys.executable, tool, pid_file], ready=r"ready> $", pty=pty == "pty"
+        name="stubborn",
+        argv=[sys.executable, tool, pid_file],
+        ready=r"ready> $",
+        pty=streams == "pty",
     )
     async with launch_cluster(spec, 1, restart=False):
         os.write(int(report), b"up\\n")
@@ -68,6 +76,21 @@ async def main() -> None:
 
 anyio.run(main, backend=backend)
 """
+
+
+# How the tool is started: through pipes, with setpriv setting PR_SET_PDEATHSIG where it can;
+# through pipes with the Python trampoline (as where setpriv is missing); or in a pty.
+STREAMS = ["pipes", "trampoline", "pty"]
+
+
+@pytest.fixture(params=STREAMS)
+def pty(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Whether the tool gets a pty; with "trampoline", pipes without setpriv."""
+    if request.param == "trampoline":
+        monkeypatch.setattr(transport_module, "_setpriv", lambda: None)
+    elif request.param == "pipes" and transport_module._setpriv() is None:
+        pytest.skip("no setpriv with --pdeathsig here: pipes use the trampoline")
+    return request.param == "pty"  # type: ignore[no-any-return]
 
 
 def _write(path: Path, source: str) -> str:
@@ -82,18 +105,20 @@ def _read_line(fd: int, timeout: float) -> str:
     return os.read(fd, 100).decode()
 
 
-@pytest.mark.parametrize("pty", ["pipes", "pty"])
+@pytest.mark.parametrize("streams", STREAMS)
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP])
 def test_tool_dies_with_its_parent(
-    tmp_path: Path, signum: signal.Signals, backend: str, pty: str
+    tmp_path: Path, signum: signal.Signals, backend: str, streams: str
 ) -> None:
+    if streams == "pipes" and transport_module._setpriv() is None:
+        pytest.skip("no setpriv with --pdeathsig here: pipes use the trampoline")
     tool = _write(tmp_path / "stubborn.py", _STUBBORN)
     parent_script = _write(tmp_path / "parent.py", _PARENT)
     pid_file = tmp_path / "tool.pid"
     report, child_report = os.pipe()
     parent = subprocess.Popen(
-        [sys.executable, parent_script, tool, str(pid_file), backend, pty, str(child_report)],
+        [sys.executable, parent_script, tool, str(pid_file), backend, streams, str(child_report)],
         pass_fds=[child_report],
         stdout=subprocess.DEVNULL,
         start_new_session=True,
@@ -168,7 +193,6 @@ def _session_members(sid: int) -> list[int]:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("cgroups", [False, True], ids=["session", "cgroup"])
-@pytest.mark.parametrize("pty", [False, True], ids=["pipes", "pty"])
 async def test_every_process_of_the_session_dies_with_the_tool(
     tmp_path: Path, pty: bool, cgroups: bool
 ) -> None:
@@ -217,7 +241,6 @@ for line in sys.stdin:
 
 @pytest.mark.anyio
 @pytest.mark.skipif(_own_cgroup() is None, reason="needs a writable cgroup v2 hierarchy")
-@pytest.mark.parametrize("pty", [False, True], ids=["pipes", "pty"])
 async def test_a_daemon_started_by_the_tool_dies_with_the_cluster(
     tmp_path: Path, pty: bool
 ) -> None:
@@ -252,7 +275,6 @@ def _worker_threads() -> list[threading.Thread]:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("pty", [False, True], ids=["pipes", "pty"])
 async def test_a_tool_outlives_the_worker_threads_of_the_event_loop(
     tmp_path: Path, pty: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -277,3 +299,23 @@ async def test_a_tool_outlives_the_worker_threads_of_the_event_loop(
         assert alive([pid]) == [pid]
         assert (await cluster.send("hello", timeout=_START_TIMEOUT)).text == "ok"
         assert alive([pid]) == [pid]
+
+
+@pytest.mark.anyio
+async def test_without_a_writable_cgroup_the_session_sweep_contains_the_tool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As where cgroup v2 is missing or read-only: no crash, a debug event, the sweep alone.
+    monkeypatch.setattr(transport_module._Cgroup, "_parent", str(tmp_path / "no-cgroup-here"))
+    forker = _write(tmp_path / "forker.py", _FORKER)
+    tool = _write(tmp_path / "forking_tool.py", _FORKING_TOOL)
+    spec = ToolSpec(
+        name="forking", argv=[sys.executable, tool, forker], ready=r"ready> $", shutdown_grace=0.5
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with launch_cluster(spec, 1, restart=False) as cluster:
+            sid = int((await cluster.send("go", timeout=_START_TIMEOUT)).text.strip())
+    assert _session_members(sid) == []
+    assert [log["event"] for log in logs if log["event"].startswith("cgroup_")] == [
+        "cgroup_unavailable"
+    ]
