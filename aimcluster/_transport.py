@@ -80,10 +80,11 @@ _TRAMPOLINE = (
     " fcntl.ioctl(0,termios.TIOCSCTTY,0)\n"
     "os.execvp(sys.argv[4],sys.argv[4:])"
 )
-# Bounds on the session sweep (passes over /proc, and seconds the killed may take to exit, with
-# the event loop blocked) and on the wait for a cgroup to empty.
+# Bounds on the session sweep: passes over /proc, and seconds the killed may take to exit while
+# the event loop waits (SIGKILL takes microseconds; longer means a process stuck in the kernel,
+# which forks nothing meanwhile). And on the wait for a cgroup to empty.
 _SWEEP_PASSES = 64
-_SWEEP_TIMEOUT = 0.5
+_SWEEP_TIMEOUT = 0.1
 _CGROUP_DRAIN_TIMEOUT = 2.0
 _PTY_ROWS, _PTY_COLS = 50, 250  # wide, so that tools do not wrap replies at 80 columns
 
