@@ -192,6 +192,8 @@ class _Cgroup:
         """A new, empty cgroup, or None where cgroup v2 is missing or not ours to write."""
         if cls._parent is None:
             cls._parent = _own_cgroup() or ""
+            if cls._parent:
+                _remove_stale_cgroups(cls._parent)
         if not cls._parent:
             return None
         path = os.path.join(cls._parent, f"aimcluster-{os.getpid()}-{next(cls._names)}")
@@ -276,6 +278,28 @@ def _own_cgroup() -> str | None:
         _log.debug("cgroup_unavailable", path=path, error="not writable")
         return None
     return path
+
+
+def _remove_stale_cgroups(parent: str) -> None:
+    """Remove the empty cgroups left by processes of ours that ended without removing them
+    (killed: nothing of ours ran). A populated one is left alone, and said so."""
+    try:
+        names = [name for name in os.listdir(parent) if name.startswith("aimcluster-")]
+    except OSError:
+        return
+    for name in names:
+        try:
+            owner = int(name.split("-")[1])
+            os.kill(owner, 0)
+            continue  # its owner is alive
+        except (ValueError, IndexError, PermissionError):
+            continue  # not named by us, or alive under another user
+        except ProcessLookupError:
+            pass
+        try:
+            os.rmdir(os.path.join(parent, name))
+        except OSError as exc:
+            _log.debug("cgroup_not_removed", path=os.path.join(parent, name), error=str(exc))
 
 
 async def _wait_exited(pid: int) -> None:

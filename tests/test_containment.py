@@ -319,3 +319,19 @@ async def test_without_a_writable_cgroup_the_session_sweep_contains_the_tool(
     assert [log["event"] for log in logs if log["event"].startswith("cgroup_")] == [
         "cgroup_unavailable"
     ]
+
+
+@pytest.mark.skipif(_own_cgroup() is None, reason="needs a writable cgroup v2 hierarchy")
+def test_the_empty_cgroup_of_a_killed_owner_is_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A process of ours that was SIGKILLed could not remove its cgroups: the next one does.
+    parent = _own_cgroup()
+    assert parent is not None
+    owner = subprocess.Popen([sys.executable, "-c", ""])
+    owner.wait()
+    stale = os.path.join(parent, f"aimcluster-{owner.pid}-0")
+    os.mkdir(stale)
+    monkeypatch.setattr(transport_module._Cgroup, "_parent", None)  # as in a new process
+    group = transport_module._Cgroup.create()
+    assert group is not None
+    os.rmdir(group.path)
+    assert not os.path.exists(stale)
