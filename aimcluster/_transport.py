@@ -3,14 +3,17 @@
 Containment (Linux): no process a tool starts outlives its cluster, however the cluster ends.
 
 - The tool gets ``PR_SET_PDEATHSIG`` (SIGKILL), so that it dies with us even when we are
-  SIGKILLed. The kernel keeps it across ``exec`` but clears it on the exec of a set-user-ID or
-  set-group-ID program, and it covers that one process, not its children: those are for the
-  two sweeps below. It fires when the *thread* that forked the child ends, not the process: so
-  we fork in the event loop's thread, which outlives the cluster (trio's ``open_process`` forks
-  in a cached worker thread that ends after 10 s idle, and would take the tool with it).
+  SIGKILLed: set by util-linux ``setpriv`` where it can (about 1 ms), else by a small Python
+  trampoline (about 12 ms), between fork and exec. The kernel keeps it across ``exec`` but
+  clears it on the exec of a set-user-ID or set-group-ID program, and it covers that one
+  process, not its children: those are for the two sweeps below. It fires when the *thread*
+  that forked the child ends, not the process: so we fork in the event loop's thread, which
+  outlives the cluster (trio's ``open_process`` forks in a cached worker thread that ends after
+  10 s idle, and would take the tool with it).
 - Every tool starts in a session of its own. Stopping it SIGKILLs the session: its process
-  group, then every process of the session found in ``/proc``, again and again until a pass
-  finds no process it has not killed already (one that has been sent SIGKILL forks no more).
+  group, then every process of the session found in ``/proc``, again and again (bounded)
+  until the session is empty: a process forking as a pass reads ``/proc`` is caught by the
+  next one.
 - A descendant that starts a session of its own (a daemon) escapes that sweep. Where cgroup v2
   is writable (as root, or in a delegated subtree), each tool therefore starts in a cgroup of
   its own, and stopping it writes ``cgroup.kill``: every process in it, however deep or
