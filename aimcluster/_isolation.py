@@ -3,31 +3,32 @@
 ``none``
     every instance runs in ``--cwd``.
 ``dir``
-    instance N runs in ``<cwd>/.aimcluster/instance-N`` (kept afterwards: tools keep their
-    chat histories and caches there); path items are given to steps as absolute paths.
+    instance N runs in ``<cwd>/.aimcluster/instance-N``, a directory of its own for what the
+    tool keeps there (chat histories, caches, scratch files), kept afterwards. It is not a copy
+    of the project: path items are given to steps as absolute paths, so every instance edits
+    the one shared tree, and jobs on one file never overlap only because they share the file.
 ``worktree``
-    instance N runs in its own git worktree of the repository that holds ``--cwd``, on a new
-    branch ``aimcluster/<run>/instance-N`` started from ``HEAD``. Worktrees are removed at the
-    end unless they hold uncommitted changes; branches that got commits are kept.
+    instance N runs in its own git worktree of the repository that holds ``--cwd``, under
+    ``.git/aimcluster/<run>/``; each job's change is committed on the instance's branch, and
+    the run ends with every item's commit on one result branch (see :mod:`._results`).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import anyio
 import attrs
 
-from ._items import InputError
+from ._jobs import Job
+from ._results import Worktrees, open_worktrees
 from ._spec import ToolSpec
 
-__all__ = ["ISOLATIONS", "Isolation", "IsolationName", "isolate"]
+__all__ = ["ISOLATIONS", "Isolation", "IsolationName", "WorktreeOptions", "isolate"]
 
 IsolationName = Literal["none", "dir", "worktree"]
 ISOLATIONS: tuple[IsolationName, ...] = ("none", "dir", "worktree")
@@ -39,27 +40,43 @@ class Isolation:
 
     spec: ToolSpec
     notes: list[str] = attrs.field(factory=list)
+    #: With ``worktree``: the worktrees, which commit each job's change and land them all.
+    workspace: Worktrees | None = None
 
 
-def _git(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=60
-    )
+@attrs.frozen(kw_only=True)
+class WorktreeOptions:
+    """What ``--isolation worktree`` needs besides the spec."""
 
-
-def _git_ok(*args: str, cwd: Path) -> str:
-    result = _git(*args, cwd=cwd)
-    if result.returncode != 0:
-        message = (result.stderr or result.stdout).strip().splitlines()
-        raise InputError(f"git {' '.join(args)} failed: {message[-1] if message else '?'}")
-    return result.stdout.strip()
+    #: Every job of the run, in item order (those done before included), and the done items.
+    jobs: Sequence[Job]
+    done: Iterable[str] = ()
+    #: The journal's records (the commits they name), and where the run's state is kept
+    #: (``None``: nowhere, no resume).
+    records: Sequence[Mapping[str, Any]] = ()
+    state_path: Path | None = None
+    result_branch: str | None = None
+    keep: bool = False
+    fresh: bool = False
+    #: The event loop the git commands of the set-up and the clean-up run on.
+    backend: str = "asyncio"
 
 
 @contextmanager
 def isolate(
-    mode: IsolationName, spec: ToolSpec, *, root: Path, count: int, run: str
+    mode: IsolationName,
+    spec: ToolSpec,
+    *,
+    root: Path,
+    count: int,
+    run: str,
+    worktree: WorktreeOptions | None = None,
 ) -> Iterator[Isolation]:
-    """Prepare *count* working places for *spec*'s instances; clean up on the way out."""
+    """Prepare *count* working places for *spec*'s instances; clean up on the way out.
+
+    :raises InputError: if ``worktree`` cannot be set up (no git, no repository, no commit,
+        a result branch that exists)
+    """
     if mode == "none":
         yield Isolation(attrs.evolve(spec, cwd=root))
     elif mode == "dir":
@@ -70,54 +87,27 @@ def isolate(
         yield isolation
         isolation.notes.append(f"instance working directories are kept in {base}")
     else:
-        with _worktrees(spec, root=root, count=count, run=run) as isolation:
-            yield isolation
-
-
-@contextmanager
-def _worktrees(spec: ToolSpec, *, root: Path, count: int, run: str) -> Iterator[Isolation]:
-    if shutil.which("git") is None:
-        raise InputError("--isolation worktree needs git, which was not found on PATH")
-    top_result = _git("rev-parse", "--show-toplevel", cwd=root)
-    if top_result.returncode != 0:
-        raise InputError(f"--isolation worktree needs --cwd inside a git repository: {root}")
-    top = Path(top_result.stdout.strip())
-    if _git("rev-parse", "--verify", "-q", "HEAD", cwd=top).returncode != 0:
-        raise InputError(f"--isolation worktree needs a commit to start from; {top} has none")
-    head = _git_ok("rev-parse", "HEAD", cwd=top)
-    subdir = root.resolve().relative_to(top.resolve())
-    base = Path(tempfile.mkdtemp(prefix="aimcluster-worktrees-"))
-    isolation = Isolation(attrs.evolve(spec, cwd=str(base / "instance-{instance}" / subdir)))
-    if _git("status", "--porcelain", "--untracked-files=no", cwd=top).stdout.strip():
-        isolation.notes.append(
-            f"{top} has uncommitted changes; the worktrees start from HEAD {head[:12]} without them"
+        options = worktree or WorktreeOptions(jobs=())
+        worktrees = anyio.run(
+            functools.partial(
+                open_worktrees,
+                root,
+                count,
+                run=run,
+                jobs=options.jobs,
+                done=options.done,
+                records=options.records,
+                state_path=options.state_path,
+                result_branch=options.result_branch,
+                keep=options.keep,
+                fresh=options.fresh,
+            ),
+            backend=options.backend,
         )
-    made: list[tuple[Path, str]] = []
-    try:
-        for index in range(count):
-            path = base / f"instance-{index}"
-            branch = f"aimcluster/{run}/instance-{index}"
-            _git_ok("worktree", "add", "-q", "-b", branch, str(path), head, cwd=top)
-            made.append((path, branch))
-        yield isolation
-    finally:
-        for path, branch in made:
-            isolation.notes.extend(_remove_worktree(top, path, branch, head))
+        isolation = Isolation(
+            attrs.evolve(spec, cwd=worktrees.cwd_template), worktrees.notes, worktrees
+        )
         try:
-            base.rmdir()
-        except OSError:
-            pass
-
-
-def _remove_worktree(top: Path, path: Path, branch: str, head: str) -> list[str]:
-    notes = []
-    if _git("worktree", "remove", str(path), cwd=top).returncode != 0:
-        notes.append(f"worktree {path} has uncommitted changes: kept (branch {branch})")
-    tip = _git("rev-parse", "-q", "--verify", branch, cwd=top).stdout.strip()
-    if tip == head:
-        if not os.path.exists(path):
-            _git("branch", "-q", "-D", branch, cwd=top)
-    elif tip:
-        count = _git("rev-list", "--count", f"{head}..{branch}", cwd=top).stdout.strip()
-        notes.append(f"branch {branch} has {count} new commit(s)")
-    return notes
+            yield isolation
+        finally:
+            anyio.run(worktrees.close, backend=options.backend)
