@@ -6,33 +6,111 @@ cluster's size. :func:`run_jobs` yields a :class:`JobResult` for each job as it 
 
 The scheduler starts a job only when every earlier job on each of its resources has ended *and*
 a slot is free, so a job that waits for a resource never holds a slot another job could use.
+
+A reply is not success by itself: a step whose reply matches a failure pattern (the tool's own
+``ToolSpec.failure_replies``, such as aider's "Can't edit", or the caller's ``fail_on``) fails
+the job, and a job's ``verify`` command, run in the instance's working directory while the job
+still holds the instance, fails it with a non-zero exit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
+import os
+import re
+import signal
+import subprocess
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._exceptions import AimclusterError, ClusterClosedError, NoHealthyInstancesError
+from ._transport import _child_cwd
 
 if TYPE_CHECKING:
     from ._cluster import Cluster
 
-__all__ = ["Job", "JobResult", "JobRun", "JobStatus", "run_jobs"]
+__all__ = [
+    "Job",
+    "JobResult",
+    "JobRun",
+    "JobStatus",
+    "ReplyFailedError",
+    "VerifyFailedError",
+    "VerifyResult",
+    "Workspace",
+    "run_jobs",
+]
 
 JobStatus = Literal["ok", "failed", "cancelled"]
 
 # Errors after which running the job again cannot help: the cluster itself is gone.
 _FATAL = (ClusterClosedError, NoHealthyInstancesError)
+
+#: The most output of a verify command that is kept (its end: where the verdict usually is).
+MAX_VERIFY_OUTPUT = 16 * 1024
+
+
+class Workspace(Protocol):
+    """Where jobs' changes go (``--isolation worktree``). Both methods run while the job holds
+    its instance: :meth:`prepare` before each attempt, :meth:`settle` after an attempt whose
+    steps and checks all succeeded; an :class:`AimclusterError` from either fails the attempt."""
+
+    async def prepare(self, job: Job, instance: int) -> None: ...
+
+    async def settle(self, job: Job, instance: int) -> str:
+        """Take the job's change: the commit that holds it, or ``""`` if it changed nothing."""
+        ...
+
+
+class ReplyFailedError(AimclusterError):
+    """A step's reply says the step failed: it matches a failure pattern."""
+
+    def __init__(self, *, step: int, prompt: str, pattern: str, reply: str, line: str) -> None:
+        super().__init__(
+            f"the reply to step {step} reports a failure (it matches {pattern!r}): {line!r}"
+        )
+        #: The step's number, from 1.
+        self.step = step
+        self.prompt = prompt
+        #: The pattern that matched, and the whole reply.
+        self.pattern = pattern
+        self.reply = reply
+
+
+class VerifyFailedError(AimclusterError):
+    """The job's verify command exited non-zero, did not finish in time, or did not start."""
+
+    def __init__(self, message: str, *, result: VerifyResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@attrs.frozen(kw_only=True)
+class VerifyResult:
+    """What a job's verify command did."""
+
+    #: The command line, as run (no shell).
+    argv: tuple[str, ...]
+    #: Its exit code (negative: killed by that signal); ``None`` if it did not run to its end.
+    exit_code: int | None
+    #: The end of its output, stdout and stderr together (at most ``MAX_VERIFY_OUTPUT``
+    #: characters).
+    output: str
+    #: Seconds it took.
+    elapsed: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
 
 
 def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
@@ -72,6 +150,11 @@ class Job:
         converter=_str_tuple,
         validator=_non_empty_strings,
     )
+    #: A command run (without a shell) in the instance's working directory once every step
+    #: has its reply, while the job still holds the instance: a non-zero exit fails the job.
+    verify: tuple[str, ...] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(_str_tuple)
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -98,6 +181,18 @@ class JobResult:
     #: The exception's class name and message when the job did not succeed.
     error_type: str | None = None
     error: str | None = None
+    #: Seconds each reply of the last attempt took, one per entry of :attr:`replies`.
+    timings: tuple[float, ...] = ()
+    #: The working directory of the instance that ran the last attempt, if known.
+    cwd: str | None = None
+    #: When the job failed: what the tool printed last (the partial output of a crash or a
+    #: timeout, the reply that reported a failure, the verify command's output).
+    output: str | None = None
+    #: What the job's verify command did, if it ran.
+    verify: VerifyResult | None = None
+    #: With a :class:`Workspace`: the commit that holds the job's change, ``""`` if it changed
+    #: nothing; ``None`` without one, or if the job did not get that far.
+    commit: str | None = None
 
     @property
     def item(self) -> str:
@@ -126,6 +221,10 @@ class _Attempt:
     number: int = 0
     instance: int | None = None
     replies: list[str] = attrs.field(factory=list)
+    timings: list[float] = attrs.field(factory=list)
+    cwd: str | None = None
+    verify: VerifyResult | None = None
+    commit: str | None = None
 
 
 class JobRun:
@@ -145,6 +244,8 @@ class JobRun:
         timeout: float | None,
         retries: int,
         concurrency: int | None,
+        fail_on: Iterable[str] | None = None,
+        workspace: Workspace | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries!r}")
@@ -154,8 +255,18 @@ class JobRun:
             raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
         self._cluster = cluster
         self._timeout = timeout
+        if isinstance(fail_on, str):
+            raise TypeError(f"fail_on must be a sequence of regexes, got the string {fail_on!r}")
+        patterns = cluster.spec.failure_replies if fail_on is None else tuple(fail_on)
+        self._fail_on: list[re.Pattern[str]] = []
+        for pattern in patterns:
+            try:
+                self._fail_on.append(re.compile(pattern))
+            except re.error as exc:
+                raise ValueError(f"fail_on: not a valid regex: {pattern!r} ({exc})") from None
         self._retries = retries
         self._concurrency = concurrency
+        self._workspace = workspace
         self._nodes: list[_Node] = []
         self._ready: list[int] = []
         tails: dict[str, _Node] = {}
@@ -174,6 +285,10 @@ class JobRun:
         self._running = 0
         self._stopping = False
         self._grace: float | None = None
+        # The grace the first stop gave, and whether a later stop cut it short: what a
+        # cancelled job's message states.
+        self._first_grace: float | None = None
+        self._hurried = False
         self._scopes: dict[_Node, anyio.CancelScope] = {}
         self._active: dict[int, Job] = {}
         self._entered = False
@@ -214,6 +329,10 @@ class JobRun:
         """
         self._stopping = True
         if grace is not None:
+            if self._grace is None:
+                self._first_grace = grace
+            elif grace < self._grace:
+                self._hurried = True
             self._grace = grace if self._grace is None else min(grace, self._grace)
             deadline = anyio.current_time() + grace
             for scope in self._scopes.values():
@@ -318,9 +437,10 @@ class JobRun:
             status: JobStatus = "ok" if error is None else "failed"
             error_type = None if error is None else type(error).__name__
             message = None if error is None else str(error)
+            output = None if error is None else _output_of(error)
             if scope.cancelled_caught:
                 status, error_type = "cancelled", "Cancelled"
-                message = f"cancelled after the {self._grace:g} s grace period of the stop"
+                message = self._cancelled_message()
             self._send.send_nowait(
                 JobResult(
                     job=node.job,
@@ -333,16 +453,31 @@ class JobRun:
                     elapsed=anyio.current_time() - start,
                     error_type=error_type,
                     error=message,
+                    timings=tuple(attempt.timings),
+                    cwd=attempt.cwd,
+                    output=output,
+                    verify=attempt.verify,
+                    commit=attempt.commit,
                 )
             )
         finally:
             self._finish(node)
+
+    def _cancelled_message(self) -> str:
+        if self._hurried:
+            return (
+                f"cancelled by a second stop, before the end of the {self._first_grace:g} s "
+                "grace period of the first"
+            )
+        return f"cancelled after the {self._grace:g} s grace period of the stop"
 
     async def _attempts(self, job: Job, attempt: _Attempt) -> Exception | None:
         """Run *job* until it succeeds or its retries are spent; return the last error."""
         error: AimclusterError | None = None
         for number in range(1, self._retries + 2):
             attempt.number, attempt.instance, attempt.replies = number, None, []
+            attempt.timings, attempt.cwd, attempt.verify = [], None, None
+            attempt.commit = None
             try:
                 await self._attempt(job, attempt)
             except _FATAL as exc:
@@ -363,13 +498,107 @@ class JobRun:
     async def _attempt(self, job: Job, attempt: _Attempt) -> None:
         async with self._cluster.lease(job.key) as session:
             attempt.instance = session.instance
+            attempt.cwd = _child_cwd(self._cluster.spec, session.instance) or os.getcwd()
             self._active[session.instance] = job
             try:
-                for step in job.steps:
+                if self._workspace is not None:
+                    await self._workspace.prepare(job, session.instance)
+                for number, step in enumerate(job.steps, start=1):
                     reply = await session.send(step, timeout=self._timeout)
                     attempt.replies.append(reply.text)
+                    attempt.timings.append(reply.elapsed)
+                    self._check_reply(number, step, reply.text)
+                if job.verify is not None:
+                    attempt.verify = await _run_verify(job.verify, attempt.cwd, self._timeout)
+                    if not attempt.verify.ok:
+                        raise VerifyFailedError(
+                            _verify_message(attempt.verify), result=attempt.verify
+                        )
+                if self._workspace is not None:
+                    attempt.commit = await self._workspace.settle(job, session.instance)
             finally:
                 del self._active[session.instance]
+
+    def _check_reply(self, number: int, prompt: str, text: str) -> None:
+        for pattern in self._fail_on:
+            match = pattern.search(text)
+            if match is not None:
+                start = text.rfind("\n", 0, match.start()) + 1
+                end = text.find("\n", match.end())
+                line = text[start : len(text) if end == -1 else end]
+                raise ReplyFailedError(
+                    step=number, prompt=prompt, pattern=pattern.pattern, reply=text, line=line
+                )
+
+
+def _output_of(error: Exception) -> str | None:
+    """What the tool printed last, as the error holds it."""
+    if isinstance(error, ReplyFailedError):
+        return error.reply
+    if isinstance(error, VerifyFailedError):
+        return error.result.output
+    for name in ("partial_output", "output"):
+        value = getattr(error, name, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _verify_message(result: VerifyResult) -> str:
+    command = " ".join(result.argv)
+    if result.exit_code is None:
+        # The last line is the runner's own note in brackets: why it did not run to its end.
+        reason = result.output.rstrip().rpartition("\n")[2].strip("[]")
+        return f"the verify command {command!r}: {reason}"
+    if result.exit_code < 0:
+        return f"the verify command {command!r} was killed by signal {-result.exit_code}"
+    return f"the verify command {command!r} exited with code {result.exit_code}"
+
+
+async def _run_verify(
+    argv: tuple[str, ...], cwd: str | None, timeout: float | None
+) -> VerifyResult:
+    """Run *argv* in *cwd*, in a session of its own; keep the end of its output.
+
+    Whatever it leaves behind (an ``sh -c '... &'``) is killed with its process group, and so
+    is everything when the job is cancelled or the command overruns *timeout*.
+    """
+    begin = anyio.current_time()
+    tail = bytearray()
+    try:
+        process = await anyio.open_process(
+            list(argv),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return VerifyResult(
+            argv=argv,
+            exit_code=None,
+            output=f"[it could not be started: {exc.strerror or exc}]",
+            elapsed=anyio.current_time() - begin,
+        )
+    async with process:
+        try:
+            with anyio.fail_after(timeout):
+                assert process.stdout is not None
+                async for chunk in process.stdout:
+                    tail += chunk
+                    del tail[: -4 * MAX_VERIFY_OUTPUT]
+                code: int | None = await process.wait()
+        except TimeoutError:
+            code = None
+            tail += f"\n[it did not finish within {timeout:g} s]".encode()
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+    output = tail.decode("utf-8", errors="replace")[-MAX_VERIFY_OUTPUT:]
+    return VerifyResult(
+        argv=argv, exit_code=code, output=output, elapsed=anyio.current_time() - begin
+    )
 
 
 def run_jobs(
@@ -379,6 +608,8 @@ def run_jobs(
     timeout: float | None = None,
     retries: int = 0,
     concurrency: int | None = None,
+    fail_on: Iterable[str] | None = None,
+    workspace: Workspace | None = None,
 ) -> JobRun:
     """Run *jobs* on *cluster*; iterate the result to get each :class:`JobResult` as it ends.
 
@@ -398,5 +629,17 @@ def run_jobs(
         an instance that overruns is restarted
     :param retries: run a failed job again, from its first step, up to this many times
         (a job's steps are rarely idempotent: opt in)
+    :param fail_on: regexes searched in each reply; a match fails the job at that step
+        (default: the tool's own ``ToolSpec.failure_replies``; ``()``: none)
+    :param workspace: prepares each job's working place and takes its change (a commit)
+    :raises ValueError: for a *fail_on* entry that is not a regex
     """
-    return JobRun(cluster, jobs, timeout=timeout, retries=retries, concurrency=concurrency)
+    return JobRun(
+        cluster,
+        jobs,
+        timeout=timeout,
+        retries=retries,
+        concurrency=concurrency,
+        fail_on=fail_on,
+        workspace=workspace,
+    )

@@ -45,6 +45,20 @@ def _valid_responders(
         _valid_regex(instance, attribute, pair[0])
 
 
+def _str_patterns(value: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise ValueError(f"expected a sequence of regexes, got the string {value!r}")
+    return tuple(value)
+
+
+def _valid_patterns(instance: Any, attribute: attrs.Attribute[Any], value: Sequence[str]) -> None:
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as exc:
+            raise ValueError(f"{attribute.name}: not a valid regex: {pattern!r} ({exc})") from None
+
+
 def _argv_tuple(value: Iterable[str]) -> tuple[str, ...]:
     if isinstance(value, str):
         # A str is a sequence of one-character strings; it would "work" as argv ('p','y',...).
@@ -160,6 +174,11 @@ class ToolSpec:
     #: off before the tool starts (a tool that reads its input itself, such as one using
     #: readline, may still echo). Echoed input is skipped before the ready regex is looked for.
     echo: bool = True
+    #: Regexes searched in each reply of a job (:func:`~aimcluster.run_jobs`): a match means the
+    #: tool reports that the step failed (aider's ``Can't edit``), and fails the job.
+    failure_replies: Sequence[str] = attrs.field(
+        default=(), converter=_str_patterns, validator=_valid_patterns
+    )
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.framing, PromptFraming) and self.ready is None:

@@ -70,6 +70,23 @@ def aider_block(prompt: str, seq: int) -> str:
 _AIDER_INPUT = PromptFraming(encode=aider_block, prompt_per_line=True)
 
 
+#: The mock agent's replies that report a failed step (see ``aimcluster/mock_agent.py``).
+MOCK_FAILURE_REPLIES = (
+    r"(?m)^No such file: ",
+    r"(?m) is not in the chat$",
+    r"(?m)^Could not edit ",
+    r"(?m)^No files in the chat to edit$",
+)
+#: aider's own messages for an edit or a file it could not handle. At a line's start: a model's
+#: prose that quotes them mid-line is not a failure.
+AIDER_FAILURE_REPLIES = (
+    r"(?m)^Can't edit ",
+    r"(?m)^No such file",
+    r"(?m) is not in the chat",
+    r"(?m)^Could not edit ",
+)
+
+
 def mock(
     *,
     delay: float = 0.0,
@@ -111,6 +128,7 @@ def mock(
         cwd=cwd,
         env=env,
         exit_command="/exit",
+        failure_replies=MOCK_FAILURE_REPLIES,
     )
 
 
@@ -369,6 +387,7 @@ def aider(
         startup_timeout=120,
         exit_command="/exit",
         shutdown_grace=10,
+        failure_replies=AIDER_FAILURE_REPLIES,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import attrs
@@ -216,3 +217,106 @@ def test_job_needs_steps_as_a_sequence_of_strings() -> None:
     assert job.steps == ("a",)
     assert job.resources == ("r1", "r2")
     assert job.key == "k"
+
+
+# -- success checks ---------------------------------------------------------------------------
+
+
+async def test_a_reply_the_tool_reports_as_a_failure_fails_the_job_at_that_step(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "real.py").write_text("x = 1\n")
+    jobs = [
+        Job(item="ghost", steps=["/add ghost.py", "Add a DOC_ID header to ghost.py"]),
+        Job(item="real", steps=["/add real.py", "/drop real.py"]),
+    ]
+    async with launch_cluster(fast_mock(tmp_path), 2) as cluster:
+        results = {r.item: r async for r in run_jobs(cluster, jobs, timeout=STEP_TIMEOUT)}
+
+    ghost = results["ghost"]
+    assert ghost.status == "failed"
+    assert ghost.error_type == "ReplyFailedError"
+    assert ghost.error == (
+        "the reply to step 1 reports a failure (it matches '(?m)^No such file: '): "
+        "'No such file: ghost.py'"
+    )
+    # The step after the failed one was not sent.
+    assert ghost.replies == ("No such file: ghost.py",)
+    assert ghost.output == "No such file: ghost.py"
+    assert len(ghost.timings) == 1
+    assert ghost.cwd == str(tmp_path)
+    assert results["real"].status == "ok"
+
+
+async def test_fail_on_replaces_the_tools_own_failure_replies(tmp_path: Path) -> None:
+    jobs = [
+        Job(item="ghost", steps=["/add ghost.py"]),
+        Job(item="parse", steps=["/echo Parse error near 'x'"]),
+    ]
+    async with launch_cluster(fast_mock(tmp_path), 1) as cluster:
+        results = {r.item: r async for r in run_jobs(cluster, jobs, fail_on=["Parse error"])}
+
+    assert results["ghost"].status == "ok"
+    assert results["parse"].status == "failed"
+    assert results["parse"].error_type == "ReplyFailedError"
+    with pytest.raises(ValueError, match=r"fail_on: not a valid regex: '\('"):
+        async with launch_cluster(fast_mock(tmp_path), 1) as cluster:
+            run_jobs(cluster, jobs, fail_on=["("])
+
+
+async def test_verify_runs_in_the_instance_directory_and_a_non_zero_exit_fails_the_job(
+    tmp_path: Path,
+) -> None:
+    for index in (0, 1):
+        (tmp_path / f"instance-{index}").mkdir()
+    spec = attrs.evolve(fast_mock(tmp_path), cwd=str(tmp_path / "instance-{instance}"))
+    check = "import os, sys; print('in', os.getcwd()); sys.exit(int(sys.argv[1]))"
+    jobs = [
+        Job(item="good", steps=["/echo hi"], verify=[sys.executable, "-c", check, "0"]),
+        Job(item="bad", steps=["/echo hi"], verify=[sys.executable, "-c", check, "3"]),
+    ]
+    async with launch_cluster(spec, 2) as cluster:
+        results = {r.item: r async for r in run_jobs(cluster, jobs, timeout=STEP_TIMEOUT)}
+
+    good, bad = results["good"], results["bad"]
+    assert good.status == "ok"
+    assert good.verify is not None
+    assert good.verify.exit_code == 0
+    assert good.verify.output == f"in {good.cwd}\n"
+    assert bad.status == "failed"
+    assert bad.error_type == "VerifyFailedError"
+    assert bad.error is not None
+    assert bad.error.endswith("exited with code 3")
+    assert bad.cwd == str(tmp_path / f"instance-{bad.instance}")
+    assert bad.output == f"in {bad.cwd}\n"
+    assert bad.replies == ("hi",)
+
+
+async def test_a_verify_command_that_overruns_is_killed_with_what_it_started(
+    tmp_path: Path,
+) -> None:
+    # The shell leaves a grandchild behind it; the autouse fixture fails the test if it lives.
+    jobs = [Job(item="slow", steps=["/echo hi"], verify=["sh", "-c", "sleep 60 & sleep 60"])]
+    async with launch_cluster(fast_mock(tmp_path), 1) as cluster:
+        results = [r async for r in run_jobs(cluster, jobs, timeout=0.5)]
+
+    (slow,) = results
+    assert slow.status == "failed"
+    assert (
+        slow.error
+        == "the verify command 'sh -c sleep 60 & sleep 60': it did not finish within 0.5 s"
+    )
+    assert slow.verify is not None
+    assert slow.verify.exit_code is None
+
+
+async def test_a_verify_command_that_cannot_start_fails_the_job(tmp_path: Path) -> None:
+    jobs = [Job(item="x", steps=["/echo hi"], verify=[str(tmp_path / "missing")])]
+    async with launch_cluster(fast_mock(tmp_path), 1) as cluster:
+        (result,) = [r async for r in run_jobs(cluster, jobs)]
+
+    assert result.status == "failed"
+    assert result.error == (
+        f"the verify command {str(tmp_path / 'missing')!r}: it could not be started: "
+        "No such file or directory"
+    )
