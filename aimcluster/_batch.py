@@ -10,7 +10,7 @@ in flight at once; a third abandons the run.
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import anyio
 import attrs
@@ -22,8 +22,10 @@ from ._exceptions import single_error
 from ._jobs import Job, JobResult, JobRun, run_jobs
 from ._journal import Journal
 from ._metrics import ClusterMetrics
+from ._policy import RestartPolicy
 from ._progress import Display, Tracker
 from ._report import RunSummary, summarize
+from ._results import Worktrees
 from ._spec import ToolSpec
 
 __all__ = ["Batch", "BatchOutcome", "run_batch"]
@@ -45,6 +47,16 @@ class Batch:
     grace: float
     #: The open journal each result is appended to, if any.
     journal: Journal | None
+    #: Each job's fingerprint by item, written in its journal record.
+    fingerprints: Mapping[str, str] = attrs.field(factory=dict)
+    #: Regexes that fail a step whose reply matches (``None``: the tool's own
+    #: ``failure_replies``).
+    fail_on: Sequence[str] | None = None
+    #: The instances' restart policy (``None``: the default one).
+    restart: RestartPolicy | None = None
+    #: ``--isolation worktree``: commits each job's change, and lands every item's commit on
+    #: the result branch once the jobs have ended.
+    workspace: Worktrees | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -99,6 +111,7 @@ async def _watch_signals(
 async def _collect(
     run: JobRun,
     journal: Journal | None,
+    fingerprints: Mapping[str, str],
     tracker: Tracker,
     display: Display,
     results: list[JobResult],
@@ -109,7 +122,7 @@ async def _collect(
         ui.start_soon(display.refresh_forever)
         async for result in run:
             if journal is not None:
-                await journal.append(result)
+                await journal.append(result, job=fingerprints.get(result.item))
             results.append(result)
             tracker.add(result)
             display.result(result)
@@ -127,7 +140,7 @@ async def run_batch(
 
     :raises ToolNotFoundError: before anything starts, if the tool's executable is missing
     :raises StartupError: if an instance does not start
-    :raises OSError: if the journal cannot be written
+    :raises JournalWriteError: if the journal cannot be written
     """
     try:
         return await _run_batch(batch, tracker=tracker, display=display, logger=logger)
@@ -152,22 +165,40 @@ async def _run_batch(
         # A signal before the jobs start cancels this scope: the start-up is abandoned.
         with stopper.scope:
             async with launch_cluster(
-                batch.spec, batch.count, routing=batch.routing, logger=logger
+                batch.spec,
+                batch.count,
+                routing=batch.routing,
+                restart=batch.restart or True,
+                logger=logger,
             ) as cluster:
                 ready = anyio.current_time()
                 async with run_jobs(
-                    cluster, batch.jobs, timeout=batch.timeout, retries=batch.retries
+                    cluster,
+                    batch.jobs,
+                    timeout=batch.timeout,
+                    retries=batch.retries,
+                    fail_on=batch.fail_on,
+                    workspace=batch.workspace,
                 ) as run:
                     stopper.run = run
                     tracker.start()
                     display.attach(cluster, run)
                     try:
-                        await _collect(run, batch.journal, tracker, display, results)
+                        await _collect(
+                            run, batch.journal, batch.fingerprints, tracker, display, results
+                        )
                     finally:
                         display.close()
                     not_started = len(run.unstarted)
                 metrics = cluster.metrics()
         signals.cancel_scope.cancel()
+    skipped = batch.skipped
+    if batch.workspace is not None:
+        # After the instances stopped, and after a stop too: what is done lands.
+        results, reopened = await batch.workspace.land(
+            results, journal=batch.journal, fingerprints=batch.fingerprints
+        )
+        skipped -= reopened
     end = anyio.current_time()
     interrupted = None if stopper.signum is None else signal.Signals(stopper.signum).name
     summary = summarize(
@@ -175,13 +206,14 @@ async def _run_batch(
         tool=batch.spec.name,
         count=batch.count,
         total=batch.total,
-        skipped=batch.skipped,
+        skipped=skipped,
         not_started=not_started,
         startup_time=ready - begin,
         wall_time=end - begin,
         metrics=metrics,
         interrupted=interrupted,
         journal=None if batch.journal is None else str(batch.journal.path),
+        landing=None if batch.workspace is None else batch.workspace.landing,
     )
     code = 0 if summary.succeeded else 1
     if stopper.signum is not None:

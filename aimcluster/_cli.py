@@ -3,10 +3,11 @@
 A thin layer over :func:`aimcluster.run_jobs`: it turns options into jobs, and results into a
 journal, progress and a summary.
 
-Exit codes: 0 every item succeeded (or was already done); 1 some item failed, or an instance
-did not start; 2 bad usage or input (one line on stderr, never a traceback); 128 + N stopped by
-signal N, after a graceful stop with its summary (130 for Ctrl-C, 143 for SIGTERM, 129 for
-SIGHUP: a closed terminal).
+Exit codes: 0 every item succeeded (or was already done); 1 some item failed; 2 bad usage or
+input (one line on stderr, never a traceback), found before any work starts where it can be (an
+unwritable --report or journal, a missing executable); 3 the tool did not start; 128 + N
+stopped by signal N, after a graceful stop with its summary (130 for Ctrl-C, 143 for SIGTERM,
+129 for SIGHUP: a closed terminal).
 
 Everything printed that comes from outside (item and file names, paths, tool names, tool
 output, error messages) goes through :func:`shown`, and reaches rich as text, never as markup.
@@ -48,18 +49,29 @@ from ._demo import (
     verify_project,
 )
 from ._exceptions import AimclusterError, StartupError, ToolNotFoundError
-from ._isolation import ISOLATIONS, IsolationName, isolate
+from ._isolation import ISOLATIONS, IsolationName, WorktreeOptions, isolate
 from ._items import (
     InputError,
     WorkItem,
     build_jobs,
+    exclude,
     items_from_file,
     items_from_jsonl,
     items_from_paths,
 )
-from ._journal import Journal, JournalInUseError
+from ._jobs import Job
+from ._journal import (
+    Journal,
+    JournalContents,
+    JournalInUseError,
+    JournalWriteError,
+    fingerprint,
+    read_journal,
+)
+from ._policy import RestartPolicy
 from ._progress import Display, LiveDisplay, NullDisplay, PlainDisplay, Tracker
-from ._report import render_summary, seconds
+from ._report import last_lines, render_summary, seconds
+from ._results import state_path_for
 from ._routing import ROUTINGS
 from ._spec import ToolSpec
 from ._terminal import shown
@@ -71,6 +83,12 @@ __all__ = ["cli", "main"]
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: The tool was found but did not start (it exited, or showed no ready prompt in time).
+EXIT_NO_START = 3
+
+#: ``run``'s reply timeout when neither --timeout nor the tool's spec gives one: long enough
+#: for an agent's slow edit, short enough that a stuck one does not hold the run for good.
+DEFAULT_RUN_TIMEOUT = 600.0
 
 #: Harmless prompts for ``aimcluster check``, by built-in tool name.
 PROBES = {
@@ -231,12 +249,64 @@ def _open_journal(stack: contextlib.ExitStack, path: str, run_id: str) -> Journa
     return journal
 
 
-def _startup_failure(exc: StartupError) -> NoReturn:
+def _startup_failure(exc: StartupError, code: int = EXIT_NO_START) -> NoReturn:
     head, _, output = str(exc).partition("\n")
     click.echo(f"aimcluster: error: {shown(head)}", err=True)
     if output:
         click.echo(shown(output, block=True), err=True)
-    sys.exit(EXIT_FAILED)
+    sys.exit(code)
+
+
+def _check_report(path: str) -> None:
+    """Fail now, not after the run, if the report cannot be written at *path*."""
+    target = Path(path)
+    existed = target.exists()
+    try:
+        with open(target, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        _fail(f"cannot write the report {path}: {exc.strerror or exc}")
+    if not existed:
+        target.unlink(missing_ok=True)
+
+
+def _verify_argv(command: str | None) -> tuple[str, ...] | None:
+    if command is None:
+        return None
+    try:
+        argv = tuple(shlex.split(command))
+    except ValueError as exc:
+        _fail(f"--verify {command!r}: {exc}")
+    if not argv:
+        _fail("--verify needs a command")
+    program = argv[0]
+    if "/" not in program and "{" not in program and shutil.which(program) is None:
+        _fail(f"--verify: {program!r} was not found on PATH")
+    return argv
+
+
+def _read_contents(path: str) -> JournalContents:
+    try:
+        return read_journal(path)
+    except OSError as exc:
+        _fail(f"cannot read the journal {path}: {exc.strerror or exc}")
+
+
+def _dry_run(console: Console, todo: Sequence[Job], done: Sequence[Job], limited: int) -> None:
+    for job in todo:
+        console.print(f"run   {shown(job.item)}", markup=False)
+        for number, step in enumerate(job.steps, start=1):
+            console.print(f"  step {number}: {shown(step)}", markup=False)
+        if job.verify is not None:
+            console.print(f"  verify: {shown(shlex.join(job.verify))}", markup=False)
+    for job in done:
+        console.print(f"skip  {shown(job.item)} (already done)", markup=False)
+    console.print(
+        f"Dry run: {_plural(len(todo), 'job')} would run, {len(done)} already done"
+        + (f", {limited} held back by --limit" if limited else "")
+        + "; nothing was started.",
+        markup=False,
+    )
 
 
 # -- the group --------------------------------------------------------------------------------
@@ -306,7 +376,7 @@ def _execute(
         _fail(str(exc))
     except StartupError as exc:
         _startup_failure(exc)
-    except OSError as exc:
+    except (OSError, JournalWriteError) as exc:
         click.echo(f"aimcluster: error: {shown(str(exc))}", err=True)
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
@@ -332,8 +402,9 @@ def _write_report(path: str, outcome: BatchOutcome, extra: dict[str, Any]) -> No
 
 
 @cli.command(
-    epilog="Exit codes: 0 all items done, 1 some failed, 2 bad usage or input, "
-    "130 stopped by Ctrl-C (143 by SIGTERM, 129 by SIGHUP)."
+    epilog="Exit codes: 0 all items done, 1 some failed, 2 bad usage or input (checked "
+    "before any work starts), 3 the tool did not start, 130 stopped by Ctrl-C (143 by "
+    "SIGTERM, 129 by SIGHUP)."
 )
 @click.argument("paths", nargs=-1, metavar="[FILE|GLOB]...")
 @click.option(
@@ -393,8 +464,65 @@ def _write_report(path: str, outcome: BatchOutcome, extra: dict[str, Any]) -> No
     type=click.FloatRange(min=0, min_open=True),
     default=None,
     metavar="SECONDS",
-    help="How long each step's reply may take; an instance "
-    "that overruns is restarted and the job fails (or is retried).",
+    help="How long each step's reply (and --verify) may take; an instance "
+    "that overruns is restarted and the job fails (or is retried) "
+    f"[default: the tool's reply_timeout, else {DEFAULT_RUN_TIMEOUT:g}].",
+)
+@click.option(
+    "--fail-on",
+    "fail_on",
+    multiple=True,
+    metavar="REGEX",
+    help="A step whose reply matches REGEX (searched, Python syntax) fails its item. "
+    "Repeatable; adds to the tool's own failure replies.",
+)
+@click.option(
+    "--no-default-fail-on",
+    is_flag=True,
+    help="Do not treat the tool's own failure replies (aider's \"Can't edit\"...) as failures.",
+)
+@click.option(
+    "--verify",
+    metavar="CMD",
+    help="After each job, run CMD (split like a shell would, run without one; write "
+    "'sh -c ...' for one) in the job's working directory, with the same {placeholders}: "
+    "a non-zero exit fails the item.",
+)
+@click.option(
+    "--exclude",
+    "excludes",
+    multiple=True,
+    metavar="GLOB",
+    help="Leave out items matching GLOB ('**' spans directories; without a '/' it also "
+    "matches the file name at any depth). Repeatable.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Run at most N jobs (of those not done yet); the rest wait for the next run.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Show the jobs that would run, with their steps, and those skipped as done; "
+    "start nothing.",
+)
+@click.option(
+    "--max-restarts",
+    type=click.IntRange(min=0),
+    default=RestartPolicy().max_restarts,
+    show_default=True,
+    help="Restarts an instance may have within --restart-window before it is given up.",
+)
+@click.option(
+    "--restart-window",
+    type=click.FloatRange(min=0, min_open=True),
+    default=RestartPolicy().window,
+    show_default=True,
+    metavar="SECONDS",
+    help="The window --max-restarts counts in.",
 )
 @click.option(
     "--retries",
@@ -413,8 +541,22 @@ def _write_report(path: str, outcome: BatchOutcome, extra: dict[str, Any]) -> No
     type=click.Choice(ISOLATIONS),
     default="none",
     show_default=True,
-    help="none: all instances in --cwd; dir: one directory each; worktree: one git "
-    "worktree (and branch) each.",
+    help="none: all instances in --cwd. dir: each instance runs in a directory of its own "
+    "(for the tool's files), path items are absolute, and all edit the one tree. worktree: "
+    "each instance in a git worktree of its own; each item's change is committed, and all "
+    "land on one result branch.",
+)
+@click.option(
+    "--result-branch",
+    metavar="NAME",
+    help="With --isolation worktree: the branch that gets every item's commit, in item "
+    "order [default: aimcluster/run-<run id>].",
+)
+@click.option(
+    "--keep-worktrees",
+    is_flag=True,
+    help="With --isolation worktree: keep the worktrees (under .git/aimcluster/) and the "
+    "instance branches.",
 )
 @click.option(
     "--journal",
@@ -465,6 +607,16 @@ def run(
     cwd: str,
     grace: float,
     progress: str,
+    fail_on: tuple[str, ...],
+    no_default_fail_on: bool,
+    verify: str | None,
+    excludes: tuple[str, ...],
+    limit: int | None,
+    dry_run: bool,
+    max_restarts: int,
+    restart_window: float,
+    result_branch: str | None = None,
+    keep_worktrees: bool = False,
 ) -> int:
     """Run a job script (the --step prompts) for every item, on a cluster of TOOL.
 
@@ -473,12 +625,20 @@ def run(
     '/drop {item}' reach the same agent. Jobs on the same item (or --sticky-by value) never
     overlap and run in order; the rest run in parallel.
 
+    An item is done when its job got a reply to every step, no reply reports a failure (the
+    tool's own failure replies and --fail-on), and --verify exits 0. The journal keeps each
+    job's transcript ('aimcluster show ITEM'); a new run skips the items done by the same job
+    (same steps, tool and checks) and runs the rest.
+
     \b
     Example:
       aimcluster run --tool mock 'pkg/**/*.py' \\
         --step '/add {item}' --step 'Add a DOC_ID header to {item}' --step '/drop {item}'
     """
     console = _console()
+    verify_argv = _verify_argv(verify)
+    if isolation != "worktree" and (result_branch is not None or keep_worktrees):
+        _fail("--result-branch and --keep-worktrees need --isolation worktree")
     try:
         spec = resolve_tool(tool)
         root = Path(cwd).resolve()
@@ -490,18 +650,63 @@ def run(
             root=root,
             absolute_paths=isolation == "dir",
         )
-        jobs, duplicates = build_jobs(items, steps, sticky_by=sticky_by)
+        items, excluded = exclude(items, excludes)
+        if not items:
+            _fail(f"every one of the {excluded} items matched --exclude")
+        jobs, duplicates = build_jobs(items, steps, sticky_by=sticky_by, verify=verify_argv)
     except InputError as exc:
         _fail(str(exc))
-    _check_executable(spec)
+    patterns = (*fail_on, *(() if no_default_fail_on else spec.failure_replies))
+    for pattern in fail_on:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            _fail(f"--fail-on {pattern!r} is not a valid regex: {exc}")
+    # What makes two jobs on an item the same job, besides its rendered steps and verify.
+    setup = {"tool": list(spec.argv), "fail_on": list(patterns), "isolation": isolation}
+    fingerprints = {job.item: fingerprint(job, setup) for job in jobs}
+    if not dry_run:
+        _check_executable(spec)
+        if report is not None:
+            _check_report(report)
     if duplicates:
         click.echo(f"aimcluster: note: {duplicates} duplicate item(s) ignored", err=True)
     run_id = _run_id()
     with contextlib.ExitStack() as stack:
-        writer = None if no_journal else _open_journal(stack, journal, run_id)
-        done = frozenset() if writer is None or fresh else writer.contents.done
-        todo = [job for job in jobs if job.item not in done]
-        skipped = len(jobs) - len(todo)
+        writer = None
+        if no_journal:
+            contents = JournalContents(records=(), torn_bytes=0, bad_lines=(), valid_size=0)
+        elif dry_run:
+            contents = _read_contents(journal)
+        else:
+            writer = _open_journal(stack, journal, run_id)
+            contents = writer.contents
+        if fresh:
+            contents = JournalContents(records=(), torn_bytes=0, bad_lines=(), valid_size=0)
+        done_jobs = contents.done_jobs
+        todo = [job for job in jobs if (job.item, fingerprints[job.item]) not in done_jobs]
+        done = [job for job in jobs if (job.item, fingerprints[job.item]) in done_jobs]
+        held_back = 0
+        if limit is not None and len(todo) > limit:
+            held_back = len(todo) - limit
+            todo = todo[:limit]
+        if dry_run:
+            _dry_run(console, todo, done, held_back)
+            ctx.exit(EXIT_OK)
+        skipped = len(done)
+        # Done before by another job (other steps, tool or checks): this job has not run.
+        redone = len({job.item for job in todo} & contents.done)
+        if redone:
+            click.echo(
+                f"aimcluster: note: {_plural(redone, 'item')} ran before with other steps "
+                "or options: running them again",
+                err=True,
+            )
+        if held_back:
+            click.echo(
+                f"aimcluster: note: --limit {limit}: {held_back} more to do wait for the next run",
+                err=True,
+            )
         if not todo:
             console.print(
                 f"Nothing to do: all {len(jobs)} items are already done (journal {shown(journal)}; "
@@ -517,19 +722,35 @@ def run(
             + ("" if writer is None else f", journal {shown(journal)}")
         )
         try:
-            with isolate(isolation, spec, root=root, count=count, run=run_id) as place:
+            worktree = WorktreeOptions(
+                jobs=jobs,
+                done=[job.item for job in done],
+                records=contents.records,
+                state_path=None if writer is None else state_path_for(journal),
+                result_branch=result_branch,
+                keep=keep_worktrees,
+                fresh=fresh,
+                backend=ctx.find_root().params.get("backend") or "asyncio",
+            )
+            with isolate(
+                isolation, spec, root=root, count=count, run=run_id, worktree=worktree
+            ) as place:
                 console.print(title, markup=False, style="bold")
                 batch = Batch(
                     spec=place.spec,
                     count=count,
                     routing=routing or ("sticky" if sticky_by else "least_busy"),
                     jobs=todo,
-                    total=len(jobs),
+                    total=len(todo) + skipped,
                     skipped=skipped,
-                    timeout=timeout,
+                    timeout=timeout or spec.reply_timeout or DEFAULT_RUN_TIMEOUT,
                     retries=retries,
                     grace=grace,
                     journal=writer,
+                    fingerprints=fingerprints,
+                    fail_on=patterns,
+                    restart=RestartPolicy(max_restarts=max_restarts, window=restart_window),
+                    workspace=place.workspace,
                 )
                 outcome = _execute(ctx, console, batch, progress=progress)
         except InputError as exc:
@@ -546,6 +767,103 @@ def run(
             markup=False,
         )
     ctx.exit(outcome.exit_code)
+
+
+# -- show -------------------------------------------------------------------------------------
+
+
+def _reason(record: dict[str, Any]) -> str:
+    error = record.get("error") or {}
+    message = str(error.get("message") or "").split("\n", 1)[0]
+    return f"{error.get('type') or record.get('status')}: {message}"
+
+
+def _indented(console: Console, text: str) -> None:
+    for line in shown(text, block=True).split("\n"):
+        console.print(f"    {line}", markup=False)
+
+
+def _show_record(console: Console, record: dict[str, Any], earlier: int) -> None:
+    def row(label: str, value: object) -> None:
+        console.print(f"{label:<9}{shown(str(value))}", markup=False)
+
+    row("item", record.get("item"))
+    row("status", f"{record.get('status')} (attempts: {record.get('attempts')})")
+    row("run", f"{record.get('run')}, job {record.get('job') or '- (no fingerprint)'}")
+    row("instance", f"{record.get('instance')}, in {record.get('cwd') or '-'}")
+    row("time", f"{record.get('started_at')} to {record.get('ended_at')}")
+    if record.get("error"):
+        row("error", _reason(record))
+    steps = record.get("steps") or []
+    replies = record.get("replies") or []
+    timings = record.get("timings") or []
+    for number, step in enumerate(steps, start=1):
+        took = f" ({seconds(timings[number - 1])})" if number <= len(timings) else ""
+        console.print(f"step {number}{took}: {shown(str(step))}", markup=False)
+        if number <= len(replies):
+            _indented(console, str(replies[number - 1]))
+        else:
+            console.print("    (no reply)", markup=False)
+    verify = record.get("verify")
+    if isinstance(verify, dict):
+        command = shlex.join(str(arg) for arg in verify.get("argv") or [])
+        console.print(
+            f"verify: {shown(command)} -> exit code {verify.get('exit_code')}", markup=False
+        )
+        if verify.get("output"):
+            _indented(console, str(verify["output"]))
+    if record.get("output") and (record.get("error") or {}).get("type") not in (
+        "ReplyFailedError",
+        "VerifyFailedError",
+    ):
+        console.print("the tool's last output:", markup=False)
+        _indented(console, str(record["output"]))
+    if earlier:
+        console.print(f"({_plural(earlier, 'earlier record')} for this item)", markup=False)
+
+
+@cli.command(epilog="Exit codes: 0 shown, 2 no such journal or item.")
+@click.argument("item", required=False)
+@click.option(
+    "--journal",
+    default="aimcluster-journal.jsonl",
+    show_default=True,
+    metavar="PATH",
+    help="The journal to read.",
+)
+@click.option("--failed", is_flag=True, help="List the items whose last job did not succeed.")
+def show(item: str | None, journal: str, failed: bool) -> int:
+    """Print ITEM's last transcript from the journal: each prompt, its reply and timing,
+    the instance and working directory, and for a failure the error and the tool's last
+    output. --failed lists the failed items with the reason."""
+    console = _console()
+    if item is None and not failed:
+        _fail("name an ITEM to show, or pass --failed")
+    if not Path(journal).exists():
+        _fail(f"no journal at {journal} (pass --journal PATH)")
+    contents = _read_contents(journal)
+    if failed:
+        latest = [record for record in contents.latest() if record.get("status") != "ok"]
+        for record in latest:
+            console.print(
+                f"{shown(str(record.get('item')))}  {shown(_reason(record))}", markup=False
+            )
+            output = record.get("output") or (record.get("verify") or {}).get("output")
+            last = last_lines(str(output), 1) if output else None
+            if last:
+                console.print(f"    | {shown(last)}", markup=False)
+        console.print(
+            f"{_plural(len(latest), 'item')} failed in {shown(journal)}"
+            + (" ('aimcluster show ITEM' prints one)" if latest else ""),
+            markup=False,
+        )
+        return EXIT_OK
+    assert item is not None
+    records = [record for record in contents.records if record.get("item") == item]
+    if not records:
+        _fail(f"the journal {journal} has no record of {item!r}")
+    _show_record(console, records[-1], len(records) - 1)
+    return EXIT_OK
 
 
 # -- demo -------------------------------------------------------------------------------------
@@ -754,7 +1072,7 @@ def check(ctx: click.Context, tool: str, probe: str | None, timeout: float, cwd:
         ready, pid, text, elapsed, stopped = _run_async(ctx, probe_tool)
     except StartupError as exc:
         console.print("started  FAILED", markup=False, style="bold red")
-        _startup_failure(exc)
+        _startup_failure(exc, EXIT_FAILED)
     except AimclusterError as exc:
         console.print(
             f"probe    FAILED: {type(exc).__name__}: {shown(str(exc))}",

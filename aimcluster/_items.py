@@ -1,9 +1,10 @@
 """Work items for ``aimcluster run``: where they come from and how they become jobs.
 
 Items come from file paths and globs, from a text file (one item per line) or from a JSONL
-file (one object per line). Each item has fields; a step template names them as ``{field}``.
+file (one object per line). Each item has fields; a step template names them as ``{field}``,
+with Python's conversions and format specs if wanted (``{item!r}``, ``{name:>40}``).
 ``{{field}}`` is a literal ``{field}``, and no other brace is special, so JSON in a prompt
-needs no escaping.
+needs no escaping (a ``{word!x}`` or ``{word:...}`` whose word is no field stays as written).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -24,6 +25,7 @@ __all__ = [
     "InputError",
     "WorkItem",
     "build_jobs",
+    "exclude",
     "items_from_file",
     "items_from_jsonl",
     "items_from_paths",
@@ -31,8 +33,12 @@ __all__ = [
 ]
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
-# ``{name}`` is a placeholder and ``{{name}}`` a literal ``{name}``; no other brace is special.
-_PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][\w-]*)\}\}|\{([A-Za-z_][\w-]*)\}")
+# ``{name}`` is a placeholder (``{name!r:>40}`` with a conversion and a format spec) and
+# ``{{name}}`` a literal ``{name}``; no other brace is special.
+_PLACEHOLDER = re.compile(
+    r"\{\{([A-Za-z_][\w-]*)\}\}|\{([A-Za-z_][\w-]*)(?:!([rsa]))?(?::([^{}]*))?\}"
+)
+_CONVERSIONS: dict[str, Callable[[object], str]] = {"r": repr, "s": str, "a": ascii}
 
 
 class InputError(Exception):
@@ -198,26 +204,106 @@ class MissingFieldError(KeyError):
         self.name = name
 
 
-def render(template: str, fields: Mapping[str, str]) -> str:
-    """Fill *template*'s ``{field}`` placeholders from *fields*.
+class FormatSpecError(ValueError):
+    """A placeholder's format spec does not apply to its field's text."""
 
-    :raises MissingFieldError: for a placeholder with no field
+
+def render(template: str, fields: Mapping[str, str]) -> str:
+    """Fill *template*'s ``{field}`` placeholders from *fields*, applying a conversion
+    (``!r``, ``!s``, ``!a``) and a format spec (``:>40``) as :meth:`str.format` would.
+
+    :raises MissingFieldError: for a plain ``{name}`` with no field
+    :raises FormatSpecError: for a format spec that does not apply to text
     """
 
     def substitute(match: re.Match[str]) -> str:
         if match.group(1) is not None:
             return "{" + match.group(1) + "}"
-        name = match.group(2)
+        name, conversion, spec = match.group(2, 3, 4)
+        if name not in fields:
+            if conversion is None and spec is None:
+                raise MissingFieldError(name)
+            return match.group(0)  # '{key: value}' in a prompt's text, not a placeholder
+        value: str = fields[name]
+        if conversion is not None:
+            value = _CONVERSIONS[conversion](value)
+        if spec is None:
+            return value
         try:
-            return fields[name]
-        except KeyError:
-            raise MissingFieldError(name) from None
+            return format(value, spec)
+        except ValueError as exc:
+            raise FormatSpecError(f"{match.group(0)}: {exc}") from None
 
     return _PLACEHOLDER.sub(substitute, template)
 
 
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """*pattern* as a regex over a whole path: ``**`` spans directories, ``*`` and ``?`` do
+    not cross a ``/``, ``[...]`` is a set (``[!...]`` its complement)."""
+    parts: list[str] = []
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        if pattern.startswith("**/", index):
+            parts.append("(?:.*/)?")
+            index += 3
+            continue
+        if pattern.startswith("**", index):
+            parts.append(".*")
+            index += 2
+            continue
+        if char == "*":
+            parts.append("[^/]*")
+        elif char == "?":
+            parts.append("[^/]")
+        elif char == "[" and (end := pattern.find("]", index + 2)) != -1:
+            body = pattern[index + 1 : end]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            parts.append("[" + body.replace("\\", "\\\\") + "]")
+            index = end + 1
+            continue
+        else:
+            parts.append(re.escape(char))
+        index += 1
+    return re.compile("".join(parts) + r"\Z", re.DOTALL)
+
+
+def exclude(items: Sequence[WorkItem], patterns: Sequence[str]) -> tuple[list[WorkItem], int]:
+    """*items* without those whose name matches one of the glob *patterns*; and how many
+    were left out. A pattern without a ``/`` is also tried on the item's last component, so
+    ``'*_test.py'`` leaves out tests at any depth."""
+    compiled = [(_glob_regex(pattern), "/" not in pattern) for pattern in patterns]
+    kept = []
+    for item in items:
+        base = item.item.rpartition("/")[2]
+        if any(
+            regex.match(item.item) or (anywhere and regex.match(base))
+            for regex, anywhere in compiled
+        ):
+            continue
+        kept.append(item)
+    return kept, len(items) - len(kept)
+
+
+def _render_field(template: str, item: WorkItem, where: str) -> str:
+    try:
+        return render(template, item.fields)
+    except MissingFieldError as exc:
+        raise InputError(
+            f"{where} uses {{{exc.name}}}, but item {item.item!r} ({item.origin}) "
+            f"has no field {exc.name!r}; it has: {', '.join(sorted(item.fields))}"
+        ) from None
+    except FormatSpecError as exc:
+        raise InputError(f"{where}, item {item.item!r} ({item.origin}): {exc}") from None
+
+
 def build_jobs(
-    items: Iterable[WorkItem], steps: Sequence[str], *, sticky_by: str | None = None
+    items: Iterable[WorkItem],
+    steps: Sequence[str],
+    *,
+    sticky_by: str | None = None,
+    verify: Sequence[str] | None = None,
 ) -> tuple[list[Job], int]:
     """Turn *items* into jobs; return them and the number of duplicates dropped.
 
@@ -225,23 +311,23 @@ def build_jobs(
     with different steps (two JSONL tasks on one file) it becomes a job of its own, named
     ``item#2``, ``item#3``..., that shares the first one's resources and so runs after it.
 
+    *verify* is a command line (a list of arguments) whose arguments are templates too.
+
     :raises InputError: naming the step, the field and the item, for a missing field
     """
     if not steps:
         raise InputError("no steps given: pass at least one --step, e.g. --step '/add {item}'")
     jobs: list[Job] = []
-    seen: dict[str, list[tuple[str, ...]]] = {}
+    seen: dict[str, list[tuple[tuple[str, ...], tuple[str, ...] | None]]] = {}
     duplicates = 0
     for item in items:
-        rendered = []
-        for number, step in enumerate(steps, start=1):
-            try:
-                rendered.append(render(step, item.fields))
-            except MissingFieldError as exc:
-                raise InputError(
-                    f"step {number} uses {{{exc.name}}}, but item {item.item!r} ({item.origin}) "
-                    f"has no field {exc.name!r}; it has: {', '.join(sorted(item.fields))}"
-                ) from None
+        rendered = [
+            _render_field(step, item, f"step {number}")
+            for number, step in enumerate(steps, start=1)
+        ]
+        command = None
+        if verify is not None:
+            command = tuple(_render_field(arg, item, "--verify") for arg in verify)
         resources = item.resources
         key = None
         if sticky_by is not None:
@@ -253,11 +339,11 @@ def build_jobs(
             key = item.fields[sticky_by]
             resources = (*resources, f"{sticky_by}={key}")
         variants = seen.setdefault(item.item, [])
-        script = tuple(rendered)
+        script = (tuple(rendered), command)
         if script in variants:
             duplicates += 1
             continue
         variants.append(script)
         name = item.item if len(variants) == 1 else f"{item.item}#{len(variants)}"
-        jobs.append(Job(item=name, steps=script, key=key, resources=resources))
+        jobs.append(Job(item=name, steps=rendered, key=key, resources=resources, verify=command))
     return jobs, duplicates

@@ -5,16 +5,26 @@ Each record is written with a single ``write`` to a file opened with ``O_APPEND`
 every earlier line is complete. A torn last line is ignored on reading and cut off before the
 next append, so it never swallows a later record.
 
-Resuming uses the journal: an item with an ``ok`` record is done; anything else runs again.
+Each record is also the job's transcript: every prompt, its reply and how long it took, the
+instance and its working directory, and for a failure the error and what the tool printed last.
+A reply (or output) longer than ``MAX_TEXT`` characters keeps its first and last halves around
+a ``[... N characters not kept in the journal ...]`` line.
+
+Resuming uses the journal and each record's ``job``: a fingerprint of what the job is (its
+rendered steps and verify command, the tool's command line and the options that change results,
+see :func:`fingerprint`). An item is done when the last record of the same job for it is ``ok``;
+an item done by another job (other steps, another tool) runs again. A record from before
+fingerprints (format 1, no ``job``) matches no job: its item runs again, once.
 """
 
 from __future__ import annotations
 
 import datetime
 import fcntl
+import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +32,40 @@ import anyio
 import attrs
 
 from ._exceptions import AimclusterError
-from ._jobs import JobResult
+from ._jobs import Job, JobResult
 
 __all__ = [
     "FORMAT_VERSION",
+    "MAX_TEXT",
     "Journal",
     "JournalContents",
     "JournalInUseError",
+    "JournalWriteError",
+    "fingerprint",
     "read_journal",
     "record_of",
 ]
 
-#: The ``v`` field of every record.
-FORMAT_VERSION = 1
+#: The ``v`` field of every record. 2: records carry ``job`` and the transcript fields.
+FORMAT_VERSION = 2
+#: The most characters of one reply (or of the tool's last output) a record keeps.
+MAX_TEXT = 64 * 1024
+
+
+def fingerprint(job: Job, setup: Mapping[str, Any]) -> str:
+    """What *job* is, as 16 hex digits: its rendered steps and verify command, and *setup*
+    (the tool's command line and the options that change what a job does, as JSON values)."""
+    identity = {"steps": list(job.steps), "verify": job.verify, "setup": setup}
+    data = json.dumps(identity, sort_keys=True, ensure_ascii=True, default=list)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def _capped(text: str | None) -> str | None:
+    if text is None or len(text) <= MAX_TEXT:
+        return text
+    half = MAX_TEXT // 2
+    left_out = len(text) - 2 * half
+    return f"{text[:half]}\n[... {left_out} characters not kept in the journal ...]\n{text[-half:]}"
 
 
 def _iso(timestamp: float) -> str:
@@ -42,25 +73,45 @@ def _iso(timestamp: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def record_of(result: JobResult, *, run: str) -> dict[str, Any]:
-    """The journal record of *result*; *run* tells the runs that share a journal apart."""
+def record_of(result: JobResult, *, run: str, job: str | None = None) -> dict[str, Any]:
+    """The journal record of *result*; *run* tells the runs that share a journal apart, *job*
+    is the job's :func:`fingerprint`."""
     error = None
     if result.error_type is not None:
         error = {"type": result.error_type, "message": result.error}
-    return {
+    verify = None
+    if result.verify is not None:
+        verify = {
+            "argv": list(result.verify.argv),
+            "exit_code": result.verify.exit_code,
+            "elapsed": round(result.verify.elapsed, 6),
+            # Kept when it failed: the output is why.
+            "output": None if result.verify.ok else result.verify.output,
+        }
+    record = {
         "v": FORMAT_VERSION,
         "run": run,
         "item": result.item,
+        "job": job,
         "status": result.status,
         "instance": result.instance,
+        "cwd": result.cwd,
         "attempts": result.attempts,
         "started_at": _iso(result.started_at),
         "ended_at": _iso(result.ended_at),
         "elapsed": round(result.elapsed, 6),
         "steps": list(result.job.steps),
-        "replies": list(result.replies),
+        "replies": [_capped(reply) for reply in result.replies],
+        "timings": [round(timing, 6) for timing in result.timings],
         "error": error,
+        "output": None if result.ok else _capped(result.output),
+        "verify": verify,
     }
+    if result.commit is not None:
+        # --isolation worktree: the commit on the instance's branch, or none for no change.
+        record["commit"] = result.commit or None
+        record["changed"] = bool(result.commit)
+    return record
 
 
 @attrs.frozen(kw_only=True)
@@ -78,12 +129,44 @@ class JournalContents:
 
     @property
     def done(self) -> frozenset[str]:
-        """The items that have an ``ok`` record."""
+        """The items that have an ``ok`` record, of whatever job."""
         return frozenset(
             record["item"]
             for record in self.records
             if record.get("status") == "ok" and isinstance(record.get("item"), str)
         )
+
+    @property
+    def done_jobs(self) -> frozenset[tuple[str, str]]:
+        """``(item, job)`` for each job (a :func:`fingerprint`) whose last record for the item
+        is ``ok``: what a resume skips. Records without a ``job`` count for no job."""
+        status: dict[tuple[str, str], Any] = {}
+        for record in self.records:
+            item, job = record.get("item"), record.get("job")
+            if isinstance(item, str) and isinstance(job, str):
+                status[item, job] = record.get("status")
+        return frozenset(key for key, value in status.items() if value == "ok")
+
+    def last(self, item: str) -> dict[str, Any] | None:
+        """The last record for *item*, if any."""
+        found: dict[str, Any] | None = None
+        for record in self.records:
+            if record.get("item") == item:
+                found = record
+        return found
+
+    def latest(self) -> list[dict[str, Any]]:
+        """The last record of each item, in the order the items first appear."""
+        last: dict[str, dict[str, Any]] = {}
+        for record in self.records:
+            item = record.get("item")
+            if isinstance(item, str):
+                last.pop(item, None)
+                last[item] = record
+        order: dict[Any, int] = {}
+        for record in self.records:
+            order.setdefault(record.get("item"), len(order))
+        return sorted(last.values(), key=lambda record: order[record.get("item")])
 
 
 def _parse_lines(data: bytes) -> Iterator[tuple[int, bytes, bool]]:
@@ -155,6 +238,15 @@ class JournalInUseError(AimclusterError):
         self.path = path
 
 
+class JournalWriteError(AimclusterError):
+    """A record could not be written to the journal (a full disk, a file size limit)."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(f"cannot write the journal {path}: {error.strerror or error}")
+        self.path = path
+        self.errno = error.errno
+
+
 class Journal:
     """An open journal that records are appended to. Use as a (sync) context manager.
 
@@ -210,17 +302,24 @@ class Journal:
             view = view[written:]
         os.fsync(self._fd)
 
-    async def append(self, result: JobResult) -> None:
-        """Append *result*'s record and wait until it is on disk.
+    async def append(self, result: JobResult, *, job: str | None = None) -> None:
+        """Append *result*'s record (*job*: its :func:`fingerprint`) and wait until it is on
+        disk.
 
         The write runs in a worker thread (``fsync`` can take milliseconds) and is not
         interrupted by cancellation, so a record is never half-written by us.
+
+        :raises JournalWriteError: naming the journal, if the write fails
         """
-        line = _json_line(record_of(result, run=self.run))
+        line = _json_line(record_of(result, run=self.run, job=job))
         if self._lock is None:
             self._lock = anyio.Lock()
         async with self._lock:
-            await anyio.to_thread.run_sync(self._write, line)
+            try:
+                await anyio.to_thread.run_sync(self._write, line)
+            except OSError as exc:
+                # A partial line may be on disk: the next open cuts it off as torn.
+                raise JournalWriteError(self.path, exc) from exc
 
 
 def _json_line(record: dict[str, Any]) -> bytes:

@@ -23,6 +23,7 @@ from ._terminal import shown
 if TYPE_CHECKING:
     from ._jobs import JobResult
     from ._metrics import ClusterMetrics
+    from ._results import Landing
 
 __all__ = ["FailureSummary", "InstanceSummary", "RunSummary", "render_summary", "summarize"]
 
@@ -30,6 +31,21 @@ __all__ = ["FailureSummary", "InstanceSummary", "RunSummary", "render_summary", 
 MAX_FAILURES_SHOWN = 10
 #: Instances listed one by one in the summary; the rest are counted.
 MAX_INSTANCES_SHOWN = 32
+#: The tool's last lines kept for each failure, and the characters kept of each line.
+LAST_LINES = 3
+LAST_LINE_WIDTH = 160
+
+
+def last_lines(text: str | None, count: int = LAST_LINES) -> str | None:
+    """The last *count* non-blank lines of *text*, each cut to ``LAST_LINE_WIDTH``."""
+    if not text:
+        return None
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()][-count:]
+    cut = [
+        line if len(line) <= LAST_LINE_WIDTH else line[: LAST_LINE_WIDTH - 3] + "..."
+        for line in lines
+    ]
+    return "\n".join(cut) or None
 
 
 @attrs.frozen(kw_only=True)
@@ -60,6 +76,9 @@ class FailureSummary:
     instance: int | None
     error_type: str | None
     error: str | None
+    #: The tool's last lines (of its partial output, its failing reply or the verify
+    #: command's output), if it printed any.
+    output: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -89,6 +108,8 @@ class RunSummary:
     interrupted: str | None = None
     #: Where the results journal is.
     journal: str | None = None
+    #: ``--isolation worktree``: the result branch and the commits it holds.
+    landing: Landing | None = None
 
     @property
     def finished(self) -> int:
@@ -134,6 +155,7 @@ def summarize(
     metrics: ClusterMetrics | None,
     interrupted: str | None = None,
     journal: str | None = None,
+    landing: Landing | None = None,
 ) -> RunSummary:
     """Build the summary of a run from its results and the cluster's last metrics."""
     per_ok: Counter[int] = Counter()
@@ -164,6 +186,7 @@ def summarize(
             instance=result.instance,
             error_type=result.error_type,
             error=result.error,
+            output=last_lines(result.output),
         )
         for result in results
         if not result.ok
@@ -185,6 +208,7 @@ def summarize(
         failures=failures,
         interrupted=interrupted,
         journal=journal,
+        landing=landing,
     )
 
 
@@ -233,7 +257,23 @@ def _totals(summary: RunSummary) -> Table:
         grid.add_row("journal", Text(shown(summary.journal), overflow="fold"))
     if summary.interrupted is not None:
         grid.add_row("stopped", Text(f"by {summary.interrupted}", style="yellow"))
+    if summary.landing is not None:
+        _landing_rows(grid, summary.landing)
     return grid
+
+
+def _landing_rows(grid: Table, landing: Landing) -> None:
+    results = (
+        f"branch {landing.branch}: {len(landing.commits)} commit(s) on {landing.base[:12]}"
+        f", {len(landing.unchanged)} item(s) without a change"
+    )
+    if landing.conflicts:
+        results += f", {len(landing.conflicts)} conflict(s) left out"
+    grid.add_row("results", Text(shown(results), overflow="fold"))
+    if landing.kept_branches:
+        grid.add_row("kept", Text(shown(", ".join(landing.kept_branches)), overflow="fold"))
+    if landing.kept_worktrees:
+        grid.add_row("worktrees", Text(shown(", ".join(landing.kept_worktrees)), overflow="fold"))
 
 
 def _instances(summary: RunSummary) -> Table:
@@ -267,11 +307,16 @@ def _failures(summary: RunSummary) -> RenderableType:
     for failure in summary.failures[:MAX_FAILURES_SHOWN]:
         message = (failure.error or "").splitlines()[0] if failure.error else ""
         # Data as Text, never as markup: an item named '[/]' must not break the table.
+        error = Text(shown(f"{failure.error_type}: {message}"))
+        if failure.output:
+            for line in failure.output.splitlines():
+                error.append("\n")
+                error.append(Text(shown(f"| {line}"), style="dim"))
         table.add_row(
             Text(shown(failure.item)),
             Text(failure.status, style="red" if failure.status == "failed" else "yellow"),
             str(failure.attempts),
-            Text(shown(f"{failure.error_type}: {message}")),
+            error,
         )
     parts: list[RenderableType] = [Text(f"Failures ({len(summary.failures)})", style="bold red")]
     parts.append(table)

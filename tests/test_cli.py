@@ -354,7 +354,7 @@ def test_run_reports_a_tool_that_does_not_start(tmp_path: Path) -> None:
         str(tmp_path / "j.jsonl"),
     )
 
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert result.stderr.startswith(
         "aimcluster: error: instance 0: 'broken' exited with code 0 before showing a ready prompt"
     )
@@ -915,6 +915,9 @@ def result_for(item: str, status: str = "ok") -> JobResult:
         elapsed=1.5,
         error_type=None if status == "ok" else "InstanceCrashedError",
         error=None if status == "ok" else "boom",
+        timings=(0.25,),
+        cwd="/work/x",
+        output=None if status == "ok" else "half a line",
     )
 
 
@@ -946,20 +949,26 @@ async def test_journal_ignores_a_torn_last_line_and_cuts_it_off_before_appending
     ]
     assert healed.done == frozenset({"a", "c"})
     assert healed.records[0] == {
-        "v": 1,
+        "v": 2,
         "run": "r1",
         "item": "a",
+        "job": None,
         "status": "ok",
         "instance": 0,
+        "cwd": "/work/x",
         "attempts": 1,
         "started_at": "2023-11-14T22:13:20.000Z",
         "ended_at": "2023-11-14T22:13:21.500Z",
         "elapsed": 1.5,
         "steps": ["/add x"],
         "replies": ["Added x to the chat"],
+        "timings": [0.25],
         "error": None,
+        "output": None,
+        "verify": None,
     }
     assert healed.records[1]["error"] == {"type": "InstanceCrashedError", "message": "boom"}
+    assert healed.records[1]["output"] == "half a line"
 
 
 def test_two_runs_cannot_share_a_journal(tmp_path: Path) -> None:
@@ -1038,6 +1047,7 @@ def sample_summary() -> RunSummary:
                 error_type="InstanceCrashedError",
                 error="instance 0 (mock) exited with code 1 while replying to "
                 "'Add a DOC_ID header to pkg/module_007.py'",
+                output="Editing pkg/module_007.py\nMemoryError: out of tokens",
             ),
             FailureSummary(
                 item="pkg/module_100.py",
@@ -1258,6 +1268,11 @@ async def test_ctrl_c_stops_the_batch_and_a_second_one_cancels_jobs_in_flight(
     if twice:
         assert display.notices[1] == "SIGINT again: cancelling the jobs in flight"
         assert statuses["slow"] == "cancelled"
+        # The grace that was given, not the 0 s of the second stop.
+        (slow,) = [result for result in outcome.results if result.item == "slow"]
+        assert slow.error == (
+            "cancelled by a second stop, before the end of the 30 s grace period of the first"
+        )
     else:
         assert statuses["slow"] == "ok"
     assert summary.not_started == len(jobs) - len(outcome.results)
