@@ -765,7 +765,7 @@ def test_dir_isolation_gives_each_instance_its_own_directory(tmp_path: Path) -> 
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-def test_worktree_isolation_commits_on_a_branch_per_instance(tmp_path: Path) -> None:
+def test_worktree_isolation_lands_the_tools_own_commits_one_per_item(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
@@ -793,7 +793,7 @@ def test_worktree_isolation_commits_on_a_branch_per_instance(tmp_path: Path) -> 
     )
 
     assert result.exit_code == 0, result.output
-    # The main checkout is untouched; each edit is a commit on its instance's branch.
+    # The main checkout is untouched; the tool's commits land, one per item, on one branch.
     for name in ("a.txt", "b.txt", "c.txt", "d.txt"):
         assert (repo / name).read_text() == f"{name}\n"
     branches = subprocess.run(
@@ -803,27 +803,24 @@ def test_worktree_isolation_commits_on_a_branch_per_instance(tmp_path: Path) -> 
         text=True,
         check=True,
     ).stdout.split()
-    ours = sorted(b for b in branches if b.startswith("aimcluster/"))
-    assert ours
-    commits = []
-    for branch in ours:
-        log = subprocess.run(
-            ["git", "log", "--format=%s", f"HEAD..{branch}"],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split("\n")
-        commits += [line for line in log if line]
-        assert f"note: branch {branch} has" in result.stdout
-    assert sorted(commits) == ["edit a.txt", "edit b.txt", "edit c.txt", "edit d.txt"]
-    # The worktrees are gone; only the main one is left.
+    [ours] = [b for b in branches if b.startswith("aimcluster/")]
+    assert ours.startswith("aimcluster/run-")
+    log = subprocess.run(
+        ["git", "log", "--reverse", "--format=%s", f"HEAD..{ours}"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert log == [f"aimcluster: {name}" for name in ("a.txt", "b.txt", "c.txt", "d.txt")]
+    # The worktrees (in the repository's git directory) are gone; only the main one is left.
     worktrees = subprocess.run(
         ["git", "worktree", "list"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout.splitlines()
     assert len(worktrees) == 1
     for record in records(tmp_path / "j.jsonl"):
-        assert "aimcluster-worktrees-" in record["replies"][0]
+        assert record["replies"][0].startswith(str(repo / ".git" / "aimcluster"))
+        assert record["changed"] is True
 
 
 # -- tools and check --------------------------------------------------------------------------
