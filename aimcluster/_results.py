@@ -517,15 +517,7 @@ class Worktrees:
         return tip, landed, conflicts
 
     async def _remove_worktree(self, path: Path) -> None:
-        if await anyio.Path(path).exists():
-            await self.git.run(
-                "worktree", "remove", "--force", str(path), cwd=self.top, check=False
-            )
-            if await anyio.Path(path).exists():
-                await anyio.to_thread.run_sync(
-                    functools.partial(shutil.rmtree, path, ignore_errors=True)
-                )
-        await self.git.run("worktree", "prune", cwd=self.top, check=False)
+        await _remove_worktree(self.git, self.top, path)
 
     async def close(self) -> None:
         """Remove the worktrees (unless kept); drop the instance branches and the state once
@@ -573,6 +565,17 @@ class Worktrees:
         os.replace(temporary, self.state_path)
 
 
+async def _remove_worktree(git: Git, top: Path, path: Path) -> None:
+    """Remove the worktree at *path*, changes and all, and forget it."""
+    if await anyio.Path(path).exists():
+        await git.run("worktree", "remove", "--force", str(path), cwd=top, check=False)
+        if await anyio.Path(path).exists():
+            await anyio.to_thread.run_sync(
+                functools.partial(shutil.rmtree, path, ignore_errors=True)
+            )
+    await git.run("worktree", "prune", cwd=top, check=False)
+
+
 def with_rmdir(path: Path) -> None:
     """Remove *path* and its parent ``aimcluster`` directory if they are empty."""
     for directory in (path, path.parent):
@@ -586,11 +589,16 @@ def _conflict_result(conflict: Conflict, result: JobResult | None, job: Job) -> 
     paths = ", ".join(json.dumps(path, ensure_ascii=False) for path in conflict.paths)
     message = (
         f"its change (commit {conflict.commit[:12]}) conflicts with the items before it in "
-        f"{paths or 'the tree'}; the commit stays on {conflict.branch}"
+        f"{paths or 'the tree'}; the commit stays on {conflict.branch} (to take it by hand: "
+        f"git cherry-pick {conflict.commit[:12]} on the result branch)"
     )
     if result is not None:
         return attrs.evolve(
-            result, status="failed", error_type="ConflictError", error=message, commit=None
+            result,
+            status="failed",
+            error_type="ConflictError",
+            error=message,
+            commit=conflict.commit,
         )
     now = time.time()
     return JobResult(
@@ -673,7 +681,16 @@ async def open_worktrees(
     await git.ensure_identity(top)
     subdir = Path(await git.out("rev-parse", "--show-prefix", cwd=root))
     notes: list[str] = []
-    state = None if fresh else _load_state(state_path, top)
+    state = _load_state(state_path, top)
+    if fresh and state is not None:
+        # A fresh run starts from HEAD again; the old run's worktrees go, its branches stay.
+        for entry in state["instances"]:
+            await _remove_worktree(git, top, Path(entry["worktree"]))
+        notes.append(
+            f"--fresh: the earlier run's branches ({state['result_branch']}, "
+            f"aimcluster/{state['key']}/instance-*) are left as they were"
+        )
+        state = None
     if state is None:
         head = await git.out("rev-parse", "HEAD", cwd=top)
         key, base, branches, ours = run, head, [], None
@@ -690,6 +707,12 @@ async def open_worktrees(
     branch = result_branch or ours or f"aimcluster/run-{key}"
     if not await git.ok("check-ref-format", "--branch", branch, cwd=top):
         raise InputError(f"--result-branch {branch!r} is not a valid branch name")
+    _, listing, _ = await git.run("worktree", "list", "--porcelain", "-z", cwd=top)
+    if f"branch refs/heads/{branch}".encode() in listing.split(b"\0"):
+        raise InputError(
+            f"the result branch {branch!r} is checked out; switch to another branch first "
+            "(the run moves it), or name another with --result-branch"
+        )
     if branch != ours and await git.ok(
         "rev-parse", "-q", "--verify", f"refs/heads/{branch}", cwd=top
     ):

@@ -190,3 +190,39 @@ def test_a_worktree_run_killed_halfway_and_resumed_lands_each_file_once(
     assert result["branch"] == state["result_branch"] == f"aimcluster/run-{state['key']}"
     assert result["base"] == state["base"]
     assert_landed_exactly_once(root, originals, result["branch"])
+
+
+def test_an_item_whose_change_conflicts_fails_and_keeps_its_commit(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (root / name).write_text(f"{name}\n")
+    (root / "shared.log").write_text("start\n")
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "start")
+    # Both jobs run at once, on two instances, and append to the same file.
+    args = [sys.executable, "-m", "aimcluster", "run", "--tool", "bash", "-n", "2"]
+    args += ["--isolation", "worktree", "--result-branch", "out", "*.txt"]
+    args += ["--step", "echo {item} >> shared.log && echo done"]
+    args += ["--journal", str(tmp_path / "journal.jsonl"), "--report", str(tmp_path / "r.json")]
+
+    done = subprocess.run(
+        args, cwd=root, env=git_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "ConflictError" in done.stdout
+    assert "Some items failed." in done.stdout
+    result = landing(tmp_path)
+    [conflict] = result["conflicts"]
+    assert (conflict["item"], conflict["paths"]) == ("b.txt", ["shared.log"])
+    assert [entry["item"] for entry in result["commits"]] == ["a.txt"]
+    assert git(root, "show", "out:shared.log") == b"start\na.txt\n"
+    # b.txt's commit stays on its instance's branch, named in the journal and the summary.
+    assert git(root, "show", f"{conflict['branch']}:shared.log") == b"start\nb.txt\n"
+    assert conflict["branch"] in done.stdout
+    last = read_journal(tmp_path / "journal.jsonl").latest()
+    assert [(r["item"], r["status"]) for r in last] == [("a.txt", "ok"), ("b.txt", "failed")]
+    assert last[1]["error"]["type"] == "ConflictError"
+    assert last[1]["commit"] == conflict["commit"]

@@ -299,3 +299,31 @@ async def test_a_result_branch_that_exists_and_is_not_the_runs_is_refused(tmp_pa
     with pytest.raises(InputError, match="is not a valid branch name"):
         await open_worktrees(repo, 1, run="r1", jobs=jobs_for("a.txt"), result_branch="a..b")
     assert len(git(repo, "worktree", "list").splitlines()) == 1
+
+
+async def test_a_result_branch_that_is_checked_out_is_refused(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"a.txt": "a\n"})
+    git(repo, "checkout", "-q", "-b", "results")
+    git(repo, "checkout", "-q", "-")
+    git(repo, "worktree", "add", "-q", str(tmp_path / "elsewhere"), "results")
+
+    with pytest.raises(InputError, match="the result branch 'results' is checked out"):
+        await open_worktrees(repo, 1, run="r1", jobs=jobs_for("a.txt"), result_branch="results")
+
+
+async def test_fresh_starts_from_head_and_removes_the_old_worktrees(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"a.txt": "a\n"})
+    [job] = jobs_for("a.txt")
+    state = tmp_path / "j.worktrees.json"
+    old = await open_worktrees(repo, 1, run="r1", jobs=[job], state_path=state)
+    await edit(old, 0, job, "a.txt", "half")
+    # Killed; then run again with --fresh.
+
+    new = await open_worktrees(repo, 1, run="r2", jobs=[job], state_path=state, fresh=True)
+
+    assert new.key == "r2"
+    assert not old.places[0].path.exists()
+    assert json.loads(state.read_text())["key"] == "r2"
+    assert "aimcluster/r1/instance-0" in git(repo, "branch", "--format=%(refname:short)")
+    assert any(note.startswith("--fresh: the earlier run's branches") for note in new.notes)
+    await new.close()
