@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -25,6 +24,7 @@ from ._exceptions import (
 )
 from ._instance import Instance, InstanceState
 from ._lease import LeaseRequest, Session
+from ._logging import library_logger
 from ._metrics import ClusterMetrics
 from ._policy import RestartPolicy
 from ._ratelimit import RateLimiter
@@ -596,8 +596,9 @@ def launch_cluster(
     :param restart: a :class:`RestartPolicy`, ``True`` for the default one, ``False`` for none
     :param max_pending: how many prompts may wait in the queues before ``submit`` waits
     :param transport: where processes run (default: :class:`LocalTransport`)
-    :param logger: a structlog logger (default: the app's structlog configuration, at INFO
-        and above)
+    :param logger: a structlog logger (default: the app's structlog configuration, else its
+        standard ``logging`` configuration of the ``aimcluster`` logger, else none: nothing
+        is printed)
     :raises ValueError: for an unknown tool or routing name, or ``count < 1``
     """
     spec = tool if isinstance(tool, ToolSpec) else get_tool(tool)
@@ -623,16 +624,7 @@ def launch_cluster(
 
 
 def _default_logger() -> structlog.typing.FilteringBoundLogger:
-    """The app's structlog configuration if it made one (its level applies). If it made
-    none, structlog's default, filtered at INFO: lifecycle events (starts, exits, restarts)
-    show, and the two per-prompt DEBUG events (prompt_sent, reply_received) do not flood an
-    app that never asked for them."""
-    if structlog.is_configured():
-        configured: structlog.typing.FilteringBoundLogger = structlog.get_logger("aimcluster")
-        return configured
-    logger: structlog.typing.FilteringBoundLogger = structlog.wrap_logger(
-        None,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_name="aimcluster",
-    )
-    return logger
+    """The app's structlog configuration if it made one (its level applies), else its
+    standard logging's ``aimcluster`` logger if that has a handler, else nothing: a library
+    does not print unasked. Asked at each event, not once (see :mod:`aimcluster._logging`)."""
+    return library_logger("aimcluster")

@@ -44,10 +44,10 @@ import time
 from typing import TYPE_CHECKING
 
 import anyio
-import structlog
 from anyio.abc import Process
 
 from ._exceptions import ToolNotFoundError
+from ._logging import library_logger
 from .abc import ProcessHandle, Transport
 
 if TYPE_CHECKING:
@@ -57,7 +57,8 @@ __all__ = ["LocalTransport"]
 
 _READ_SIZE = 65536
 _LINUX = sys.platform.startswith("linux")
-_log = structlog.get_logger("aimcluster.transport")
+# Silent unless the application configured logging (see _logging.py).
+_log = library_logger("aimcluster.transport")
 
 # What the child does between fork and exec that Popen cannot do for it (and anyio accepts no
 # preexec_fn, which would also cost a full fork() of this process and be unsafe with threads):

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import anyio
 import anyio.lowlevel
 import attrs
-import structlog
 
 try:
     import ray
@@ -48,6 +47,7 @@ except ModuleNotFoundError as _exc:  # pragma: no cover - depends on the environ
     ) from _exc
 
 from ._exceptions import ToolNotFoundError
+from ._logging import library_logger
 from ._transport import LocalTransport
 from .abc import ProcessHandle, Transport
 
@@ -61,7 +61,8 @@ __all__ = ["RayTransport", "ToolHost"]
 
 T = TypeVar("T")
 
-_log = structlog.get_logger("aimcluster.ray")
+# Silent unless the application configured logging (see _logging.py).
+_log = library_logger("aimcluster.ray")
 
 _STDOUT: Final = 0
 _STDERR: Final = 1
