@@ -201,8 +201,9 @@ def test_an_item_whose_change_conflicts_fails_and_keeps_its_commit(tmp_path: Pat
     git(root, "init", "-q")
     git(root, "add", "-A")
     git(root, "commit", "-qm", "start")
-    # Both jobs run at once, on two instances, and append to the same file.
+    # The two jobs run on two instances (round robin: one each), and append to one file.
     args = [sys.executable, "-m", "aimcluster", "run", "--tool", "bash", "-n", "2"]
+    args += ["--routing", "round_robin"]
     args += ["--isolation", "worktree", "--result-branch", "out", "*.txt"]
     args += ["--step", "echo {item} >> shared.log && echo done"]
     args += ["--journal", str(tmp_path / "journal.jsonl"), "--report", str(tmp_path / "r.json")]
@@ -222,7 +223,7 @@ def test_an_item_whose_change_conflicts_fails_and_keeps_its_commit(tmp_path: Pat
     # b.txt's commit stays on its instance's branch, named in the journal and the summary.
     assert git(root, "show", f"{conflict['branch']}:shared.log") == b"start\nb.txt\n"
     assert conflict["branch"] in done.stdout
-    last = read_journal(tmp_path / "journal.jsonl").latest()
-    assert [(r["item"], r["status"]) for r in last] == [("a.txt", "ok"), ("b.txt", "failed")]
-    assert last[1]["error"]["type"] == "ConflictError"
-    assert last[1]["commit"] == conflict["commit"]
+    last = {r["item"]: r for r in read_journal(tmp_path / "journal.jsonl").latest()}
+    assert {item: r["status"] for item, r in last.items()} == {"a.txt": "ok", "b.txt": "failed"}
+    assert last["b.txt"]["error"]["type"] == "ConflictError"
+    assert last["b.txt"]["commit"] == conflict["commit"]
