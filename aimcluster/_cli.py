@@ -694,8 +694,13 @@ def run(
             _dry_run(console, todo, done, held_back)
             ctx.exit(EXIT_OK)
         skipped = len(done)
-        # Done before by another job (other steps, tool or checks): this job has not run.
-        redone = len({job.item for job in todo} & contents.done)
+        # Done before by another job (other steps, tool or checks), and never run as this one.
+        tried = {(record.get("item"), record.get("job")) for record in contents.records}
+        redone = sum(
+            1
+            for job in todo
+            if job.item in contents.done and (job.item, fingerprints[job.item]) not in tried
+        )
         if redone:
             click.echo(
                 f"aimcluster: note: {_plural(redone, 'item')} ran before with other steps "

@@ -280,7 +280,7 @@ def test_limit_and_exclude_choose_the_jobs(tmp_path: Path) -> None:
     result = invoke(*run_args(root, journal, *excludes, "--limit", "2"))
 
     assert result.exit_code == 0, result.output
-    assert [r["item"] for r in records(journal)] == ["pkg/module_008.py", "pkg/module_009.py"]
+    assert sorted(r["item"] for r in records(journal)) == ["pkg/module_008.py", "pkg/module_009.py"]
     assert "aimcluster: note: --limit 2: 1 more to do wait for the next run\n" in result.stderr
     # The items held back are not part of this run's count.
     assert "2 total: 2 ok" in result.stdout
@@ -361,3 +361,18 @@ def test_run_help_documents_the_exit_codes_and_the_default_timeout(option: str) 
     text = " ".join(result.stdout.split())
     assert "3 the tool did not start" in text
     assert "else 600]" in text
+
+
+def test_an_item_this_job_already_tried_is_not_announced_as_changed(tmp_path: Path) -> None:
+    assert invoke(*echo_run(tmp_path, "-s", "/echo {item}")).exit_code == 0
+    changed = echo_run(tmp_path, "-s", "/echo {item} again", "--fail-on", "^b again")
+
+    first = invoke(*changed)
+    resumed = invoke(*changed)
+
+    assert first.exit_code == 1
+    assert "3 items ran before with other steps" in first.stderr
+    assert resumed.exit_code == 1
+    # b failed as this very job: running it again is a plain resume, not a changed job.
+    assert "ran before" not in resumed.stderr
+    assert [r["item"] for r in records(tmp_path / "j.jsonl")[6:]] == ["b"]
