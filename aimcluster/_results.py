@@ -413,6 +413,10 @@ class Worktrees:
                 continue
             done_items += 1
             pick = self._pick(job.item, result, found)
+            if pick is None and result is None and job.item in self.journaled:
+                # Done and landed by an earlier, completed run of this journal: not this
+                # branch's to hold.
+                continue
             if pick is None:
                 unchanged.append(job.item)
             else:

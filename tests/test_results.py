@@ -327,3 +327,25 @@ async def test_fresh_starts_from_head_and_removes_the_old_worktrees(tmp_path: Pa
     assert "aimcluster/r1/instance-0" in git(repo, "branch", "--format=%(refname:short)")
     assert any(note.startswith("--fresh: the earlier run's branches") for note in new.notes)
     await new.close()
+
+
+async def test_items_landed_by_an_earlier_complete_run_are_not_counted_again(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path, {"a.txt": "a\n", "b.txt": "b\n"})
+    a, b = jobs_for("a.txt", "b.txt")
+    # a.txt was done, committed and landed by a run whose branches are gone now.
+    earlier = [{"item": "a.txt", "status": "ok", "commit": "0" * 40, "changed": True}]
+    worktrees = await open_worktrees(
+        repo, 1, run="r2", jobs=[a, b], done=["a.txt"], records=earlier
+    )
+    commit = await edit(worktrees, 0, b, "b.txt", "b\nedited\n")
+
+    await worktrees.land([ok(b, commit)])
+    await worktrees.close()
+
+    landing = worktrees.landing
+    assert landing is not None
+    assert [e.item for e in landing.commits] == ["b.txt"]
+    assert landing.unchanged == ()
+    assert worktrees.complete
