@@ -311,10 +311,8 @@ class Worktrees:
             await self.git.run("add", "-A", "--", ".", cwd=place.path)
             tree = await self.git.out("write-tree", cwd=place.path)
             if tree == place.tree:
-                # No change; the tool may still have moved the branch with commits of its own.
-                await self.git.run(
-                    "update-ref", f"refs/heads/{place.branch}", place.tip, cwd=place.path
-                )
+                # No change. Commits the tool made (that undo each other) may have moved the
+                # branch: harmless, as the next commit's parent is the tip, not the branch.
                 place.dirty = False
                 return ""
             _, stdout, _ = await self.git.run(
