@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 import sys
+from typing import NoReturn
 
+import anyio
 import attrs
 import pytest
+import structlog
 
 import aimcluster
 from aimcluster import tools
@@ -143,3 +148,45 @@ async def test_missing_working_directory_is_a_startup_error() -> None:
     with pytest.raises(aimcluster.StartupError, match="could not start"):
         async with aimcluster.launch_cluster(spec):
             pytest.fail("must not start")
+
+
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="sqlite3 is not installed")
+async def test_the_readme_sqlite_spec_answers_and_passes_its_probe(
+    cluster_factory, tmp_path
+) -> None:
+    # The README's "Describing a tool" example, with paths under tmp_path and a short probe
+    # interval. Over pipes its readline echoed every prompt, and every probe failed.
+    (tmp_path / "work" / "0").mkdir(parents=True)
+    spec = aimcluster.ToolSpec(
+        name="sqlite",
+        argv=["sqlite3", "-interactive", "data.db"],
+        ready=r"sqlite> ",
+        pty=True,
+        echo=False,
+        env={"TERM": "dumb", "HOME": str(tmp_path / "home-{instance}")},
+        cwd=str(tmp_path / "work" / "{instance}"),
+        exit_command=".quit",
+        probe=aimcluster.Probe(command="select 1;", expect=r"^1$", interval=0.1),
+    )
+    passed = anyio.Event()
+    seen: list[str] = []
+
+    def count_probes(_logger: object, _method: str, event: dict[str, object]) -> NoReturn:
+        seen.append(str(event["event"]))
+        if seen.count("probe_passed") >= 2:
+            passed.set()
+        raise structlog.DropEvent
+
+    logger = structlog.wrap_logger(
+        None,
+        processors=[count_probes],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+    )
+    cluster = await cluster_factory(spec, logger=logger)
+    assert (await cluster.send("create table t(x); insert into t values (7);")).text == ""
+    assert (await cluster.send("select x * 6 from t;")).text == "42"
+    assert (await cluster.send("select x from nowhere;")).text.startswith("Parse error")
+    with anyio.fail_after(10):
+        await passed.wait()
+    assert "probe_failed" not in seen
+    assert cluster.metrics().restarts == 0
