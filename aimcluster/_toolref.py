@@ -36,12 +36,16 @@ def resolve_tool(reference: str) -> ToolSpec:
     :raises InputError: for an unknown name, a missing file or invalid fields
     """
     path = Path(reference).expanduser()
-    if path.suffix.lower() in _SPEC_SUFFIXES or ("/" in reference and path.is_file()):
+    spec_like = path.suffix.lower() in _SPEC_SUFFIXES
+    # A bare name ("mock") is a profile even where a file of that name exists.
+    if ("/" in reference or spec_like) and path.is_file():
         return _load_spec_file(path, reference)
     try:
         words = shlex.split(reference)
     except ValueError as exc:
         raise InputError(f"--tool {reference!r}: {exc}") from None
+    if len(words) == 1 and spec_like:
+        return _load_spec_file(path, reference)  # names a spec file, which is missing
     if not words:
         raise InputError(f"--tool is empty; known tools are: {', '.join(tools.names())}")
     name, *extra = words

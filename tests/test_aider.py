@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import anyio
 import pytest
 
 import aimcluster
+from aimcluster._journal import read_journal
 
 from .conftest import wait_gone
 from .fake_openai import FakeOpenAI, chat_files, doc_id
@@ -271,3 +275,79 @@ async def test_an_instruction_of_several_lines_reaches_aider_as_one_message(
     assert dropped.text == "\nRemoved a.py from the chat\n"
     (request,) = server.completions
     assert request.last_user_text.startswith(instruction + "\n")
+
+
+@pytest.mark.timeout(300)
+def test_aider_in_worktrees_lands_each_verified_header_on_one_branch(
+    aider_executable: str, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    # Issue 11's end-to-end scenario with real aider: two aiders, each in a worktree of its
+    # own, add a header per file; --verify checks each file in its worktree, one file is
+    # verified against a header it cannot have (so it fails and lands nothing), and the rest
+    # land on one result branch as one commit each.
+    files = {f"pkg/mod_{i}.py": f'"""Module {i}."""\nVALUE = {i}\n' for i in range(6)}
+    project = project_with(tmp_path, files)
+    run = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "the sources"]):
+        subprocess.run([*run, *args], cwd=project, check=True, capture_output=True)
+    base = subprocess.run(
+        [*run, "rev-parse", "HEAD"], cwd=project, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    home = tmp_path / "home"
+    home.mkdir()
+    metadata = write_model_metadata(tmp_path / "models.json", "openai/fake")
+    tool = (
+        f"aider --model openai/fake --openai-api-base {fake_openai.base_url} "
+        f"--model-metadata-file {metadata}"
+    )
+    gitconfig = tmp_path / "gitconfig"
+    gitconfig.write_text("")
+    env = {
+        **os.environ,
+        **OFFLINE_ENV,
+        "HOME": str(home),
+        "OPENAI_API_KEY": "sk-fake-key",
+        "PATH": f"{Path(aider_executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GIT_CONFIG_GLOBAL": str(gitconfig),
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+    # The fake model writes "# DOC_ID: <sha256(path)[:12]>"; mod_5 is checked for another id.
+    verify = "python3 -c " + shlex.quote(
+        "import hashlib, sys; path = sys.argv[1]; "
+        "want = hashlib.sha256(('x' if path.endswith('5.py') else path).encode()).hexdigest()"
+        "[:12]; sys.exit(open(path).readline() != '# DOC_ID: ' + want + chr(10))"
+    )
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "aimcluster", "run", "--tool", tool, "--count", "2",
+         "--isolation", "worktree", "pkg/*.py",
+         "--step", "/add {item}", "--step", "Add a DOC_ID header to {item}",
+         "--step", "/drop {item}", "--verify", f"{verify} {{item}}",
+         "--journal", str(tmp_path / "journal.jsonl"), "--report", str(report),
+         "--progress", "plain", "--timeout", "120"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    records = {r["item"]: r for r in read_journal(tmp_path / "journal.jsonl").records}
+    assert sorted(records) == sorted(files)
+    assert records["pkg/mod_5.py"]["status"] == "failed"
+    assert [r["status"] for item, r in records.items() if item != "pkg/mod_5.py"] == ["ok"] * 5
+    branch = json.loads(report.read_text())["summary"]["landing"]["branch"]
+    landed = subprocess.run(
+        [*run, "diff", "--name-only", base, branch],
+        cwd=project, check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    assert sorted(landed) == sorted(f for f in files if f != "pkg/mod_5.py")
+    for path in landed:
+        content = subprocess.run(
+            [*run, "show", f"{branch}:{path}"], cwd=project, check=True, capture_output=True
+        ).stdout.decode()
+        assert content == f"# DOC_ID: {doc_id(path)}\n{files[path]}"
+    # The user's checkout is untouched.
+    assert (
+        subprocess.run(
+            [*run, "status", "--porcelain"], cwd=project, check=True, capture_output=True
+        ).stdout
+        == b""
+    )

@@ -1170,6 +1170,16 @@ def test_tool_names_take_extra_arguments() -> None:
     assert resolve_tool("python") == tools.python()
 
 
+def test_extra_arguments_that_end_like_a_spec_file_stay_arguments(tmp_path, monkeypatch) -> None:
+    # Before, "aider ... --model-metadata-file m.json" was read as a spec file named all that.
+    spec = resolve_tool("mock --seed 1 --note /tmp/models.json")
+    assert spec.argv[-4:] == ("--seed", "1", "--note", "/tmp/models.json")
+    # And a bare name stays a profile even where a file of that name is at hand.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mock").write_text("not a spec")
+    assert resolve_tool("mock") == tools.mock()
+
+
 def test_tool_spec_files_in_toml_and_json(tmp_path: Path) -> None:
     toml = tmp_path / "agent.toml"
     toml.write_text(
