@@ -16,6 +16,9 @@ fi
 # pipx; the integration tests find it through AIMCLUSTER_AIDER.
 AIMCLUSTER_AIDER="$(bash .ci/install-aider | tail -n 1)"
 export AIMCLUSTER_AIDER
+# The real Claude Code, Codex CLI and Gemini CLI, at pinned versions, in a local npm prefix.
+clis="$(bash .ci/install-clis | tail -n 1)"
+export AIMCLUSTER_CLAUDE="$clis/claude" AIMCLUSTER_CODEX="$clis/codex" AIMCLUSTER_GEMINI="$clis/gemini"
 # In CI a missing tool is a failure, never a silent skip.
 if [ "${CI:-}" = "true" ]; then
     export AIMCLUSTER_REQUIRE_INTEGRATION=1
