@@ -31,6 +31,8 @@ from ._ratelimit import RateLimiter
 from ._request import Reply, Request, Ticket
 from ._routing import make_router
 from ._spec import ToolSpec
+from ._state import StateDirectory, uses_state
+from ._state import resolve as resolve_state
 from ._transport import LocalTransport
 from .abc import Transport
 from .tools import get as get_tool
@@ -76,11 +78,16 @@ class Cluster:
         self._changed: anyio.Event | None = None
         self._completed_in: MemoryObjectSendStream[Request]
         self._completed_out: MemoryObjectReceiveStream[Request]
+        # The instances' {state} directories, while the cluster runs (None: the spec has none).
+        self._state: StateDirectory | None = None
 
     def _new_instance(self, index: int) -> Instance:
+        spec = self.spec
+        if self._state is not None:
+            spec = resolve_state(spec, self._state.for_instance(index))
         return Instance(
             index=index,
-            spec=self.spec,
+            spec=spec,
             transport=self._transport,
             dispatcher=self._dispatcher,
             policy=self._restart,
@@ -106,8 +113,12 @@ class Cluster:
         # anyio.current_time() without looking the backend up at every call: a prompt reads
         # the clock three times.
         self._limiter.clock = anyio.lowlevel.current_token().backend_class.current_time
-        self._instances = [self._new_instance(index) for index in range(self._count)]
         async with AsyncExitStack() as stack:
+            if uses_state(self.spec):
+                self._state = StateDirectory.create(self.spec.name)
+                # Removed last, once every process that used it has stopped.
+                stack.callback(self._state.remove)
+            self._instances = [self._new_instance(index) for index in range(self._count)]
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._shutdown_shielded)
             launch = _Launch(self._count)

@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 
 from ._framing import Framing, JsonlFraming, OneshotFraming, PromptFraming, compile_ready
+from ._state import Files
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
@@ -64,6 +65,12 @@ def _argv_tuple(value: Iterable[str]) -> tuple[str, ...]:
         # A str is a sequence of one-character strings; it would "work" as argv ('p','y',...).
         raise ValueError(f"argv must be a sequence of strings, not a string: {value!r}")
     return tuple(value)
+
+
+def _files_mapping(value: Mapping[str, str] | None) -> Files | None:
+    if value is None or isinstance(value, Files):
+        return value
+    return Files(value)
 
 
 def _non_empty_argv(instance: Any, attribute: attrs.Attribute[Any], value: Sequence[str]) -> None:
@@ -179,6 +186,15 @@ class ToolSpec:
     failure_replies: Sequence[str] = attrs.field(
         default=(), converter=_str_patterns, validator=_valid_patterns
     )
+    #: Files written before each process of an instance starts, ``{path: content}``, their
+    #: directories created as needed (files mode 0600, directories 0700; a relative path is
+    #: taken from ``cwd``): a tool's own configuration, for example. ``{instance}`` and
+    #: ``{state}`` are replaced in paths and contents. ``{state}`` (also replaced in ``argv``,
+    #: ``env`` values and ``cwd``) is the instance's private directory, which the cluster
+    #: creates when it starts and removes when it stops: ``env={"HOME": "{state}/home"}``
+    #: gives every instance a home of its own, and the user's own configuration is never
+    #: read or changed. The local transport writes them (and a Ray actor, on its node).
+    files: Mapping[str, str] | None = attrs.field(default=None, converter=_files_mapping)
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.framing, PromptFraming) and self.ready is None:

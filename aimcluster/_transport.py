@@ -496,6 +496,24 @@ def _child_cwd(spec: ToolSpec, instance: int) -> str | None:
     return os.fspath(spec.cwd).replace("{instance}", str(instance))
 
 
+def write_files(spec: ToolSpec, instance: int) -> None:
+    """Write *spec*'s ``files`` for slot *instance*, ``{instance}`` replaced in paths and
+    contents (``{state}`` the cluster has replaced already). Mode 0600 and directories 0700:
+    a tool's configuration may hold credentials. A relative path is taken from the tool's
+    working directory. Rewritten at each start, so that a restarted
+    process finds them as configured whatever the last one did to them."""
+    if not spec.files:
+        return
+    number = str(instance)
+    cwd = _child_cwd(spec, instance) or os.getcwd()
+    for path, content in spec.files.items():
+        target = os.path.join(cwd, path.replace("{instance}", number))  # relative: from cwd
+        os.makedirs(os.path.dirname(target) or ".", mode=0o700, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "w", encoding="utf-8") as file:
+            file.write(content.replace("{instance}", number))
+
+
 class LocalTransport(Transport):
     """Runs each tool instance as a child process of this Python process.
 
@@ -516,6 +534,7 @@ class LocalTransport(Transport):
             raise ToolNotFoundError(spec.name, spec.executable)
 
     async def spawn(self, spec: ToolSpec, *, instance: int) -> ProcessHandle:
+        write_files(spec, instance)
         env = _child_env(spec, instance)
         cwd = _child_cwd(spec, instance)
         if spec.pty:

@@ -48,6 +48,7 @@ except ModuleNotFoundError as _exc:  # pragma: no cover - depends on the environ
 
 from ._exceptions import ToolNotFoundError
 from ._logging import library_logger
+from ._state import uses_state
 from ._transport import LocalTransport
 from .abc import ProcessHandle, Transport
 
@@ -564,8 +565,18 @@ class RayTransport(Transport):
             raise ValueError(f"read_size must be >= 1, got {self.read_size!r}")
 
     def check(self, spec: ToolSpec) -> None:
-        """Nothing to check here: the executable is looked up on the node that runs each
-        instance when it starts, and a missing one fails that start (StartupError)."""
+        """Refuse ``{state}``: the cluster creates that directory on this machine, and the
+        instances run on other nodes. (``files`` are written on the node, by the actor.)
+
+        The executable is looked up on the node that runs each instance when it starts, and
+        a missing one fails that start (StartupError).
+        """
+        if uses_state(spec):
+            raise ValueError(
+                f"tool {spec.name!r} uses {{state}}, a directory on this machine, which the "
+                "RayTransport's nodes do not share: give its instances paths that exist on "
+                "every node (for example with {instance}) instead"
+            )
 
     async def spawn(self, spec: ToolSpec, *, instance: int) -> ProcessHandle:
         token = anyio.lowlevel.current_token()
