@@ -67,9 +67,9 @@ def test_claude_command_line_with_model_and_key() -> None:
 
 
 def test_codex_puts_the_prompt_after_a_double_dash() -> None:
-    spec = tools.codex(model="o4", sandbox="read-only", api_key="k")
+    spec = tools.codex(model="o4", sandbox="read-only", api_key="k", skip_git_repo_check=False)
     assert spec.argv == ("codex", "exec", "--json", "-s", "read-only", "-m", "o4", "--", "{prompt}")
-    assert spec.env == {"CODEX_API_KEY": "k"}
+    assert spec.env == {"CODEX_HOME": "{state}/codex", "CODEX_API_KEY": "k"}
     assert spec.for_prompt("-rf /").argv[-1] == "-rf /"
 
 
