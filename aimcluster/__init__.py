@@ -34,6 +34,7 @@ from ._request import Ticket as Ticket
 from ._spec import Probe as Probe
 from ._spec import ToolSpec as ToolSpec
 from ._transport import LocalTransport as LocalTransport
+from ._usage import Usage as Usage
 
 __all__ = [
     "AimclusterError",
@@ -66,6 +67,7 @@ __all__ = [
     "ToolError",
     "ToolNotFoundError",
     "ToolSpec",
+    "Usage",
     "launch_cluster",
     "run_jobs",
 ]

@@ -55,6 +55,7 @@ from ._metrics import InstanceMetrics, percentile
 from ._policy import RestartBudget, RestartPolicy
 from ._ratelimit import RateLimiter
 from ._request import Reply, Request, RequestState
+from ._usage import Usage
 
 if TYPE_CHECKING:
     import structlog
@@ -171,6 +172,9 @@ class Instance:
     restarts: int = attrs.field(init=False, default=0)
     in_flight: int = attrs.field(init=False, default=0)
     rate_limited: int = attrs.field(init=False, default=0)
+    #: Tokens and cost of every turn, and model requests the tool retried on its own.
+    usage: Usage = attrs.field(init=False, factory=Usage)
+    tool_retries: int = attrs.field(init=False, default=0)
     stopped: anyio.Event = attrs.field(init=False, factory=anyio.Event)
 
     _latencies: deque[float] = attrs.field(
@@ -280,6 +284,8 @@ class Instance:
             latency_p50=percentile(self._latencies, 50),
             latency_p95=percentile(self._latencies, 95),
             rate_limited=self.rate_limited,
+            usage=self.usage,
+            tool_retries=self.tool_retries,
         )
 
     # -- supervision --------------------------------------------------------------------------
@@ -1417,6 +1423,8 @@ class Instance:
         self._current = None
         self.in_flight = 0
         elapsed = self.clock() - self._started
+        # Before the outcome is judged: a failed or rate-limited turn was paid for too.
+        usage = self._account(frame)
         if self._rate_limited(request, frame):
             return
         if frame.failure is not None:
@@ -1446,6 +1454,7 @@ class Instance:
             elapsed=elapsed,
             attempts=request.attempts,
             events=frame.events,
+            usage=usage,
         )
         if self._counted:
             self.completed += 1
@@ -1453,6 +1462,26 @@ class Instance:
         self.limiter.succeeded()
         self._plog.debug("reply_received", elapsed=elapsed, key=request.key)
         request.resolve(reply)
+
+    def _account(self, frame: Frame) -> Usage | None:
+        """Count the turn's retry events and add up what it cost; return its usage."""
+        retried = self.spec.retry_event
+        if retried is not None and frame.events:
+            retries = sum(1 for event in frame.events if retried(event))
+            if retries:
+                self.tool_retries += retries
+                self._plog.info("tool_retried", retries=retries, total=self.tool_retries)
+        extract = self.spec.usage
+        if extract is None:
+            return None
+        try:
+            usage = extract(frame.text, frame.events)
+        except Exception as exc:  # a broken extractor costs the count, not the reply
+            self._plog.warning("usage_not_read", error=repr(exc))
+            return None
+        if usage is not None:
+            self.usage += usage
+        return usage
 
     def _fail_stalled(self, request: Request, partial: str, *, internal: bool, then: str) -> None:
         stall = self.spec.stall_timeout

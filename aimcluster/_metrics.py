@@ -7,6 +7,8 @@ from typing import Any
 
 import attrs
 
+from ._usage import Usage, total
+
 __all__ = ["ClusterMetrics", "InstanceMetrics", "percentile"]
 
 
@@ -57,6 +59,12 @@ class InstanceMetrics:
     #: Prompts the provider rate-limited on this instance; each was sent again after a
     #: cluster-wide pause (not counted in :attr:`failed`).
     rate_limited: int = 0
+    #: Tokens and cost of every turn on this instance, as the tool reported them (failed and
+    #: rate-limited turns included: they were paid for).
+    usage: Usage = attrs.field(factory=Usage)
+    #: Model requests the tool retried on its own (see :attr:`ToolSpec.retry_event
+    #: <aimcluster.ToolSpec.retry_event>`).
+    tool_retries: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -91,6 +99,14 @@ class ClusterMetrics:
     def rate_limited(self) -> int:
         return sum(m.rate_limited for m in self.instances)
 
+    @property
+    def usage(self) -> Usage:
+        return total(m.usage for m in self.instances)
+
+    @property
+    def tool_retries(self) -> int:
+        return sum(m.tool_retries for m in self.instances)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "sent": self.sent,
@@ -98,5 +114,8 @@ class ClusterMetrics:
             "failed": self.failed,
             "restarts": self.restarts,
             "queued": self.queued,
+            "rate_limited": self.rate_limited,
+            "tool_retries": self.tool_retries,
+            "usage": self.usage.as_dict(),
             "instances": [m.as_dict() for m in self.instances],
         }

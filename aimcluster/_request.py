@@ -10,6 +10,7 @@ import anyio
 import attrs
 
 from ._exceptions import PromptCancelledError, ReplyTimeoutError
+from ._usage import Usage
 
 __all__ = ["Reply", "Request", "RequestState", "Ticket"]
 
@@ -34,6 +35,9 @@ class Reply:
     #: The reply's JSON events, terminal event last (JSONL framings only; else empty). With
     #: these framings :attr:`text` is the answer extracted from them.
     events: tuple[dict[str, Any], ...] = ()
+    #: Tokens and cost of the reply, as the tool reported them (see :attr:`ToolSpec.usage
+    #: <aimcluster.ToolSpec.usage>`); ``None`` if it did not.
+    usage: Usage | None = None
 
 
 class RequestState(enum.Enum):

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from ._framing import Framing, JsonlFraming, OneshotFraming, PromptFraming, compile_ready
+from ._framing import (
+    Event,
+    Framing,
+    JsonlFraming,
+    OneshotFraming,
+    PromptFraming,
+    compile_ready,
+)
 from ._state import Files
+from ._usage import Usage
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
@@ -195,6 +203,16 @@ class ToolSpec:
     #: gives every instance a home of its own, and the user's own configuration is never
     #: read or changed. The local transport writes them (and a Ray actor, on its node).
     files: Mapping[str, str] | None = attrs.field(default=None, converter=_files_mapping)
+    #: What a reply cost, as the tool reports it: called with each reply's text and JSON
+    #: events (also a failed or rate-limited turn's, which cost too), it returns a
+    #: :class:`~aimcluster.Usage` or ``None``. The result is :attr:`Reply.usage
+    #: <aimcluster.Reply.usage>` and is summed in :meth:`~aimcluster.Cluster.metrics`.
+    usage: Callable[[str, Sequence[Event]], Usage | None] | None = None
+    #: Whether a JSON event says that the tool retried a model request on its own (Claude
+    #: Code's ``system``/``api_retry``): counted as ``tool_retries`` in the metrics and logged
+    #: ``tool_retried``, so that a provider throttling the fleet shows even while every prompt
+    #: succeeds.
+    retry_event: Callable[[Event], bool] | None = None
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.framing, PromptFraming) and self.ready is None:

@@ -25,6 +25,7 @@ import attrs
 
 from ._framing import Event, JsonlFraming, OneshotFraming, PromptFraming
 from ._spec import ToolSpec
+from ._usage import aider_usage
 
 __all__ = [
     "AIDER_CONFIRM",
@@ -388,6 +389,7 @@ def aider(
         exit_command="/exit",
         shutdown_grace=10,
         failure_replies=AIDER_FAILURE_REPLIES,
+        usage=aider_usage,
     )
 
 
@@ -423,6 +425,7 @@ def aider_oneshot(
         env=_aider_env(api_key, env),
         cwd=cwd,
         shutdown_grace=10,
+        usage=aider_usage,
     )
 
 

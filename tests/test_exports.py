@@ -37,6 +37,7 @@ EXPECTED = {
     "ToolError",
     "ToolNotFoundError",
     "ToolSpec",
+    "Usage",
     "launch_cluster",
     "run_jobs",
 }

@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 import pytest
 
+from aimcluster import Usage
 from aimcluster._metrics import ClusterMetrics, InstanceMetrics, percentile
 
 INSTANCE_FIELDS = {
@@ -25,6 +26,8 @@ INSTANCE_FIELDS = {
     "latency_p50",
     "latency_p95",
     "rate_limited",
+    "usage",
+    "tool_retries",
 }
 
 
@@ -134,6 +137,14 @@ def test_instance_as_dict_has_every_field() -> None:
         "latency_p50": None,
         "latency_p95": 1.5,
         "rate_limited": 0,
+        "usage": {
+            "input_tokens": None,
+            "output_tokens": None,
+            "cached_tokens": None,
+            "cost_usd": None,
+            "requests": None,
+        },
+        "tool_retries": 0,
     }
     assert set(instance.as_dict()) == {field.name for field in attrs.fields(InstanceMetrics)}
 
@@ -147,6 +158,9 @@ def test_cluster_as_dict_has_totals_queue_and_every_instance() -> None:
         "failed": 5,
         "restarts": 4,
         "queued": 4,
+        "rate_limited": 0,
+        "tool_retries": 0,
+        "usage": Usage().as_dict(),
     }
     assert [instance["index"] for instance in data["instances"]] == [0, 1, 2]
     assert all(set(instance) == INSTANCE_FIELDS for instance in data["instances"])
@@ -163,3 +177,17 @@ def test_snapshots_are_frozen() -> None:
         make_instance(0).sent = 1  # type: ignore[misc]
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         make_cluster().queued = 1  # type: ignore[misc]
+
+
+def test_cluster_usage_and_tool_retries_are_sums_over_instances() -> None:
+    metrics = ClusterMetrics(
+        instances=(
+            make_instance(0, usage=Usage(input_tokens=10, cost_usd=0.5), tool_retries=2),
+            make_instance(1),
+            make_instance(2, usage=Usage(input_tokens=5, output_tokens=1), tool_retries=1),
+        ),
+        queued=0,
+    )
+
+    assert metrics.usage == Usage(input_tokens=15, output_tokens=1, cost_usd=0.5)
+    assert metrics.tool_retries == 3
