@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
@@ -44,7 +45,15 @@ _PTY_MAX_LINE = 4095
 
 
 class Cluster:
-    """A running cluster. Create it with :func:`launch_cluster` and use it as ``async with``."""
+    """A running cluster. Create it with :func:`launch_cluster` and use it as ``async with``.
+
+    A cluster belongs to the event loop that entered it: its events, streams and tasks live
+    there. Every public method checks, first, that it runs in that loop's thread and in that
+    loop (a thread-id and a loop-identity comparison, about 0.2 µs), and raises
+    :class:`RuntimeError` at once otherwise, instead of hanging (asyncio), failing obscurely
+    (trio) or corrupting the state another thread is changing. Another thread calls it
+    through ``anyio.from_thread.run`` or a ``BlockingPortal``.
+    """
 
     def __init__(
         self,
@@ -78,6 +87,11 @@ class Cluster:
         self._changed: anyio.Event | None = None
         self._completed_in: MemoryObjectSendStream[Request]
         self._completed_out: MemoryObjectReceiveStream[Request]
+        # The thread and event loop that entered the cluster (None: not entered yet), and the
+        # backend's own loop lookup, kept so that the check skips anyio's backend detection.
+        self._owner_thread: int | None = None
+        self._owner_loop: object = None
+        self._current_loop: Callable[[], object] = _no_loop
         # The instances' {state} directories, while the cluster runs (None: the spec has none).
         self._state: StateDirectory | None = None
 
@@ -104,6 +118,10 @@ class Cluster:
         if self._instances:
             raise RuntimeError("a Cluster can be entered only once")
         self._transport.check(self.spec)
+        token = anyio.lowlevel.current_token()
+        self._current_loop = token.backend_class.current_token
+        self._owner_loop = token.native_token
+        self._owner_thread = threading.get_ident()
         self._closed = anyio.Event()
         # Finished submit() requests, in completion order, for read_any().
         self._completed_in, self._completed_out = anyio.create_memory_object_stream[Request](
@@ -112,7 +130,7 @@ class Cluster:
         self._dispatcher = Dispatcher(self._count, max_pending=self._max_pending)
         # anyio.current_time() without looking the backend up at every call: a prompt reads
         # the clock three times.
-        self._limiter.clock = anyio.lowlevel.current_token().backend_class.current_time
+        self._limiter.clock = token.backend_class.current_time
         async with AsyncExitStack() as stack:
             if uses_state(self.spec):
                 self._state = StateDirectory.create(self.spec.name)
@@ -147,6 +165,7 @@ class Cluster:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
+        self._check_caller()
         assert self._stack is not None
         try:
             return await self._stack.__aexit__(exc_type, exc, tb)
@@ -165,6 +184,7 @@ class Cluster:
         Queued prompts fail with :class:`ClusterClosedError`. Idempotent; leaving the
         ``async with`` block does it too.
         """
+        self._check_caller()
         if self._closing:
             await self._closed.wait()
             return
@@ -178,6 +198,34 @@ class Cluster:
         self._completed_out.close()
         self._log.info("cluster_stopped", size=self.size)
         self._closed.set()
+
+    def _check_caller(self) -> None:
+        """Raise :class:`RuntimeError` unless called in the thread and event loop that
+        entered the cluster. On the data path: two comparisons when all is well."""
+        if threading.get_ident() == self._owner_thread:
+            try:
+                if self._current_loop() is self._owner_loop:
+                    return
+            except RuntimeError:
+                pass  # this thread runs no event loop (any more)
+        raise self._wrong_caller()
+
+    def _wrong_caller(self) -> RuntimeError:
+        if self._owner_thread is None:
+            return RuntimeError(
+                f"the cluster of {self.spec.name!r} was not entered: enter the cluster with "
+                "`async with launch_cluster(...) as cluster:` first"
+            )
+        where = (
+            "another thread"
+            if threading.get_ident() != self._owner_thread
+            else "another event loop (or none)"
+        )
+        return RuntimeError(
+            f"the cluster of {self.spec.name!r} was used from {where}: a cluster belongs to the "
+            "event loop that started it; from another thread use anyio.from_thread.run() or a "
+            "BlockingPortal (anyio.from_thread.start_blocking_portal) to call it in its own loop"
+        )
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -312,6 +360,7 @@ class Cluster:
         :param retries: re-send up to this many times if the instance crashes or stalls
             before the reply is complete (prompts to agents are not idempotent: opt in)
         """
+        self._check_caller()
         request = self._new_request(
             prompt, key=key, instance=instance, timeout=timeout, retries=retries
         )
@@ -336,6 +385,7 @@ class Cluster:
         Collect the reply by awaiting the ticket, or with :meth:`read_any`. Waits while
         ``max_pending`` prompts are queued.
         """
+        self._check_caller()
         request = self._new_request(
             prompt, key=key, instance=instance, timeout=timeout, retries=retries
         )
@@ -350,6 +400,7 @@ class Cluster:
 
         :raises TimeoutError: if nothing completes within *timeout* seconds
         """
+        self._check_caller()
         with anyio.fail_after(timeout):
             try:
                 request = await self._completed_out.receive()
@@ -393,6 +444,7 @@ class Cluster:
         With ``return_exceptions=False`` the first error is raised at once and the prompts
         not yet sent are withdrawn; with ``True`` each failed prompt's error takes its place.
         """
+        self._check_caller()
         prompt_list = list(prompts)
         key_list = [None] * len(prompt_list) if keys is None else list(keys)
         if len(key_list) != len(prompt_list):
@@ -450,6 +502,7 @@ class Cluster:
         While the block runs, no other prompt goes to that instance: what a multi-step agent
         job needs (``/add``, then instruct, then ``/drop``).
         """
+        self._check_caller()
         if self._closing:
             raise ClusterClosedError("the cluster is shut down")
         lease = LeaseRequest(key=key, target=instance, pinned=instance is not None)
@@ -463,7 +516,12 @@ class Cluster:
     # -- observing --------------------------------------------------------------------------
 
     def metrics(self) -> ClusterMetrics:
-        """A snapshot of the cluster's and each instance's counters and state."""
+        """A snapshot of the cluster's and each instance's counters and state.
+
+        Once the cluster is shut down nothing changes any more, and any thread may read it.
+        """
+        if not (self._closing and self._closed.is_set()):
+            self._check_caller()
         return ClusterMetrics(
             instances=tuple(instance.metrics() for instance in self._instances),
             queued=self._dispatcher.queued(None),
@@ -480,6 +538,7 @@ class Cluster:
 
         :raises TimeoutError: if it does not hold within *timeout* seconds
         """
+        self._check_caller()
         with anyio.fail_after(timeout):
             while not predicate(metrics := self.metrics()):
                 if self._changed is None:
@@ -491,6 +550,7 @@ class Cluster:
         """Restart instance *index* gracefully: after its current prompt or lease, it is
         stopped (``exit_command``, SIGTERM, SIGKILL) and started afresh. Returns once it is
         ready again. A requested restart does not count against the restart budget."""
+        self._check_caller()
         instance = self._instances[index]
         before = instance.restarts
         instance.request_restart()
@@ -510,6 +570,7 @@ class Cluster:
         queued for them moves to the others. With sticky routing only the keys of removed
         instances move (rendezvous hashing).
         """
+        self._check_caller()
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"count must be an integer >= 1, got {count!r}")
         if self._closing:
@@ -553,6 +614,7 @@ class Cluster:
 
     def restart_instance(self, index: int) -> None:
         """Kill instance *index*'s process now; the supervisor restarts it (budget applies)."""
+        self._check_caller()
         self._instances[index].restart_now()
 
     @property
@@ -578,6 +640,10 @@ class _Launch(TaskStatus[None]):
         if self.error is None:
             self.error = error
         self.done.set()
+
+
+def _no_loop() -> object:
+    raise RuntimeError("not entered")
 
 
 def _result_or_error(request: Request) -> Reply | AimclusterError:

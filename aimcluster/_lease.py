@@ -128,6 +128,7 @@ class Session:
         :raises InstanceCrashedError: if the instance crashed during the lease (its state,
             such as the files added to an agent's chat, is gone, so later sends fail too)
         """
+        self._cluster._check_caller()
         request = self._cluster._new_request(
             prompt, key=self._lease.key, instance=self.instance, timeout=timeout, retries=0
         )
