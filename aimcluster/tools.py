@@ -551,12 +551,31 @@ CODEX_PROVIDER = "aimcluster"
 _OPENAI_API_BASE = "https://api.openai.com/v1"
 
 
-def _codex_retried(event: Event) -> bool:
+def _codex_retried(event: Mapping[str, Any]) -> bool:
     """Whether *event* is codex retrying a request on its own: an ``error`` event whose
     message starts ``Reconnecting... n/N`` (one per retry, before the final outcome)."""
     return event.get("type") == "error" and str(event.get("message", "")).startswith(
         "Reconnecting..."
     )
+
+
+def _codex_usage(text: str, events: Sequence[Mapping[str, Any]]) -> Usage | None:
+    """The tokens ``turn.completed`` reports (``input_tokens``, which include
+    ``cached_input_tokens``, and ``output_tokens``); codex reports no cost."""
+    for event in reversed(events):
+        usage: Any = event.get("usage")
+        if event.get("type") == "turn.completed" and isinstance(usage, dict):
+            counts = {
+                key: value if isinstance(value, int) else None
+                for key in ("input_tokens", "output_tokens", "cached_input_tokens")
+                for value in [usage.get(key)]
+            }
+            return Usage(
+                input_tokens=counts["input_tokens"],
+                output_tokens=counts["output_tokens"],
+                cached_tokens=counts["cached_input_tokens"],
+            )
+    return None
 
 
 def _toml_string(value: str) -> str:
@@ -666,6 +685,8 @@ def codex(
             "{state}/codex/config.toml": codex_config(api_base=api_base, max_retries=max_retries)
         },
         rate_limit=CODEX_RATE_LIMIT,
+        usage=_codex_usage,
+        retry_event=_codex_retried,
     )
 
 

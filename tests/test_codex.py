@@ -22,7 +22,9 @@ from aimcluster import InstanceStalledError, ReplyTimeoutError, ToolError, tools
 from .clis import real_cli
 from .vendor_codex import Failed, FakeResponses, Stall, Status
 
-pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+pytestmark = pytest.mark.anyio
+
+STANDIN = Path(__file__).parent / "standins" / "codex"
 
 KEY = "sk-test-codex"
 
@@ -30,6 +32,10 @@ KEY = "sk-test-codex"
 @pytest.fixture(scope="module")
 def codex_cli() -> str:
     return real_cli("codex")
+
+
+# Every test but the last drives the real CLI.
+integration = pytest.mark.integration
 
 
 @pytest.fixture
@@ -44,13 +50,23 @@ def spec(cli: str, server: FakeResponses, cwd: Path, **options: Any) -> aimclust
     return attrs.evolve(profile, **tuning)
 
 
+@integration
 async def test_real_codex_answers_prompts_on_several_instances(
     codex_cli: str, server: FakeResponses, tmp_path: Path
 ) -> None:
     prompts = ["one", "two words", "-starts with a dash", "four"]
     async with aimcluster.launch_cluster(spec(codex_cli, server, tmp_path), count=2) as cluster:
         replies = await cluster.map(prompts, timeout=30)
+        metrics = cluster.metrics()
     assert [r.text for r in replies] == [f"echo: {p}" for p in prompts]
+    # What the stand-in reported for each response, as codex's turn.completed passed it on.
+    assert [r.usage for r in replies] == [
+        aimcluster.Usage(input_tokens=1200, output_tokens=34, cached_tokens=1000)
+    ] * 4
+    assert metrics.usage == aimcluster.Usage(
+        input_tokens=4800, output_tokens=136, cached_tokens=4000
+    )
+    assert metrics.tool_retries == 0
     assert sorted(server.prompts) == sorted(prompts)
     # It calls nothing but the Responses API, with the profile's key and its own provider.
     assert {(r.method, r.path) for r in server.requests} == {("POST", "/v1/responses")}
@@ -62,6 +78,7 @@ async def test_real_codex_answers_prompts_on_several_instances(
         ]  # fmt: skip
 
 
+@integration
 async def test_real_codex_with_a_model_it_has_no_metadata_for_still_answers(
     codex_cli: str, server: FakeResponses, tmp_path: Path
 ) -> None:
@@ -78,6 +95,7 @@ async def test_real_codex_with_a_model_it_has_no_metadata_for_still_answers(
     assert server.requests[0].json["model"] == "fake-model"
 
 
+@integration
 async def test_each_real_codex_instance_has_its_own_codex_home(
     codex_cli: str, server: FakeResponses, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -110,6 +128,7 @@ def listing(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.iterdir())
 
 
+@integration
 async def test_a_real_codex_429_pauses_the_cluster_and_the_prompt_is_sent_again(
     codex_cli: str, server: FakeResponses, tmp_path: Path
 ) -> None:
@@ -127,6 +146,7 @@ async def test_a_real_codex_429_pauses_the_cluster_and_the_prompt_is_sent_again(
     assert metrics.failed == 0
 
 
+@integration
 async def test_a_429_that_never_clears_is_a_tool_error_after_the_cluster_retries(
     codex_cli: str, server: FakeResponses, tmp_path: Path
 ) -> None:
@@ -140,8 +160,10 @@ async def test_a_429_that_never_clears_is_a_tool_error_after_the_cluster_retries
     assert "exceeded retry limit, last status: 429 Too Many Requests" in str(caught.value)
     assert caught.value.exit_code == 1
     assert [r.status for r in server.requests] == [429, 429, 429]
+    assert caught.value.events[-1]["type"] == "turn.failed"
 
 
+@integration
 async def test_real_codex_retries_a_429_with_retry_after_itself_up_to_max_retries(
     codex_cli: str, server: FakeResponses, tmp_path: Path
 ) -> None:
@@ -154,11 +176,13 @@ async def test_real_codex_retries_a_429_with_retry_after_itself_up_to_max_retrie
     assert reply.text == "echo: hi"
     assert [r.status for r in server.requests] == [429, 429, 200]
     assert metrics.rate_limited == 0  # codex's own layer handled it
+    assert metrics.tool_retries == 2  # ... and the cluster's metrics show it
     retries = [e["message"] for e in reply.events if e["type"] == "error"]
     assert [m.split(" (")[0] for m in retries] == ["Reconnecting... 1/2", "Reconnecting... 2/2"]
     assert all(tools._codex_retried(e) for e in reply.events if e["type"] == "error")
 
 
+@integration
 async def test_by_default_real_codex_leaves_a_429_with_retry_after_to_the_cluster(
     codex_cli: str, server: FakeResponses, tmp_path: Path
 ) -> None:
@@ -174,6 +198,7 @@ async def test_by_default_real_codex_leaves_a_429_with_retry_after_to_the_cluste
     assert not any(e["type"] == "error" for e in reply.events)
 
 
+@integration
 async def test_a_real_codex_stalled_mid_stream_is_killed_by_the_stall_watchdog(
     codex_cli: str, server: FakeResponses, tmp_path: Path
 ) -> None:
@@ -188,6 +213,7 @@ async def test_a_real_codex_stalled_mid_stream_is_killed_by_the_stall_watchdog(
     # The autouse no_leaked_processes fixture checks that no codex process is left.
 
 
+@integration
 async def test_a_real_codex_stalled_mid_stream_times_out_at_the_reply_deadline(
     codex_cli: str, server: FakeResponses, tmp_path: Path
 ) -> None:
@@ -200,6 +226,7 @@ async def test_a_real_codex_stalled_mid_stream_times_out_at_the_reply_deadline(
     assert reply.text == "echo: again"
 
 
+@integration
 async def test_a_real_codex_failed_turn_is_a_tool_error(
     codex_cli: str, server: FakeResponses, tmp_path: Path
 ) -> None:
@@ -218,3 +245,16 @@ async def test_a_real_codex_failed_turn_is_a_tool_error(
     }
     assert after.text == "echo: after"
     assert metrics.rate_limited == 0
+
+
+async def test_the_stand_ins_reconnects_count_as_tool_retries_and_its_usage_is_read() -> None:
+    # The same profile against tests/standins/codex (no real CLI needed): two retries of its
+    # own, then an answer with the stand-in's token counts.
+    profile = tools.codex(executable=STANDIN, env={"STANDIN_CODEX_RECONNECTS": "2"})
+    async with aimcluster.launch_cluster(profile, count=1) as cluster:
+        reply = await cluster.send("hello", timeout=30)
+        metrics = cluster.metrics()
+    assert reply.text == "echo: hello"
+    assert reply.usage == aimcluster.Usage(input_tokens=1, output_tokens=2, cached_tokens=0)
+    assert metrics.tool_retries == 2
+    assert metrics.usage == reply.usage

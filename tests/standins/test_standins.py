@@ -140,15 +140,56 @@ def test_codex_exec_json_event_sequence(tmp_path: Path) -> None:
     assert set(events(done.stdout)[-1]["usage"]) == {
         "input_tokens",
         "cached_input_tokens",
+        "cache_write_input_tokens",
         "output_tokens",
+        "reasoning_output_tokens",
     }
+
+
+def test_codex_warns_in_an_error_item_about_a_model_it_has_no_metadata_for(
+    tmp_path: Path,
+) -> None:
+    done = run("codex", "exec", "--json", "--skip-git-repo-check", "-m", "mine", "hi", cwd=tmp_path)
+    assert done.returncode == 0
+    assert types(done.stdout)[:3] == ["thread.started", "item.completed", "turn.started"]
+    warning = events(done.stdout)[1]["item"]
+    assert (warning["id"], warning["type"]) == ("item_0", "error")
+    assert warning["message"].startswith("Model metadata for `mine` not found.")
+    assert events(done.stdout)[-2]["item"]["id"] == "item_2"
+
+
+def test_codex_reconnects_are_error_events_before_the_outcome(tmp_path: Path) -> None:
+    done = run(
+        "codex", "exec", "--json", "--skip-git-repo-check", "hi", cwd=tmp_path,
+        STANDIN_CODEX_RECONNECTS="2", STANDIN_RATE_LIMIT="1",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert [e.get("message", "")[:17] for e in events(done.stdout)[2:4]] == [
+        "Reconnecting... 1",
+        "Reconnecting... 2",
+    ]
+    assert types(done.stdout)[-2:] == ["error", "turn.failed"]
+
+
+def test_codex_refuses_a_codex_home_that_does_not_exist(tmp_path: Path) -> None:
+    done = run(
+        "codex", "exec", "--json", "--skip-git-repo-check", "hi", cwd=tmp_path,
+        CODEX_HOME=str(tmp_path / "missing"),
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "Error finding codex home: CODEX_HOME points to" in done.stderr
 
 
 def test_codex_refuses_outside_a_git_repo(tmp_path: Path) -> None:
     done = run("codex", "exec", "--json", "hi", cwd=tmp_path)
     assert done.returncode == 1
     assert done.stdout == ""
-    assert "--skip-git-repo-check was not specified" in done.stderr
+    # As the real one, it reads stdin first, then checks the directory.
+    assert done.stderr.splitlines() == [
+        "Reading additional input from stdin...",
+        "Not inside a trusted directory and --skip-git-repo-check was not specified.",
+    ]
 
 
 def test_codex_reads_an_open_stdin_to_eof_before_starting(tmp_path: Path) -> None:
