@@ -25,7 +25,7 @@ import attrs
 
 from ._framing import Event, JsonlFraming, OneshotFraming, PromptFraming
 from ._spec import ToolSpec
-from ._usage import aider_usage
+from ._usage import Usage, aider_usage
 
 __all__ = [
     "AIDER_CONFIRM",
