@@ -18,6 +18,7 @@ from ._framing import (
     PromptFraming,
     compile_ready,
 )
+from ._redact import Environment, redact_argv
 from ._state import Files
 from ._usage import Usage
 
@@ -71,8 +72,17 @@ def _valid_patterns(instance: Any, attribute: attrs.Attribute[Any], value: Seque
 def _argv_tuple(value: Iterable[str]) -> tuple[str, ...]:
     if isinstance(value, str):
         # A str is a sequence of one-character strings; it would "work" as argv ('p','y',...).
-        raise ValueError(f"argv must be a sequence of strings, not a string: {value!r}")
+        shown = " ".join(redact_argv(value.split(" ")))
+        raise ValueError(f"argv must be a sequence of strings, not a string: {shown!r}")
     return tuple(value)
+
+
+def _env_mapping(value: Mapping[str, str] | None) -> Environment | None:
+    # Stored as an Environment, whose repr redacts secret-looking variables (API keys): a spec
+    # is printed, logged and shown among a traceback's locals.
+    if value is None or isinstance(value, Environment):
+        return value
+    return Environment(value)
 
 
 def _files_mapping(value: Mapping[str, str] | None) -> Files | None:
@@ -81,9 +91,14 @@ def _files_mapping(value: Mapping[str, str] | None) -> Files | None:
     return Files(value)
 
 
+def _argv_repr(argv: Sequence[str]) -> str:
+    return repr(tuple(redact_argv(argv)))
+
+
 def _non_empty_argv(instance: Any, attribute: attrs.Attribute[Any], value: Sequence[str]) -> None:
     if not value or not all(isinstance(arg, str) for arg in value):
-        raise ValueError(f"argv must be a non-empty sequence of strings, got {value!r}")
+        shown = _argv_repr(value) if all(isinstance(arg, str) for arg in value) else repr(value)
+        raise ValueError(f"argv must be a non-empty sequence of strings, got {shown}")
 
 
 def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -120,7 +135,9 @@ class ToolSpec:
     #: A short name used in logs, metrics and error messages.
     name: str
     #: The command line; ``argv[0]`` is looked up on ``PATH``. Never run through a shell.
-    argv: Sequence[str] = attrs.field(converter=_argv_tuple, validator=_non_empty_argv)
+    argv: Sequence[str] = attrs.field(
+        converter=_argv_tuple, validator=_non_empty_argv, repr=_argv_repr
+    )
     #: A regex that matches at the *end* of the output when the tool waits for input. Required
     #: with the (default) prompt framing, unused by the others.
     ready: str | None = attrs.field(default=None, validator=_valid_regex)
@@ -132,8 +149,11 @@ class ToolSpec:
     pty: bool = False
     #: Send stderr into the same stream as stdout, in order, at the OS level.
     merge_stderr: bool = True
-    #: Variables added to (or overriding) the parent's environment.
-    env: Mapping[str, str] | None = None
+    #: Variables added to (or overriding) the parent's environment. Kept as a read-only
+    #: mapping whose repr shows ``<redacted>`` for each variable whose name looks secret
+    #: (contains ``KEY``, ``TOKEN``, ``SECRET``, ``PASSWORD``, ``AUTH``...); the tool gets the
+    #: real values.
+    env: Mapping[str, str] | None = attrs.field(default=None, converter=_env_mapping)
     #: The working directory, or ``None`` for the parent's.
     cwd: str | Path | None = None
     #: Seconds the tool may take to show its first ready prompt.
@@ -221,7 +241,8 @@ class ToolSpec:
             "{prompt}" in arg for arg in self.argv
         ):
             raise ValueError(
-                f"tool {self.name!r}: a one-shot argv must contain {{prompt}}, got {self.argv!r}"
+                f"tool {self.name!r}: a one-shot argv must contain {{prompt}}, "
+                f"got {_argv_repr(self.argv)}"
             )
 
     @property

@@ -48,6 +48,7 @@ except ModuleNotFoundError as _exc:  # pragma: no cover - depends on the environ
 
 from ._exceptions import ToolNotFoundError
 from ._logging import library_logger
+from ._redact import redacted_repr
 from ._state import uses_state
 from ._transport import LocalTransport
 from .abc import ProcessHandle, Transport
@@ -545,9 +546,9 @@ class RayTransport(Transport):
     #: CPUs each actor reserves in Ray's books (0: as many instances per node as memory allows).
     num_cpus: float = attrs.field(default=0.0, kw_only=True)
     #: Further ``ActorClass.options()`` for each actor, e.g. ``{"runtime_env": {...}}``.
-    actor_options: Mapping[str, Any] = attrs.field(factory=dict, kw_only=True)
+    actor_options: Mapping[str, Any] = attrs.field(factory=dict, kw_only=True, repr=redacted_repr)
     #: Further ``ray.init`` keyword arguments, used only if this transport initialises Ray.
-    init_options: Mapping[str, Any] = attrs.field(factory=dict, kw_only=True)
+    init_options: Mapping[str, Any] = attrs.field(factory=dict, kw_only=True, repr=redacted_repr)
     #: The most output bytes one read call brings back.
     read_size: int = attrs.field(default=1 << 20, kw_only=True)
 
