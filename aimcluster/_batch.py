@@ -5,6 +5,10 @@
 ``grace`` seconds to finish and are then cancelled, the summary is printed, and the exit code
 is 128 + the signal number (130 for SIGINT, 129 for SIGHUP). A second Ctrl-C cancels the jobs
 in flight at once; a third abandons the run.
+
+A budget (``--max-cost``, ``--max-tokens``) that is spent stops the run the same way, without
+cancelling anything: the jobs in flight finish, the rest are not started, and the exit code is
+4 if any were left.
 """
 
 from __future__ import annotations
@@ -57,6 +61,10 @@ class Batch:
     #: ``--isolation worktree``: commits each job's change, and lands every item's commit on
     #: the result branch once the jobs have ended.
     workspace: Worktrees | None = None
+    #: ``--max-cost`` / ``--max-tokens``: once the replies' reported usage reaches either, no
+    #: new job starts (those in flight finish).
+    max_cost: float | None = None
+    max_tokens: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -64,7 +72,8 @@ class BatchOutcome:
     summary: RunSummary
     results: tuple[JobResult, ...]
     metrics: ClusterMetrics | None
-    #: 0: every item done; 1: some failed; 128 + N: stopped by signal N.
+    #: 0: every item done; 1: some failed; 4: the budget was spent before every item was
+    #: done; 128 + N: stopped by signal N.
     exit_code: int
 
 
@@ -118,6 +127,7 @@ async def _collect(
 ) -> None:
     """Journal, count and show each result as it comes (journal first: what the display
     counts is on disk)."""
+    noticed = False
     async with anyio.create_task_group() as ui:
         ui.start_soon(display.refresh_forever)
         async for result in run:
@@ -126,6 +136,12 @@ async def _collect(
             results.append(result)
             tracker.add(result)
             display.result(result)
+            if run.budget_spent is not None and not noticed:
+                noticed = True
+                display.notice(
+                    f"budget spent ({run.budget_spent}): starting no new jobs; waiting for "
+                    f"the {len(run.active)} in flight"
+                )
         ui.cancel_scope.cancel()
 
 
@@ -159,6 +175,7 @@ async def _run_batch(
     results: list[JobResult] = []
     metrics: ClusterMetrics | None = None
     not_started = len(batch.jobs)
+    budget_spent: str | None = None
     begin = ready = anyio.current_time()
     async with anyio.create_task_group() as signals:
         await signals.start(_watch_signals, stopper)
@@ -179,6 +196,8 @@ async def _run_batch(
                     retries=batch.retries,
                     fail_on=batch.fail_on,
                     workspace=batch.workspace,
+                    max_cost=batch.max_cost,
+                    max_tokens=batch.max_tokens,
                 ) as run:
                     stopper.run = run
                     tracker.start()
@@ -190,6 +209,7 @@ async def _run_batch(
                     finally:
                         display.close()
                     not_started = len(run.unstarted)
+                    budget_spent = run.budget_spent
                 metrics = cluster.metrics()
         signals.cancel_scope.cancel()
     skipped = batch.skipped
@@ -214,8 +234,11 @@ async def _run_batch(
         interrupted=interrupted,
         journal=None if batch.journal is None else str(batch.journal.path),
         landing=None if batch.workspace is None else batch.workspace.landing,
+        budget_spent=budget_spent,
     )
     code = 0 if summary.succeeded else 1
+    if budget_spent is not None and summary.not_started:
+        code = 4
     if stopper.signum is not None:
         code = 128 + stopper.signum
     return BatchOutcome(summary=summary, results=tuple(results), metrics=metrics, exit_code=code)

@@ -70,6 +70,7 @@ from ._journal import (
 )
 from ._policy import RestartPolicy
 from ._progress import Display, LiveDisplay, NullDisplay, PlainDisplay, Tracker
+from ._redact import redact_argv
 from ._report import last_lines, render_summary, seconds
 from ._results import state_path_for
 from ._routing import ROUTINGS
@@ -1005,7 +1006,9 @@ def list_tools() -> int:
     for name in tools.names():
         spec = tools.get(name)
         ready = "-" if spec.ready is None else repr(spec.ready)
-        rows.append((name, "pty" if spec.pty else "pipes", ready, shown(shlex.join(spec.argv))))
+        rows.append(
+            (name, "pty" if spec.pty else "pipes", ready, shown(shlex.join(redact_argv(spec.argv))))
+        )
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
     for number, row in enumerate(rows):
         line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
@@ -1057,7 +1060,7 @@ def check(ctx: click.Context, tool: str, probe: str | None, timeout: float, cwd:
     else:
         prompt = PROBES.get(spec.name)
     console.print(f"tool     {shown(spec.name)}", markup=False)
-    console.print(f"command  {shown(shlex.join(spec.argv))}", markup=False)
+    console.print(f"command  {shown(shlex.join(redact_argv(spec.argv)))}", markup=False)
     logger = _logger(ctx.find_root().params.get("verbose", 0))
 
     async def probe_tool() -> tuple[float, int | None, str | None, float | None, float]:

@@ -54,6 +54,7 @@ from ._framing import (
 from ._metrics import InstanceMetrics, percentile
 from ._policy import RestartBudget, RestartPolicy
 from ._ratelimit import RateLimiter
+from ._redact import redact_argv
 from ._request import Reply, Request, RequestState
 from ._usage import Usage
 
@@ -589,7 +590,7 @@ class Instance:
                 handle = await self.transport.spawn(spec, instance=self.index)
         except OSError as exc:
             raise StartupError(
-                f"could not start {list(spec.argv)!r}: {exc}", instance=self.index, output=""
+                f"could not start {redact_argv(spec.argv)!r}: {exc}", instance=self.index, output=""
             ) from exc
         self._handle = handle
         self._framer = self._new_framer()
@@ -604,7 +605,7 @@ class Instance:
         self.pid = handle.pid
         self.node = handle.node
         self._plog = self.log.bind(instance=self.index, pid=handle.pid)
-        self._plog.info("instance_started", argv=list(spec.argv), node=handle.node)
+        self._plog.info("instance_started", argv=redact_argv(spec.argv), node=handle.node)
         if spec is not self.spec:
             return handle  # one process for one prompt: the slot's counters carry on
         self._served = 0

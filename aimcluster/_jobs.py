@@ -34,6 +34,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._exceptions import AimclusterError, ClusterClosedError, NoHealthyInstancesError
 from ._transport import _child_cwd
+from ._usage import Usage
 
 if TYPE_CHECKING:
     from ._cluster import Cluster
@@ -193,6 +194,9 @@ class JobResult:
     #: With a :class:`Workspace`: the commit that holds the job's change, ``""`` if it changed
     #: nothing; ``None`` without one, or if the job did not get that far.
     commit: str | None = None
+    #: Tokens and cost of every reply the job got, over all its attempts, as the tool
+    #: reported them (:attr:`ToolSpec.usage <aimcluster.ToolSpec.usage>`); ``None`` if none did.
+    usage: Usage | None = None
 
     @property
     def item(self) -> str:
@@ -225,6 +229,8 @@ class _Attempt:
     cwd: str | None = None
     verify: VerifyResult | None = None
     commit: str | None = None
+    #: What the job's replies cost, over every attempt (never reset: each one was paid for).
+    usage: Usage | None = None
 
 
 class JobRun:
@@ -246,7 +252,13 @@ class JobRun:
         concurrency: int | None,
         fail_on: Iterable[str] | None = None,
         workspace: Workspace | None = None,
+        max_cost: float | None = None,
+        max_tokens: int | None = None,
     ) -> None:
+        if max_cost is not None and not max_cost > 0:
+            raise ValueError(f"max_cost must be > 0, got {max_cost!r}")
+        if max_tokens is not None and not max_tokens > 0:
+            raise ValueError(f"max_tokens must be > 0, got {max_tokens!r}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries!r}")
         if timeout is not None and not timeout > 0:
@@ -266,6 +278,10 @@ class JobRun:
                 raise ValueError(f"fail_on: not a valid regex: {pattern!r} ({exc})") from None
         self._retries = retries
         self._concurrency = concurrency
+        self._max_cost = max_cost
+        self._max_tokens = max_tokens
+        self._spent = Usage()
+        self._budget_spent: str | None = None
         self._workspace = workspace
         self._nodes: list[_Node] = []
         self._ready: list[int] = []
@@ -313,6 +329,17 @@ class JobRun:
     def stopping(self) -> bool:
         """Whether :meth:`stop` was called."""
         return self._stopping
+
+    @property
+    def spent(self) -> Usage:
+        """What the replies so far cost, as the tool reported them."""
+        return self._spent
+
+    @property
+    def budget_spent(self) -> str | None:
+        """Why no more jobs start, if ``max_cost`` or ``max_tokens`` was reached: what was
+        spent against which limit (``None``: the budget was not reached)."""
+        return self._budget_spent
 
     @property
     def unstarted(self) -> list[Job]:
@@ -404,6 +431,8 @@ class JobRun:
                 started = 0
                 while started < len(self._nodes) and not self._stopping:
                     while self._ready and self._running < self._limit() and not self._stopping:
+                        if self._over_budget():
+                            break
                         node = self._nodes[heapq.heappop(self._ready)]
                         node.started = True
                         started += 1
@@ -416,6 +445,19 @@ class JobRun:
                     self._wake = anyio.Event()
                     await self._wake.wait()
                     self._wake = None
+
+    def _over_budget(self) -> bool:
+        """Whether the budget is spent; if so, stop as :meth:`stop` does, jobs in flight
+        carrying on (what they spend still counts, and is reported)."""
+        spent = self._spent
+        if self._max_cost is not None and (spent.cost_usd or 0) >= self._max_cost:
+            self._budget_spent = f"${spent.cost_usd:.4f} spent of max_cost ${self._max_cost:g}"
+        elif self._max_tokens is not None and (spent.tokens or 0) >= self._max_tokens:
+            self._budget_spent = f"{spent.tokens:,} tokens spent of max_tokens {self._max_tokens:,}"
+        else:
+            return False
+        self.stop()
+        return True
 
     def _finish(self, node: _Node) -> None:
         self._running -= 1
@@ -458,6 +500,7 @@ class JobRun:
                     output=output,
                     verify=attempt.verify,
                     commit=attempt.commit,
+                    usage=attempt.usage,
                 )
             )
         finally:
@@ -507,6 +550,9 @@ class JobRun:
                     reply = await session.send(step, timeout=self._timeout)
                     attempt.replies.append(reply.text)
                     attempt.timings.append(reply.elapsed)
+                    if reply.usage is not None:
+                        attempt.usage = (attempt.usage or Usage()) + reply.usage
+                        self._spent += reply.usage
                     self._check_reply(number, step, reply.text)
                 if job.verify is not None:
                     attempt.verify = await _run_verify(job.verify, attempt.cwd, self._timeout)
@@ -610,6 +656,8 @@ def run_jobs(
     concurrency: int | None = None,
     fail_on: Iterable[str] | None = None,
     workspace: Workspace | None = None,
+    max_cost: float | None = None,
+    max_tokens: int | None = None,
 ) -> JobRun:
     """Run *jobs* on *cluster*; iterate the result to get each :class:`JobResult` as it ends.
 
@@ -632,6 +680,10 @@ def run_jobs(
     :param fail_on: regexes searched in each reply; a match fails the job at that step
         (default: the tool's own ``ToolSpec.failure_replies``; ``()``: none)
     :param workspace: prepares each job's working place and takes its change (a commit)
+    :param max_cost: once the replies' reported cost (``Reply.usage``) reaches this many US
+        dollars, start no new job (as :meth:`JobRun.stop` without a grace: jobs in flight
+        finish); :attr:`JobRun.budget_spent` says so
+    :param max_tokens: the same with input plus output tokens
     :raises ValueError: for a *fail_on* entry that is not a regex
     """
     return JobRun(
@@ -642,4 +694,6 @@ def run_jobs(
         concurrency=concurrency,
         fail_on=fail_on,
         workspace=workspace,
+        max_cost=max_cost,
+        max_tokens=max_tokens,
     )

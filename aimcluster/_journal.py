@@ -106,6 +106,8 @@ def record_of(result: JobResult, *, run: str, job: str | None = None) -> dict[st
         "error": error,
         "output": None if result.ok else _capped(result.output),
         "verify": verify,
+        # Tokens and cost the tool reported for the job's replies, every attempt included.
+        "usage": None if result.usage is None else result.usage.as_dict(),
     }
     if result.commit is not None:
         # --isolation worktree: the commit on the instance's branch, or none for no change.

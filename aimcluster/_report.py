@@ -19,13 +19,22 @@ from rich.text import Text
 
 from ._metrics import percentile
 from ._terminal import shown
+from ._usage import Usage
+from ._usage import total as total_usage
 
 if TYPE_CHECKING:
     from ._jobs import JobResult
     from ._metrics import ClusterMetrics
     from ._results import Landing
 
-__all__ = ["FailureSummary", "InstanceSummary", "RunSummary", "render_summary", "summarize"]
+__all__ = [
+    "FailureSummary",
+    "InstanceSummary",
+    "ItemUsage",
+    "RunSummary",
+    "render_summary",
+    "summarize",
+]
 
 #: Failures listed one by one; the rest are counted (the journal has them all).
 MAX_FAILURES_SHOWN = 10
@@ -63,6 +72,19 @@ class InstanceSummary:
     #: Reply latency percentiles over recent prompts, in seconds.
     reply_p50: float | None
     reply_p95: float | None
+    #: Tokens and cost of every turn on this instance, as the tool reported them.
+    usage: Usage = attrs.field(factory=Usage)
+    #: Model requests the tool retried on its own.
+    tool_retries: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class ItemUsage:
+    """What one item's job cost, as the tool reported it."""
+
+    item: str
+    status: str
+    usage: Usage
 
 
 @attrs.frozen(kw_only=True)
@@ -110,6 +132,14 @@ class RunSummary:
     journal: str | None = None
     #: ``--isolation worktree``: the result branch and the commits it holds.
     landing: Landing | None = None
+    #: Tokens and cost of the whole run (every turn, failed ones included), as the tool
+    #: reported them, and the model requests it retried on its own.
+    usage: Usage = attrs.field(factory=Usage)
+    tool_retries: int = 0
+    #: Each job's usage, in the order the jobs ended (jobs whose tool reported one).
+    items: tuple[ItemUsage, ...] = ()
+    #: Why no more jobs started, if ``--max-cost`` or ``--max-tokens`` was reached.
+    budget_spent: str | None = None
 
     @property
     def finished(self) -> int:
@@ -156,6 +186,7 @@ def summarize(
     interrupted: str | None = None,
     journal: str | None = None,
     landing: Landing | None = None,
+    budget_spent: str | None = None,
 ) -> RunSummary:
     """Build the summary of a run from its results and the cluster's last metrics."""
     per_ok: Counter[int] = Counter()
@@ -175,6 +206,8 @@ def summarize(
                 restarts=m.restarts if m is not None else 0,
                 reply_p50=m.latency_p50 if m is not None else None,
                 reply_p95=m.latency_p95 if m is not None else None,
+                usage=m.usage if m is not None else Usage(),
+                tool_retries=m.tool_retries if m is not None else 0,
             )
         )
     times = [result.elapsed for result in results if result.ok]
@@ -209,6 +242,15 @@ def summarize(
         interrupted=interrupted,
         journal=journal,
         landing=landing,
+        # The cluster's count holds turns no job result does (a failed step's, a probe's).
+        usage=metrics.usage if metrics is not None else total_usage(r.usage for r in results),
+        tool_retries=metrics.tool_retries if metrics is not None else 0,
+        items=tuple(
+            ItemUsage(item=result.item, status=result.status, usage=result.usage)
+            for result in results
+            if result.usage is not None
+        ),
+        budget_spent=budget_spent,
     )
 
 
@@ -255,11 +297,42 @@ def _totals(summary: RunSummary) -> Table:
     if summary.journal is not None:
         # Folded, never cut short with an ellipsis: the path is what a resume needs.
         grid.add_row("journal", Text(shown(summary.journal), overflow="fold"))
+    # Rows only for a tool that reports usage (most do not); per instance: --report.
+    if summary.usage.known or summary.tool_retries:
+        grid.add_row("usage", Text(shown(_usage_line(summary))))
+    per_item = _per_item_line(summary)
+    if per_item is not None:
+        grid.add_row("per item", Text(shown(per_item)))
+    if summary.budget_spent is not None:
+        budget = f"budget spent ({summary.budget_spent}): no new job started"
+        grid.add_row("stopped", Text(shown(budget), style="yellow"))
     if summary.interrupted is not None:
         grid.add_row("stopped", Text(f"by {summary.interrupted}", style="yellow"))
     if summary.landing is not None:
         _landing_rows(grid, summary.landing)
     return grid
+
+
+def _usage_line(summary: RunSummary) -> str:
+    """``12,345 tokens (12,000 in, 345 out), $0.1234, 3 tool retries``"""
+    parts = [summary.usage.describe()] if summary.usage.known else []
+    if summary.tool_retries:
+        parts.append(f"{summary.tool_retries} tool retries")
+    return ", ".join(parts)
+
+
+def _per_item_line(summary: RunSummary) -> str | None:
+    """``mean $0.0062, most $0.0100 (a.py)``, or the same in tokens without a cost."""
+    costs = [(c, i.item) for i in summary.items if (c := i.usage.cost_usd) is not None]
+    if costs:
+        most, item = max(costs)
+        return f"mean ${sum(c for c, _ in costs) / len(costs):.4f}, most ${most:.4f} ({item})"
+    tokens = [(n, i.item) for i in summary.items if (n := i.usage.tokens) is not None]
+    if tokens:
+        most_tokens, item = max(tokens)
+        mean = sum(t for t, _ in tokens) / len(tokens)
+        return f"mean {mean:,.0f} tokens, most {most_tokens:,} ({item})"
+    return None
 
 
 def _landing_rows(grid: Table, landing: Landing) -> None:
@@ -332,7 +405,7 @@ def render_summary(summary: RunSummary) -> RenderableType:
     """The summary as rich renderables, for a terminal or a plain stream."""
     if summary.succeeded:
         verdict = Text("All items done.", style="bold green")
-    elif summary.interrupted is not None:
+    elif summary.interrupted is not None or summary.budget_spent is not None:
         verdict = Text("Stopped before every item was done.", style="bold yellow")
     else:
         verdict = Text("Some items failed.", style="bold red")

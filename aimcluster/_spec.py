@@ -227,12 +227,16 @@ class ToolSpec:
     #: events (also a failed or rate-limited turn's, which cost too), it returns a
     #: :class:`~aimcluster.Usage` or ``None``. The result is :attr:`Reply.usage
     #: <aimcluster.Reply.usage>` and is summed in :meth:`~aimcluster.Cluster.metrics`.
-    usage: Callable[[str, Sequence[Event]], Usage | None] | None = None
+    usage: Callable[[str, Sequence[Event]], Usage | None] | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.is_callable())
+    )
     #: Whether a JSON event says that the tool retried a model request on its own (Claude
     #: Code's ``system``/``api_retry``): counted as ``tool_retries`` in the metrics and logged
     #: ``tool_retried``, so that a provider throttling the fleet shows even while every prompt
     #: succeeds.
-    retry_event: Callable[[Event], bool] | None = None
+    retry_event: Callable[[Event], bool] | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.is_callable())
+    )
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.framing, PromptFraming) and self.ready is None:

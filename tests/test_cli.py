@@ -963,6 +963,7 @@ async def test_journal_ignores_a_torn_last_line_and_cuts_it_off_before_appending
         "error": None,
         "output": None,
         "verify": None,
+        "usage": None,
     }
     assert healed.records[1]["error"] == {"type": "InstanceCrashedError", "message": "boom"}
     assert healed.records[1]["output"] == "half a line"

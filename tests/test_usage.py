@@ -63,13 +63,16 @@ EVENTS = JsonlFraming(
 
 
 def billing_agent(*, oneshot: bool = False, **options: object) -> ToolSpec:
+    fields: dict[str, object] = {
+        "usage": billed,
+        "retry_event": lambda event: event.get("subtype") == "api_retry",
+        **options,
+    }
     return ToolSpec(
         name="billing",
         argv=[sys.executable, "-c", BILLING_AGENT, *(["{prompt}"] if oneshot else [])],
         framing=OneshotFraming(events=EVENTS) if oneshot else EVENTS,
-        usage=billed,
-        retry_event=lambda event: event.get("subtype") == "api_retry",
-        **options,  # type: ignore[arg-type]
+        **fields,  # type: ignore[arg-type]
     )
 
 
@@ -204,3 +207,22 @@ async def test_the_tools_own_retries_are_counted_and_logged(cluster_factory, one
     assert metrics.as_dict()["tool_retries"] == 5
     retried = [(e["instance"], e["retries"]) for e in logs if e["event"] == "tool_retried"]
     assert retried == [(0, 3), (1, 2)]
+
+
+def test_usage_and_retry_event_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="'usage' must be callable"):
+        billing_agent(usage="claude")
+    with pytest.raises(TypeError, match="'retry_event' must be callable"):
+        attrs.evolve(billing_agent(), retry_event=True)
+
+
+@pytest.mark.anyio
+async def test_a_usage_reader_that_returns_no_usage_is_logged(cluster_factory) -> None:
+    spec = attrs.evolve(billing_agent(), usage=lambda text, events: {"input_tokens": 1})
+    cluster = await cluster_factory(spec)
+    with structlog.testing.capture_logs() as logs:
+        reply = await cluster.send("in=1 out=1")
+    assert reply.usage is None
+    assert [e["error"] for e in logs if e["event"] == "usage_not_read"] == [
+        "TypeError(\"ToolSpec.usage returned {'input_tokens': 1}, not a Usage or None\")"
+    ]
