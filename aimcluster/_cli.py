@@ -5,7 +5,8 @@ journal, progress and a summary.
 
 Exit codes: 0 every item succeeded (or was already done); 1 some item failed; 2 bad usage or
 input (one line on stderr, never a traceback), found before any work starts where it can be (an
-unwritable --report or journal, a missing executable); 3 the tool did not start; 128 + N
+unwritable --report or journal, a missing executable); 3 the tool did not start; 4 the
+--max-cost or --max-tokens budget was spent before every item was done; 128 + N
 stopped by signal N, after a graceful stop with its summary (130 for Ctrl-C, 143 for SIGTERM,
 129 for SIGHUP: a closed terminal).
 
@@ -78,6 +79,7 @@ from ._spec import ToolSpec
 from ._terminal import shown
 from ._toolref import resolve_tool
 from ._transport import LocalTransport
+from ._usage import Usage
 
 __all__ = ["cli", "main"]
 
@@ -86,6 +88,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 #: The tool was found but did not start (it exited, or showed no ready prompt in time).
 EXIT_NO_START = 3
+#: --max-cost or --max-tokens was reached before every item was done (no new job started).
+EXIT_BUDGET = 4
 
 #: ``run``'s reply timeout when neither --timeout nor the tool's spec gives one: long enough
 #: for an agent's slow edit, short enough that a stuck one does not hold the run for good.
@@ -404,8 +408,9 @@ def _write_report(path: str, outcome: BatchOutcome, extra: dict[str, Any]) -> No
 
 @cli.command(
     epilog="Exit codes: 0 all items done, 1 some failed, 2 bad usage or input (checked "
-    "before any work starts), 3 the tool did not start, 130 stopped by Ctrl-C (143 by "
-    "SIGTERM, 129 by SIGHUP)."
+    "before any work starts), 3 the tool did not start, 4 the --max-cost or --max-tokens "
+    "budget was spent before every item was done, 130 stopped by Ctrl-C (143 by SIGTERM, "
+    "129 by SIGHUP)."
 )
 @click.argument("paths", nargs=-1, metavar="[FILE|GLOB]...")
 @click.option(
@@ -533,6 +538,22 @@ def _write_report(path: str, outcome: BatchOutcome, extra: dict[str, Any]) -> No
     help="Run a failed job again, from its first step, up to this many times.",
 )
 @click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="USD",
+    help="Start no new job once the replies have cost USD dollars, as the tool reports "
+    "(claude, codex, gemini, aider); jobs in flight finish. Exit code 4 if items are left.",
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Start no new job once the replies have used N tokens (input plus output), as "
+    "the tool reports. Exit code 4 if items are left.",
+)
+@click.option(
     "--sticky-by",
     metavar="FIELD",
     help="Jobs with the same FIELD value run one after another, on one instance.",
@@ -618,6 +639,8 @@ def run(
     restart_window: float,
     result_branch: str | None = None,
     keep_worktrees: bool = False,
+    max_cost: float | None = None,
+    max_tokens: int | None = None,
 ) -> int:
     """Run a job script (the --step prompts) for every item, on a cluster of TOOL.
 
@@ -757,6 +780,8 @@ def run(
                     fail_on=patterns,
                     restart=RestartPolicy(max_restarts=max_restarts, window=restart_window),
                     workspace=place.workspace,
+                    max_cost=max_cost,
+                    max_tokens=max_tokens,
                 )
                 outcome = _execute(ctx, console, batch, progress=progress)
         except InputError as exc:
@@ -800,6 +825,9 @@ def _show_record(console: Console, record: dict[str, Any], earlier: int) -> None
     row("time", f"{record.get('started_at')} to {record.get('ended_at')}")
     if record.get("error"):
         row("error", _reason(record))
+    usage = Usage.from_dict(record.get("usage"))
+    if usage is not None and usage.known:
+        row("usage", usage.describe())
     steps = record.get("steps") or []
     replies = record.get("replies") or []
     timings = record.get("timings") or []

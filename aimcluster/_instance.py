@@ -1466,20 +1466,18 @@ class Instance:
 
     def _account(self, frame: Frame) -> Usage | None:
         """Count the turn's retry events and add up what it cost; return its usage."""
-        retried = self.spec.retry_event
-        if retried is not None and frame.events:
-            retries = sum(1 for event in frame.events if retried(event))
-            if retries:
-                self.tool_retries += retries
-                self._plog.info("tool_retried", retries=retries, total=self.tool_retries)
-        extract = self.spec.usage
-        if extract is None:
-            return None
+        retried, extract = self.spec.retry_event, self.spec.usage
         try:
-            usage = extract(frame.text, frame.events)
-        except Exception as exc:  # a broken extractor costs the count, not the reply
+            retries = 0 if retried is None else sum(1 for e in frame.events if retried(e))
+            usage = None if extract is None else extract(frame.text, frame.events)
+            if usage is not None and not isinstance(usage, Usage):
+                raise TypeError(f"ToolSpec.usage returned {usage!r}, not a Usage or None")
+        except Exception as exc:  # a broken reader costs the count, not the reply
             self._plog.warning("usage_not_read", error=repr(exc))
             return None
+        if retries:
+            self.tool_retries += retries
+            self._plog.info("tool_retried", retries=retries, total=self.tool_retries)
         if usage is not None:
             self.usage += usage
         return usage
