@@ -28,7 +28,8 @@ from typing import Any
 from ._metrics import ClusterMetrics
 from ._request import Reply, Ticket
 from ._spec import ToolSpec
-from .sync import Cluster, launch_cluster as _launch
+from .sync import Cluster
+from .sync import launch_cluster as _launch
 
 __all__ = ["ClusterManager", "ToolProcessPool", "launch_cluster"]
 
