@@ -62,7 +62,8 @@ def test_profiles_are_registered_by_name() -> None:
 def test_claude_command_line_with_model_and_key() -> None:
     spec = tools.claude(model="opus", api_key="sk-1", extra_args=["--max-turns", "3"])
     assert spec.argv[-4:] == ("--model", "opus", "--max-turns", "3")
-    assert spec.env == {"ANTHROPIC_API_KEY": "sk-1"}
+    assert spec.env is not None
+    assert spec.env["ANTHROPIC_API_KEY"] == "sk-1"
     assert isinstance(spec.framing, JsonlFraming)
 
 
