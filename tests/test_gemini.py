@@ -27,6 +27,7 @@ from .vendor_gemini import CACHED_TOKENS, FakeGemini, usage_for
 pytestmark = pytest.mark.anyio
 
 KEY = "stand-in-key"
+STANDIN = Path(__file__).parent / "standins" / "gemini"
 
 #: What Gemini CLI 0.61 printed for a 429 that its retries did not clear (the ``error.message``
 #: of its last ``result`` event, with the stand-in's quota message; exit 173).
@@ -284,3 +285,58 @@ def test_a_result_without_stats_has_no_usage() -> None:
     usage = tools.gemini().usage
     assert usage is not None
     assert usage("", [{"type": "result", "status": "success"}]) is None
+
+
+# -- the stand-in in tests/standins keeps to what the real CLI prints --------------------------
+
+
+def _shape(event: dict[str, Any]) -> tuple[str, frozenset[str], frozenset[str]]:
+    stats = event.get("stats") or {}
+    per_model = frozenset(key for tokens in stats.get("models", {}).values() for key in tokens)
+    return event["type"], frozenset(event), frozenset(stats) | per_model
+
+
+@pytest.mark.integration
+async def test_the_stand_in_prints_the_events_the_real_cli_prints(
+    gemini_cli: str, server: FakeGemini, tmp_path: Path
+) -> None:
+    standin = tools.gemini(executable=STANDIN, cwd=tmp_path)
+    async with (
+        aimcluster.launch_cluster(profile(gemini_cli, server, tmp_path), count=1) as real,
+        aimcluster.launch_cluster(standin, count=1) as fake,
+    ):
+        real_reply = await real.send("hi", timeout=60)
+        fake_reply = await fake.send("hi", timeout=60)
+    assert [_shape(e) for e in fake_reply.events] == [_shape(e) for e in real_reply.events]
+    assert fake_reply.events[0]["model"] == real_reply.events[0]["model"] == "flash"
+    assert fake_reply.text == real_reply.text == "echo: hi"
+
+
+@pytest.mark.integration
+async def test_the_stand_ins_rate_limit_is_the_real_clis(
+    gemini_cli: str, server: FakeGemini, tmp_path: Path
+) -> None:
+    server.rate_limit(None)
+    failures: list[ToolError] = []
+    for spec in (
+        profile(gemini_cli, server, tmp_path),
+        tools.gemini(executable=STANDIN, cwd=tmp_path, env={"STANDIN_RATE_LIMIT": "9"}),
+    ):
+        spec = attrs.evolve(spec, rate_limit_retries=0)
+        async with aimcluster.launch_cluster(spec, count=1) as c:
+            with pytest.raises(ToolError) as caught:
+                await c.send("hi", timeout=60)
+        failures.append(caught.value)
+    real, fake = failures
+    assert fake.exit_code == real.exit_code == 173
+    assert fake.event is not None
+    assert real.event is not None
+    assert (
+        fake.event["error"]
+        == real.event["error"]
+        == {
+            "type": "unknown",
+            "message": REAL_RATE_LIMIT_MESSAGE,
+        }
+    )
+    assert _shape(fake.event) == _shape(real.event)
