@@ -87,15 +87,27 @@ def test_claude_rate_limit_is_a_synthetic_message_and_an_error_result() -> None:
         STANDIN_RATE_LIMIT="1",
     )  # fmt: skip
     limited, ok = (e for e in events(done.stdout) if e["type"] == "result")
-    synthetic = next(e for e in events(done.stdout) if e.get("error") == "rate_limit")
+    synthetic = next(e for e in events(done.stdout) if e["type"] == "assistant")
     assert synthetic["message"]["model"] == "<synthetic>"
     assert (limited["subtype"], limited["is_error"], limited["api_error_status"]) == (
         "success",
         True,
         429,
     )
-    assert limited["result"] == "API Error: Rate limit reached"
+    assert limited["result"].startswith("API Error: Request rejected (429) · ")
     assert (ok["is_error"], ok["result"]) == (False, "echo: x")
+    # As Claude Code 2.1.332 does: a system/api_retry event per retry of its own first.
+    retries = [e for e in events(done.stdout) if e.get("subtype") == "api_retry"]
+    assert [(e["attempt"], e["max_retries"]) for e in retries] == [(n, 10) for n in range(1, 11)]
+    assert done.returncode == 0  # the last turn succeeded
+
+
+def test_claude_rate_limited_one_shot_exits_1_after_cli_max_retries() -> None:
+    done = run("claude", *CLAUDE_STREAM, "x", STANDIN_RATE_LIMIT="1", CLAUDE_CODE_MAX_RETRIES="2")
+    assert done.returncode == 1
+    assert [e.get("subtype") for e in events(done.stdout)] == [
+        "init", "api_retry", "api_retry", None, "success",
+    ]  # fmt: skip
 
 
 def test_claude_error_gives_error_during_execution_and_exit_1() -> None:
