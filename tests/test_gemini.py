@@ -8,8 +8,11 @@ its first chunk, a failed turn, and the token counts the CLI reports.
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -212,9 +215,12 @@ async def test_real_gemini_server_error_is_a_tool_error(
     gemini_cli: str, server: FakeGemini, tmp_path: Path
 ) -> None:
     server.fail(1, status=500)
+    reports = _error_reports()
     async with aimcluster.launch_cluster(profile(gemini_cli, server, tmp_path), count=1) as c:
         with pytest.raises(ToolError) as caught:
             await c.send("hello", timeout=60)
+        # The CLI writes a report of each failed request to $TMPDIR: the instance's own.
+        assert _error_reports() == reports
         after = await c.send("again", timeout=60)
         metrics = c.metrics()
     # handleError exits with the error's status, 500, which the OS truncates to 8 bits.
@@ -241,6 +247,10 @@ async def test_real_gemini_instances_have_homes_of_their_own_and_the_users_is_un
     assert len(homes) == 2
     assert _files_in(homes, "") == [False, False]  # removed with the cluster
     assert _mtimes(users) == before
+
+
+def _error_reports() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "gemini-client-error-*.json")))
 
 
 def _files_in(homes: set[str], path: str) -> list[bool]:
