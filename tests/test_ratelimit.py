@@ -73,7 +73,7 @@ async def test_claude_rate_limit_pauses_and_sends_the_prompt_again() -> None:
     assert reply.elapsed < 1  # the second attempt's own time, without the pause
     assert (metrics.rate_limited, metrics.failed, metrics.completed) == (1, 0, 1)
     (event,) = [e for e in logs if e["event"] == "rate_limited"]
-    assert event["match"] == "Rate limit"
+    assert event["match"] == "(api_error_status 429)"
     assert 0.5 <= event["pause"] <= 1  # the backoff, with jitter
     assert event["instance"] == 0
 
