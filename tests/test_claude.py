@@ -224,7 +224,7 @@ async def test_real_claude_failed_turn_is_a_tool_error_and_the_process_carries_o
 
 @real
 @pytest.mark.anyio
-async def test_real_claude_stalled_mid_stream_is_restarted_and_the_prompt_answered(
+async def test_real_claude_stalled_mid_stream_fails_the_prompt_and_restarts_the_instance(
     claude_cli: str, server: FakeAnthropic, user_home: Path, tmp_path: Path
 ) -> None:
     # The answer starts, then the server sends nothing more (the CLI waits on; 2.1.332 has no
