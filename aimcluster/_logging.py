@@ -9,6 +9,8 @@ A ``logger=`` passed to :func:`~aimcluster.launch_cluster` always wins.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from typing import Any, cast
 
 import structlog
@@ -53,17 +55,48 @@ def default_logger(name: str = "aimcluster") -> structlog.typing.FilteringBoundL
     return silent
 
 
+#: How often a LazyLogger asks the configuration again (besides whenever structlog becomes
+#: configured): a change the application makes later applies within this many seconds.
+_RECHECK = 1.0
+
+
 class LazyLogger:
-    """A logger that asks :func:`default_logger` at each event, with the context bound to it:
-    the application may configure logging after it imported aimcluster or started a cluster.
+    """A logger that follows :func:`default_logger` as the application configures logging,
+    with the context bound to it: the application may configure logging after it imported
+    aimcluster or started a cluster.
+
+    What it stands for is asked again when structlog becomes configured, and otherwise at most
+    once a second, not at each event: asking costs microseconds, and an instance logs events on
+    every prompt. Once structlog is configured, :meth:`bind` hands out the configured logger
+    itself.
     """
+
+    __slots__ = ("_configured", "_context", "_logger", "_name", "_recheck_at")
 
     def __init__(self, name: str, context: dict[str, Any] | None = None) -> None:
         self._name = name
         self._context = context or {}
+        self._logger: Any = None
+        self._configured = False
+        self._recheck_at = -math.inf
 
-    def bind(self, **values: Any) -> LazyLogger:
-        return LazyLogger(self._name, {**self._context, **values})
+    def _current(self) -> Any:
+        now = time.monotonic()
+        configured = structlog.is_configured()
+        if now >= self._recheck_at or configured is not self._configured:
+            self._logger = default_logger(self._name).bind(**self._context)
+            self._configured = configured
+            self._recheck_at = now + _RECHECK
+        return self._logger
+
+    def bind(self, **values: Any) -> Any:
+        """A logger with *values* added to the context. Once the application has configured
+        structlog, that is what it configured, bound (as structlog's own loggers bind): the
+        per-prompt events then cost what they cost without aimcluster in between."""
+        context = {**self._context, **values}
+        if structlog.is_configured():
+            return default_logger(self._name).bind(**context)
+        return LazyLogger(self._name, context)
 
     def new(self, **values: Any) -> LazyLogger:
         return LazyLogger(self._name, values)
@@ -73,10 +106,21 @@ class LazyLogger:
 
     try_unbind = unbind
 
+    def debug(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._current().debug(event, *args, **kw)
+
+    def info(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._current().info(event, *args, **kw)
+
+    def warning(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._current().warning(event, *args, **kw)
+
+    def error(self, event: str, *args: Any, **kw: Any) -> Any:
+        return self._current().error(event, *args, **kw)
+
     def __getattr__(self, method: str) -> Any:
-        # debug, info, warning, error... of the logger the application's configuration
-        # gives now.
-        return getattr(default_logger(self._name).bind(**self._context), method)
+        # The rarer methods (exception, critical, log, msg...) of what it stands for now.
+        return getattr(self._current(), method)
 
 
 def library_logger(name: str = "aimcluster") -> structlog.typing.FilteringBoundLogger:
