@@ -59,6 +59,27 @@ def _redact_value(name: str, value: str) -> str:
     return _URL_PASSWORD.sub(rf"\g<head>{REDACTED}", value)
 
 
+#: An option whose last word is one of these holds a secret (``--api-key``, ``--token``,
+#: ``--client-secret``); options are named more freely than variables, so the rule is
+#: narrower: ``--map-tokens 0`` and ``--max-tokens 4096`` are counts, not secrets.
+_SECRET_OPTION = re.compile(
+    r"(?:^|[-_])(?:api[-_]?key|key|token|secret|password|passwd|passphrase|credentials?|"
+    r"cookie|auth)$",
+    re.IGNORECASE,
+)
+
+
+def looks_secret_option(option: str) -> bool:
+    """Whether the command-line *option* (``--api-key``, ``-p``...) takes a secret."""
+    return _SECRET_OPTION.search(option.lstrip("-")) is not None
+
+
+def _redact_option_value(option: str, value: str) -> str:
+    if looks_secret_option(option):
+        return REDACTED
+    return _URL_PASSWORD.sub(rf"\g<head>{REDACTED}", value)
+
+
 def redact_argv(argv: Iterable[str]) -> list[str]:
     """*argv* as it may be shown: the value of a secret-looking option replaced, in both
     ``--api-key=VALUE`` and ``--api-key VALUE`` forms (a following argument that starts with
@@ -74,9 +95,9 @@ def redact_argv(argv: Iterable[str]) -> list[str]:
         if arg.startswith("-"):
             name, equals, value = arg.partition("=")
             if equals:
-                shown.append(f"{name}={_redact_value(name, value)}")
+                shown.append(f"{name}={_redact_option_value(name, value)}")
                 continue
-            hide_next = looks_secret(arg)
+            hide_next = looks_secret_option(arg)
             shown.append(arg)
             continue
         shown.append(_URL_PASSWORD.sub(rf"\g<head>{REDACTED}", arg))

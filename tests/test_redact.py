@@ -199,3 +199,9 @@ async def test_the_tool_gets_the_real_secret_and_no_log_event_shows_it() -> None
     assert events, "the cluster logged nothing"
     for event in events:
         assert SECRET not in repr(event), event
+
+
+def test_options_that_count_tokens_are_not_taken_for_secrets() -> None:
+    # aider's --map-tokens 0 was shown as --map-tokens <redacted> by `aimcluster tools`.
+    shown = redact_argv(["aider", "--map-tokens", "0", "--max-tokens=5", "--github_token", "t"])
+    assert shown == ["aider", "--map-tokens", "0", "--max-tokens=5", "--github_token", REDACTED]
