@@ -52,9 +52,7 @@ def test_the_library_prints_nothing_unless_logging_is_configured(
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_events_go_to_the_standard_logging_the_app_configured(
-    tmp_path: Path, backend: str
-) -> None:
+def test_events_go_to_the_standard_logging_the_app_configured(tmp_path: Path, backend: str) -> None:
     result = run_program(tmp_path, backend, "logging")
 
     assert result.returncode == 0, result.stderr
