@@ -712,8 +712,9 @@ def codex_config(*, api_base: str | None = None, max_retries: int = 0) -> str:
     """The ``config.toml`` the :func:`codex` profile writes into each instance's own
     ``CODEX_HOME``: a Responses API provider at *api_base* whose key is ``CODEX_API_KEY``,
     *max_retries* as its ``stream_max_retries``, and analytics, feedback, OpenTelemetry,
-    update checks and history off."""
-    base = _OPENAI_API_BASE if api_base is None else api_base
+    update checks and history off. Without *api_base*: ``OPENAI_BASE_URL`` from the
+    environment, as the OpenAI SDK takes it, else the OpenAI API."""
+    base = api_base or os.environ.get("OPENAI_BASE_URL") or _OPENAI_API_BASE
     return f"""\
 # Written by aimcluster for this instance only; rewritten before each process starts.
 model_provider = {_toml_string(CODEX_PROVIDER)}
@@ -771,7 +772,8 @@ def codex(
     ``Reply.usage`` has the tokens of ``turn.completed``; each ``Reconnecting... n/N`` event
     counts as one of the tool's own retries.
 
-    :param api_base: an OpenAI-style base URL ending in ``/v1`` (default the OpenAI API)
+    :param api_base: an OpenAI-style base URL ending in ``/v1`` (default ``OPENAI_BASE_URL``
+        from the environment, else the OpenAI API)
     :param api_key: put in the child's ``CODEX_API_KEY``
     :param max_retries: codex's own ``stream_max_retries``: how often it retries a 429 that
         carries ``Retry-After`` (waiting as told) or a dropped stream. The default 0 leaves
