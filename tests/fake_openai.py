@@ -32,16 +32,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 
 import attrs
+
+from ._loopback_server import LoopbackHandler, LoopbackServer
 
 __all__ = [
     "FILES_CONTENT_PREFIX",
@@ -182,7 +181,7 @@ class RecordedRequest:
         return _last_user_text(self.messages)
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer[RecordedRequest, tuple[int, str]]):
     """An OpenAI-compatible server in a thread; a context manager that starts and stops it.
 
     :param model: the model id listed by ``GET /v1/models`` (any id is accepted in requests)
@@ -197,43 +196,10 @@ class FakeOpenAI:
         responder: Responder = doc_id_reply,
         delay: float = 0.0,
     ) -> None:
+        super().__init__(_Handler, "fake-openai")
         self.model = model
         self.responder = responder
         self.delay = delay
-        self._requests: list[RecordedRequest] = []
-        self._errors: list[tuple[int, str]] = []
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def __enter__(self) -> FakeOpenAI:
-        handler = type("_BoundHandler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-openai", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._server is not None
-        assert self._thread is not None
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "the server is not running"
-        return self._server.server_address[1]
 
     @property
     def base_url(self) -> str:
@@ -241,12 +207,6 @@ class FakeOpenAI:
         return f"http://127.0.0.1:{self.port}/v1"
 
     # -- what tests look at -----------------------------------------------------------------
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """Every request received so far, in arrival order."""
-        with self._lock:
-            return list(self._requests)
 
     @property
     def completions(self) -> list[RecordedRequest]:
@@ -258,54 +218,20 @@ class FakeOpenAI:
         message = message or {
             429: "Rate limit reached for requests. Please try again in 1s.",
         }.get(status, HTTPStatus(status).phrase)
-        with self._lock:
-            self._errors.extend([(status, message)] * count)
-
-    # -- called by the handler threads ------------------------------------------------------
-
-    def _record(self, request: RecordedRequest) -> None:
-        with self._lock:
-            self._requests.append(request)
-
-    def _take_error(self) -> tuple[int, str] | None:
-        with self._lock:
-            return self._errors.pop(0) if self._errors else None
+        self._add_faults(*[(status, message)] * count)
 
 
 def _is_completions(path: str) -> bool:
     return path.split("?")[0].rstrip("/") in ("/v1/chat/completions", "/chat/completions")
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LoopbackHandler):
     fake: FakeOpenAI
-    protocol_version = "HTTP/1.1"
     server_version = "FakeOpenAI/1.0"
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep test output clean; the requests are recorded instead
-
-    def _read_json(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            return json.loads(raw) if raw else None
-        except ValueError:
-            return None
-
     def _record(self, body: Any, status: int) -> None:
-        headers = {name.lower(): value for name, value in self.headers.items()}
+        headers = self._lowered_headers()
         self.fake._record(RecordedRequest(self.command, self.path, headers, body, status))
-
-    def _send_json(self, status: int, payload: Any) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        # One request per connection: no idle keep-alive threads outlive the test.
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-        self.close_connection = True
 
     def do_GET(self) -> None:
         if self.path.split("?")[0].rstrip("/") in ("/v1/models", "/models"):
@@ -324,7 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._record(body, 400)
             self._send_json(400, _error("'messages' is required", "invalid_request_error"))
             return
-        error = self.fake._take_error()
+        error = self.fake._next_fault()
         if error is not None:
             status, message = error
             self._record(body, status)

@@ -29,11 +29,11 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 
 import attrs
+
+from ._loopback_server import LoopbackHandler, LoopbackServer
 
 __all__ = ["FakeAnthropic", "RecordedRequest", "echo", "message_text"]
 
@@ -106,7 +106,7 @@ class _Fault:
     message: str = ""
 
 
-class FakeAnthropic:
+class FakeAnthropic(LoopbackServer[RecordedRequest, _Fault]):
     """An Anthropic Messages API server in a thread; a context manager that starts and stops it.
 
     :param responder: makes each reply's text (default :func:`echo`)
@@ -125,48 +125,13 @@ class FakeAnthropic:
         cache_read_input_tokens: int = 0,
         delay: float = 0.0,
     ) -> None:
+        super().__init__(_Handler, "fake-anthropic")
         self.responder = responder
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
         self.cache_read_input_tokens = cache_read_input_tokens
         self.delay = delay
-        self._requests: list[RecordedRequest] = []
-        self._faults: list[_Fault] = []
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
         self._stalled = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def __enter__(self) -> FakeAnthropic:
-        handler = type("_BoundHandler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-anthropic", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._server is not None
-        assert self._thread is not None
-        self._stopping.set()  # releases stalled answers
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "the server is not running"
-        return self._server.server_address[1]
 
     @property
     def base_url(self) -> str:
@@ -174,12 +139,6 @@ class FakeAnthropic:
         return f"http://127.0.0.1:{self.port}"
 
     # -- what tests look at and steer -------------------------------------------------------
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """Every request received so far, in arrival order."""
-        with self._lock:
-            return list(self._requests)
 
     @property
     def messages(self) -> list[RecordedRequest]:
@@ -199,27 +158,15 @@ class FakeAnthropic:
             529: "Overloaded",
         }
         message = message or default.get(status) or HTTPStatus(status).phrase
-        with self._lock:
-            self._faults.extend([_Fault("status", status, message)] * count)
+        self._add_faults(*[_Fault("status", status, message)] * count)
 
     def stall_next(self, count: int = 1) -> None:
         """Start the next *count* answers, then send nothing more until the server stops."""
-        with self._lock:
-            self._faults.extend([_Fault("stall")] * count)
+        self._add_faults(*[_Fault("stall")] * count)
 
     def wait_stalled(self, timeout: float) -> bool:
         """Block until an answer has stalled (from a worker thread: ``anyio.to_thread``)."""
         return self._stalled.wait(timeout)
-
-    # -- called by the handler threads ------------------------------------------------------
-
-    def _record(self, request: RecordedRequest) -> None:
-        with self._lock:
-            self._requests.append(request)
-
-    def _take_fault(self) -> _Fault | None:
-        with self._lock:
-            return self._faults.pop(0) if self._faults else None
 
 
 def _is_messages(path: str) -> bool:
@@ -238,40 +185,17 @@ _ERROR_TYPES = {
 }
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LoopbackHandler):
     fake: FakeAnthropic
-    protocol_version = "HTTP/1.1"
     server_version = "FakeAnthropic/1.0"
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep test output clean; the requests are recorded instead
-
-    def _read_json(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            return json.loads(raw) if raw else None
-        except ValueError:
-            return None
-
     def _record(self, body: Any, status: int) -> None:
-        headers = {name.lower(): value for name, value in self.headers.items()}
+        headers = self._lowered_headers()
         self.fake._record(RecordedRequest(self.command, self.path, headers, body, status))
 
     def _send_json(self, status: int, payload: Any, headers: Mapping[str, str] = {}) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("request-id", f"req_{uuid.uuid4().hex[:24]}")
-        for name, value in headers.items():
-            self.send_header(name, value)
-        # One request per connection: no idle keep-alive threads outlive the test.
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-        self.close_connection = True
+        request_id = {"request-id": f"req_{uuid.uuid4().hex[:24]}"}
+        super()._send_json(status, payload, {**request_id, **headers})
 
     def do_HEAD(self) -> None:
         self._record(None, 200)
@@ -289,7 +213,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._record(body, 400)
             self._send_error(400, "messages: Field required")
             return
-        fault = self.fake._take_fault()
+        fault = self.fake._next_fault()
         if fault is not None and fault.kind == "status":
             self._record(body, fault.status)
             self._send_error(fault.status, fault.message)

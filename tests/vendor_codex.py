@@ -35,13 +35,12 @@ import json
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 
 import attrs
+
+from ._loopback_server import LoopbackHandler, LoopbackServer
 
 __all__ = [
     "Failed",
@@ -138,7 +137,7 @@ class RecordedRequest:
         return last_user_text(self.json) if isinstance(self.json, dict) else ""
 
 
-class FakeResponses:
+class FakeResponses(LoopbackServer[RecordedRequest, Fault]):
     """An OpenAI Responses API server in a thread; a context manager that starts and stops it.
 
     :param responder: makes each reply's text (default ``echo: <last user text>``)
@@ -153,50 +152,15 @@ class FakeResponses:
         output_tokens: int = 34,
         cached_tokens: int = 1000,
     ) -> None:
+        super().__init__(_Handler, "fake-responses")
         self.responder = responder
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
         self.cached_tokens = cached_tokens
         #: The fault for every request once the queue is empty (``None``: answer normally).
         self.always: Fault | None = None
-        self._faults: deque[Fault] = deque()
-        self._requests: list[RecordedRequest] = []
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
         #: Set when a :class:`Stall` has sent its partial stream (tests wait on it).
         self.stalled = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def __enter__(self) -> FakeResponses:
-        handler = type("_BoundHandler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-responses", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._server is not None
-        assert self._thread is not None
-        self._stopping.set()  # releases stalled streams
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "the server is not running"
-        return self._server.server_address[1]
 
     @property
     def base_url(self) -> str:
@@ -207,14 +171,7 @@ class FakeResponses:
 
     def queue(self, *faults: Fault) -> None:
         """Answer the next requests with these faults, one each, in order."""
-        with self._lock:
-            self._faults.extend(faults)
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """Every request received so far, in arrival order."""
-        with self._lock:
-            return list(self._requests)
+        self._add_faults(*faults)
 
     @property
     def responses(self) -> list[RecordedRequest]:
@@ -226,55 +183,18 @@ class FakeResponses:
         """The last user text of each ``POST /v1/responses`` answered normally."""
         return [r.last_user_text for r in self.responses if r.status == 200 and r.fault is None]
 
-    # -- called by the handler threads ------------------------------------------------------
-
-    def _record(self, request: RecordedRequest) -> None:
-        with self._lock:
-            self._requests.append(request)
-
-    def _take_fault(self) -> Fault | None:
-        with self._lock:
-            return self._faults.popleft() if self._faults else self.always
-
 
 def _is_responses(path: str) -> bool:
     return path.split("?")[0].rstrip("/") in ("/v1/responses", "/responses")
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LoopbackHandler):
     fake: FakeResponses
-    protocol_version = "HTTP/1.1"
     server_version = "FakeResponses/1.0"
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep test output clean; the requests are recorded instead
-
-    def _read_json(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            return json.loads(raw) if raw else None
-        except ValueError:
-            return None
-
     def _record(self, body: Any, status: int, fault: Fault | None = None) -> None:
-        headers = {name.lower(): value for name, value in self.headers.items()}
+        headers = self._lowered_headers()
         self.fake._record(RecordedRequest(self.command, self.path, headers, body, status, fault))
-
-    def _send_json(
-        self, status: int, payload: Any, headers: Mapping[str, str] | None = None
-    ) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        # One request per connection: no idle keep-alive threads outlive the test.
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-        self.close_connection = True
 
     def do_GET(self) -> None:
         self._not_found(None)
@@ -288,7 +208,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._record(body, 400)
             self._send_json(400, _error("the body must be a JSON object", "invalid_request_error"))
             return
-        fault = self.fake._take_fault()
+        fault = self.fake._next_fault(self.fake.always)
         if isinstance(fault, Status):
             self._record(body, fault.status, fault)
             kind = "rate_limit_exceeded" if fault.status == 429 else "server_error"

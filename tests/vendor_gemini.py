@@ -36,12 +36,12 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
+
+from ._loopback_server import LoopbackHandler, LoopbackServer
 
 __all__ = ["FakeGemini", "RecordedRequest", "echo", "usage_for"]
 
@@ -125,7 +125,7 @@ class RecordedRequest:
         return request_user_text(self.json) if isinstance(self.json, Mapping) else ""
 
 
-class FakeGemini:
+class FakeGemini(LoopbackServer[RecordedRequest, _Fault]):
     """A Gemini API server in a thread; a context manager that starts and stops it.
 
     :param responder: makes each reply's text (default :func:`echo`)
@@ -133,47 +133,16 @@ class FakeGemini:
     """
 
     def __init__(self, *, responder: Responder = echo, delay: float = 0.0) -> None:
+        super().__init__(_Handler, "fake-gemini")
         self.responder = responder
         self.delay = delay
-        self._requests: list[RecordedRequest] = []
-        self._faults: list[_Fault] = []
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
         #: Set each time a stream has sent its first chunk and stalled.
         self.stalled = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def __enter__(self) -> FakeGemini:
-        handler = type("_BoundHandler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-gemini", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._server is not None
-        assert self._thread is not None
-        self._stopping.set()  # releases stalled streams
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
 
     @property
     def base_url(self) -> str:
         """The server's root, as ``GOOGLE_GEMINI_BASE_URL`` takes it (no ``/v1beta``)."""
-        assert self._server is not None, "the server is not running"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     # -- what tests arm -----------------------------------------------------------------------
 
@@ -196,8 +165,7 @@ class FakeGemini:
             self._faults.clear()
 
     def _arm(self, fault: _Fault) -> None:
-        with self._lock:
-            self._faults.append(fault)
+        self._add_faults(fault)
 
     def _take_fault(self, streaming: bool) -> _Fault | None:
         with self._lock:
@@ -216,52 +184,20 @@ class FakeGemini:
     # -- what tests look at -----------------------------------------------------------------
 
     @property
-    def requests(self) -> list[RecordedRequest]:
-        """Every request received so far, in arrival order."""
-        with self._lock:
-            return list(self._requests)
-
-    @property
     def generations(self) -> list[RecordedRequest]:
         """The ``streamGenerateContent`` requests (one per model turn) received so far."""
         return [r for r in self.requests if r.method_name == "streamGenerateContent"]
 
-    def _record(self, request: RecordedRequest) -> None:
-        with self._lock:
-            self._requests.append(request)
 
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LoopbackHandler):
     fake: FakeGemini
-    protocol_version = "HTTP/1.1"
     server_version = "FakeGemini/1.0"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep test output clean; the requests are recorded instead
-
-    def _read_json(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            return json.loads(raw) if raw else None
-        except ValueError:
-            return None
+    json_content_type = "application/json; charset=UTF-8"
 
     def _record(self, body: Any, status: int) -> None:
         url = urlsplit(self.path)
-        headers = {name.lower(): value for name, value in self.headers.items()}
+        headers = self._lowered_headers()
         self.fake._record(RecordedRequest(self.command, url.path, url.query, headers, body, status))
-
-    def _send_json(self, status: int, payload: Any) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        # One request per connection: no idle keep-alive threads outlive the test.
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-        self.close_connection = True
 
     def do_GET(self) -> None:
         self._record(None, 404)
