@@ -51,6 +51,8 @@ from ._logging import library_logger
 from .abc import ProcessHandle, Transport
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._spec import ToolSpec
 
 __all__ = ["LocalTransport"]
@@ -137,22 +139,39 @@ def _kill_session(sid: int) -> None:
     _signal_group(sid, signal.SIGKILL)
     if not _LINUX:
         return
-    killed: set[int] = set()
     deadline = time.monotonic() + _SWEEP_TIMEOUT
+    killed = _kill_until_none_new(functools.partial(_session_members, sid), wait_until=deadline)
+    if killed is not None:
+        _log.debug("session_sweep_bounded", sid=sid, killed=killed)
+
+
+def _kill_until_none_new(
+    members: Callable[[], list[int]], *, wait_until: float | None
+) -> int | None:
+    """SIGKILL every pid *members* lists that this call has not killed yet, pass after pass.
+
+    It is done (None) when a pass finds nobody left, or finds only pids it has killed already
+    and *wait_until* is None. With a deadline, such a pass instead waits on their pidfds (until
+    *wait_until*) for them to exit and looks again for what they forked meanwhile. When the
+    passes or the wait run out, it returns how many pids it killed.
+    """
+    killed: set[int] = set()
     for _ in range(_SWEEP_PASSES):
-        members = _session_members(sid)
-        if not members:
-            return
-        new = [pid for pid in members if pid not in killed]
+        current = members()
+        new = [pid for pid in current if pid not in killed]
+        if not new:
+            if not current or wait_until is None:
+                return None
+            if not _wait_exited_until(current, wait_until):
+                break
+            continue
         for pid in new:
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
         killed.update(new)
-        if not new and not _wait_exited_until(members, deadline):
-            break
-    _log.debug("session_sweep_bounded", sid=sid, killed=len(killed))
+    return len(killed)
 
 
 def _wait_exited_until(pids: list[int], deadline: float) -> bool:
@@ -234,17 +253,7 @@ class _Cgroup:
             return
         except OSError:
             pass  # before Linux 5.14: no cgroup.kill; kill its members until none is new
-        killed: set[int] = set()
-        for _ in range(_SWEEP_PASSES):
-            new = [pid for pid in self.members() if pid not in killed]
-            if not new:
-                return
-            for pid in new:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            killed.update(new)
+        _kill_until_none_new(self.members, wait_until=None)
 
     async def remove(self) -> None:
         """Kill what is left in it, wait (bounded) until that has exited, and remove it."""
