@@ -10,19 +10,37 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
+import attrs
+
 if TYPE_CHECKING:
-    from collections.abc import Mapping
     from types import TracebackType
 
-__all__ = ["LoopbackHandler", "LoopbackServer"]
+__all__ = ["LoopbackHandler", "LoopbackServer", "RecordedRequest"]
 
 #: What a server records of each request.
 RequestT = TypeVar("RequestT")
 #: What its fault queue holds.
 FaultT = TypeVar("FaultT")
+
+
+@attrs.frozen
+class RecordedRequest:
+    """One HTTP request a server received; a server's own adds what its API needs."""
+
+    #: ``HEAD``, ``GET``, ``POST``, ...
+    method: str
+    #: The request path, query string included.
+    path: str
+    #: The request headers, names lower-cased.
+    headers: Mapping[str, str]
+    #: The parsed JSON body (``None`` without a body or if it was not JSON).
+    json: Any
+    #: The HTTP status the server answered with.
+    status: int
 
 
 class LoopbackServer(Generic[RequestT, FaultT]):

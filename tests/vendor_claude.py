@@ -33,6 +33,7 @@ from typing import Any
 
 import attrs
 
+from . import _loopback_server
 from ._loopback_server import LoopbackHandler, LoopbackServer
 
 __all__ = ["FakeAnthropic", "RecordedRequest", "echo", "message_text"]
@@ -74,19 +75,8 @@ def echo(messages: Messages, body: Mapping[str, Any]) -> str:
 
 
 @attrs.frozen
-class RecordedRequest:
+class RecordedRequest(_loopback_server.RecordedRequest):
     """One HTTP request the server received."""
-
-    #: ``HEAD``, ``GET``, ``POST``, ...
-    method: str
-    #: The request path, query string included.
-    path: str
-    #: The request headers, names lower-cased.
-    headers: Mapping[str, str]
-    #: The parsed JSON body (``None`` without a body or if it was not JSON).
-    json: Any
-    #: The HTTP status the server answered with.
-    status: int
 
     @property
     def messages(self) -> Messages:
