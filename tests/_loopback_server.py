@@ -152,3 +152,16 @@ class LoopbackHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
         self.close_connection = True
+
+    def _start_event_stream(
+        self, content_type: str = "text/event-stream", headers: Mapping[str, str] = {}
+    ) -> None:
+        """Send the status line and headers of a server-sent events answer; events follow."""
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Cache-Control", "no-cache")
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True

@@ -264,12 +264,7 @@ class _Handler(LoopbackHandler):
         self._send_json(404, _error(f"unknown path {self.path}", "invalid_request_error"))
 
     def _send_stream(self, model: str, text: str, usage: dict[str, int] | None) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self._start_event_stream()
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def event(delta: dict[str, Any], finish: str | None, **extra: Any) -> None:

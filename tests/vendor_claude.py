@@ -251,13 +251,8 @@ class _Handler(LoopbackHandler):
         }
 
     def _send_stream(self, model: str, text: str, *, stall: bool) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("request-id", f"req_{uuid.uuid4().hex[:24]}")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        request_id = {"request-id": f"req_{uuid.uuid4().hex[:24]}"}
+        self._start_event_stream("text/event-stream; charset=utf-8", request_id)
 
         def event(kind: str, data: dict[str, Any]) -> None:
             self.wfile.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())

@@ -219,13 +219,7 @@ class _Handler(LoopbackHandler):
     # -- the event stream -----------------------------------------------------------------
 
     def _stream(self, body: Mapping[str, Any], fault: Fault | None) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self._start_event_stream(headers={"Transfer-Encoding": "chunked"})
         model = str(body.get("model", "fake"))
         response_id = f"resp_{uuid.uuid4().hex}"
         item_id = f"msg_{uuid.uuid4().hex}"

@@ -246,12 +246,7 @@ class _Handler(LoopbackHandler):
         return _response(text, "STOP", usage_for(text))
 
     def _send_stream(self, text: str, *, stall: bool) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self._start_event_stream()
         pieces = re.findall(r".{1,24}", text, re.DOTALL) or [""]
         for index, piece in enumerate(pieces):
             last = index == len(pieces) - 1
