@@ -228,6 +228,7 @@ class Framer(_CappedFramer):
         "_echo",
         "_echo_at",
         "_echo_seen",
+        "_echo_tty",
         "_expect",
         "_expecting",
         "_held",
@@ -277,6 +278,7 @@ class Framer(_CappedFramer):
         self._echo = ""
         self._echo_at = 0
         self._echo_seen = ""
+        self._echo_tty = ""
         self._repeats = 0
         self._held = ""
 
@@ -293,6 +295,8 @@ class Framer(_CappedFramer):
         """
         self._expect = seq
         self._echo, self._echo_at, self._echo_seen = echo, 0, ""
+        # The echo as a terminal writes it (ONLCR: "\n" as "\r\n"), to skip in one go.
+        self._echo_tty = echo.replace("\n", "\r\n")
         self._repeats = repeats
         self._held = ""
         self._expecting = bool(echo or repeats)
@@ -345,6 +349,9 @@ class Framer(_CappedFramer):
     def _skip_expected(self, text: str) -> str:
         """*text* without what :meth:`begin` said the output starts with."""
         echo, at, i = self._echo, self._echo_at, 0
+        if at == 0 and echo and text.startswith(self._echo_tty):
+            # The usual case: the whole echo, as a terminal writes it, in one read.
+            at, i = len(echo), len(self._echo_tty)
         while at < len(echo) and i < len(text):
             char = text[i]
             if char == echo[at]:

@@ -50,6 +50,7 @@ from ._framing import (
     JsonlFramer,
     PromptFraming,
     clean_reply,
+    compile_ready,
 )
 from ._metrics import InstanceMetrics, percentile
 from ._policy import RestartBudget, RestartPolicy
@@ -226,6 +227,9 @@ class Instance:
     #: Inputs written to this process: the number its next ready prompt must show, where the
     #: profile numbers them (PromptFraming.encode).
     _inputs: int = attrs.field(init=False, default=0)
+    #: A prompt is written as it is: a line-reading tool whose prompt names no input and
+    #: echoes nothing to skip (the prompt was checked for line breaks when it was sent).
+    _plain_input: bool = attrs.field(init=False, default=False)
     _recycle_after: int | None = attrs.field(init=False, default=None)
     _recycle_at: float = attrs.field(init=False, default=math.inf)
     _next_probe_at: float = attrs.field(init=False, default=math.inf)
@@ -234,6 +238,15 @@ class Instance:
         self._plog = self.log.bind(instance=self.index, pid=None)
         if self.policy is not None:
             self._budget = RestartBudget(self.policy)
+        spec, framing = self.spec, self.spec.framing
+        self._plain_input = (
+            isinstance(framing, PromptFraming)
+            and framing.encode is None
+            and not framing.prompt_per_line
+            and not (spec.pty and spec.echo)
+            and spec.ready is not None
+            and "seq" not in compile_ready(spec.ready).groupindex
+        )
 
     # -- public surface for the cluster -----------------------------------------------------
 
@@ -1285,6 +1298,8 @@ class Instance:
         are written: the reader may see the first of the output before the write returns."""
         spec = self.spec
         self._inputs += 1
+        if self._plain_input:
+            return (request.prompt + spec.newline).encode(spec.encoding)
         line = spec.input_for(request.prompt, self._inputs)
         text = line + spec.newline
         framer = self._framer

@@ -241,6 +241,12 @@ class ToolSpec:
     def __attrs_post_init__(self) -> None:
         if isinstance(self.framing, PromptFraming) and self.ready is None:
             raise ValueError(f"tool {self.name!r}: the prompt framing needs a ready regex")
+        if self.probe is not None and not self.oneshot:
+            # Probes are written as prompts are, without a send() to refuse them first.
+            try:
+                self.input_for(self.probe.command, 1)
+            except ValueError as exc:
+                raise ValueError(f"the probe's command cannot be sent: {exc}") from None
         if isinstance(self.framing, OneshotFraming) and not any(
             "{prompt}" in arg for arg in self.argv
         ):

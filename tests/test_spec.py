@@ -211,3 +211,10 @@ def test_probe_rejects_an_unusable_expect_regex(expect: str, message: str) -> No
 def test_probe_rejects_non_positive_durations(field: str) -> None:
     with pytest.raises(ValueError, match=rf"^{field} must be > 0, got 0$"):
         Probe(command="1+1", expect="2", **{field: 0})
+
+
+def test_a_probe_the_tool_could_not_read_as_one_prompt_is_refused() -> None:
+    # A probe is written as a prompt is, but no send() checks it first.
+    probe = Probe(command="select 1;\nselect 2;", expect="1")
+    with pytest.raises(ValueError, match=r"the probe's command cannot be sent: .*line break"):
+        ToolSpec(name="repl", argv=["repl"], ready="> ", probe=probe)
