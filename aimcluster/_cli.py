@@ -148,11 +148,17 @@ class _Console(Console):
         # The reader is gone (a closed terminal, a pipe into 'head'). rich would exit at once,
         # from inside the event loop: instead the run goes on without output, and stops as
         # the signal that usually comes with it asks; the journal and --report keep the record.
-        self.quiet = True
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        _silence(self)
+
+
+def _silence(console: Console) -> None:
+    """Print nothing more: *console*'s reader is gone. Standard output goes to /dev/null, so
+    that the interpreter's last flush of it at exit cannot fail either."""
+    console.quiet = True
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _console() -> Console:
@@ -736,14 +742,22 @@ def run(
                 f"aimcluster: note: --limit {limit}: {held_back} more to do wait for the next run",
                 err=True,
             )
-        if not todo:
+        # A worktree run killed after its last job and before landing left its state: the
+        # run goes on, with no job, to build the result branch and clean up.
+        unlanded = (
+            isolation == "worktree"
+            and writer is not None
+            and not fresh
+            and state_path_for(journal).exists()
+        )
+        if not todo and not unlanded:
             console.print(
                 f"Nothing to do: all {len(jobs)} items are already done (journal {shown(journal)}; "
                 "--fresh runs them again).",
                 markup=False,
             )
             ctx.exit(EXIT_OK)
-        count = min(count, len(todo))
+        count = max(1, min(count, len(todo)))
         title = (
             f"aimcluster run: {_plural(len(todo), 'job')}"
             + (f" ({skipped} already done)" if skipped else "")
@@ -789,14 +803,19 @@ def run(
     # The report first: whatever happens to the terminal, the file is written.
     if report is not None:
         _write_report(report, outcome, {"run": run_id})
-    console.print(render_summary(outcome.summary))
-    for note in place.notes:
-        console.print(f"note: {shown(note)}", markup=False)
-    if writer is not None and not outcome.summary.succeeded:
-        console.print(
-            "Run the same command again to resume: items done are skipped, the rest run.",
-            markup=False,
-        )
+    try:
+        console.print(render_summary(outcome.summary))
+        for note in place.notes:
+            console.print(f"note: {shown(note)}", markup=False)
+        if writer is not None and not outcome.summary.succeeded:
+            console.print(
+                "Run the same command again to resume: items done are skipped, the rest run.",
+                markup=False,
+            )
+    except OSError:
+        # A closed terminal fails every write with EIO, not EPIPE (which rich handles): the
+        # run is over and its record is on disk, so the exit code is still the run's own.
+        _silence(console)
     ctx.exit(outcome.exit_code)
 
 

@@ -578,6 +578,62 @@ def test_a_run_whose_terminal_is_gone_still_stops_cleanly_on_sighup(tmp_path: Pa
     assert statuses == {"quick": "ok", "slow": "cancelled"}
 
 
+# Makes the pty on stdin the child's controlling terminal (it leads a new session): closing the
+# master then hangs the terminal up as closing a terminal window does, SIGHUP and all.
+_ON_A_TERMINAL = (
+    "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'aimcluster', *sys.argv[1:]])"
+)
+
+
+@backends
+def test_closing_the_terminal_exits_129_without_a_traceback(tmp_path: Path, backend: str) -> None:
+    # The terminal window is closed: SIGHUP comes, and every write to the terminal fails with
+    # EIO from then on. The summary printed after the run used to raise it: exit 1, traceback.
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"item": "quick", "s": 0}\n{"item": "slow", "s": 60}\n')
+    journal = tmp_path / "journal.jsonl"
+    report = tmp_path / "report.json"
+    args = ["--backend", backend, "run", "-t", "mock", "-n", "2", "--jsonl", str(tasks)]
+    args += ["-s", "/sleep {s}", "--journal", str(journal), "--report", str(report)]
+    args += ["--progress", "plain", "--grace", "0.5"]
+    master, slave = os.openpty()
+    try:
+        with (tmp_path / "stderr.txt").open("w") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-c", _ON_A_TERMINAL, *args],
+                cwd=tmp_path,
+                stdin=slave,
+                stdout=slave,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        os.close(slave)
+        seen = b""
+        deadline = time.monotonic() + TIMEOUT
+        while b"[progress]" not in seen:
+            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, seen
+            seen += os.read(master, 4096)
+        agents = descendants(process.pid)
+    finally:
+        os.close(master)
+    try:
+        code = process.wait(timeout=TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    errors = (tmp_path / "stderr.txt").read_text()
+    assert code == 129, errors
+    assert "Traceback" not in errors
+    assert wait_gone(agents) == []
+    assert json.loads(report.read_text())["exit_code"] == 129
+    statuses = {r["item"]: r["status"] for r in records(journal)}
+    assert statuses == {"quick": "ok", "slow": "cancelled"}
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 
