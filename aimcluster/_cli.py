@@ -174,7 +174,10 @@ class _StderrLogger:
 
     def msg(self, message: str) -> None:
         # Events carry tool output and item names: made inert here, for every event at once.
-        print(shown(message, block=True), file=sys.stderr, flush=True)
+        # A log line nobody can read any more (a closed terminal, a reader that exited) is
+        # lost; it must not stop the run it describes.
+        with contextlib.suppress(OSError):
+            print(shown(message, block=True), file=sys.stderr, flush=True)
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
@@ -387,7 +390,14 @@ def _execute(
         _fail(str(exc))
     except StartupError as exc:
         _startup_failure(exc)
-    except (OSError, JournalWriteError) as exc:
+    except JournalWriteError as exc:
+        click.echo(f"aimcluster: error: {shown(str(exc))}", err=True)
+        sys.exit(EXIT_FAILED)
+    except OSError as exc:
+        # What the system refused about a file (a spawn, a directory or worktree to make) is
+        # the run's failure, said in one line; any other OSError is a bug, and shows as one.
+        if exc.filename is None:
+            raise
         click.echo(f"aimcluster: error: {shown(str(exc))}", err=True)
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:

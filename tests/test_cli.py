@@ -634,6 +634,38 @@ def test_closing_the_terminal_exits_129_without_a_traceback(tmp_path: Path, back
     assert statuses == {"quick": "ok", "slow": "cancelled"}
 
 
+@backends
+def test_verbose_logging_to_a_gone_stderr_does_not_stop_the_run(
+    tmp_path: Path, backend: str
+) -> None:
+    # -v logs each instance event to stderr; a reader of stderr that went away (EPIPE) used
+    # to abort the run from inside the event loop, with exit code 1.
+    root, originals = project(tmp_path, 4)
+    journal = tmp_path / "journal.jsonl"
+    report = tmp_path / "report.json"
+    args = ["--backend", backend, "-vv", *run_args(root, journal, "-n", "2")]
+    args += ["--report", str(report), "--progress", "none"]
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        process = subprocess.run(
+            [sys.executable, "-m", "aimcluster", *args],
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=write_end,
+            timeout=TIMEOUT,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+    assert process.returncode == 0, process.stdout
+    assert json.loads(report.read_text())["exit_code"] == 0
+    assert sorted(r["item"] for r in records(journal)) == sorted(originals)
+    assert verify_project(root, originals).ok
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 
