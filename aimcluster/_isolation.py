@@ -24,8 +24,9 @@ from typing import Any, Literal
 import anyio
 import attrs
 
+from ._items import InputError
 from ._jobs import Job
-from ._results import Worktrees, open_worktrees
+from ._results import GitError, Worktrees, open_worktrees
 from ._spec import ToolSpec
 
 __all__ = ["ISOLATIONS", "Isolation", "IsolationName", "WorktreeOptions", "isolate"]
@@ -75,7 +76,7 @@ def isolate(
     """Prepare *count* working places for *spec*'s instances; clean up on the way out.
 
     :raises InputError: if ``worktree`` cannot be set up (no git, no repository, no commit,
-        a result branch that exists)
+        a result branch that exists, a git command that fails)
     """
     if mode == "none":
         yield Isolation(attrs.evolve(spec, cwd=root))
@@ -88,22 +89,27 @@ def isolate(
         isolation.notes.append(f"instance working directories are kept in {base}")
     else:
         options = worktree or WorktreeOptions(jobs=())
-        worktrees = anyio.run(
-            functools.partial(
-                open_worktrees,
-                root,
-                count,
-                run=run,
-                jobs=options.jobs,
-                done=options.done,
-                records=options.records,
-                state_path=options.state_path,
-                result_branch=options.result_branch,
-                keep=options.keep,
-                fresh=options.fresh,
-            ),
-            backend=options.backend,
-        )
+        try:
+            worktrees = anyio.run(
+                functools.partial(
+                    open_worktrees,
+                    root,
+                    count,
+                    run=run,
+                    jobs=options.jobs,
+                    done=options.done,
+                    records=options.records,
+                    state_path=options.state_path,
+                    result_branch=options.result_branch,
+                    keep=options.keep,
+                    fresh=options.fresh,
+                ),
+                backend=options.backend,
+            )
+        except GitError as exc:
+            # Nothing ran yet: like a bad option, a repository git cannot set up is the
+            # user's to fix, told in git's words, not a traceback.
+            raise InputError(f"--isolation worktree could not be set up: {exc}") from None
         isolation = Isolation(
             attrs.evolve(spec, cwd=worktrees.cwd_template), worktrees.notes, worktrees
         )

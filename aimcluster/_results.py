@@ -42,6 +42,7 @@ import functools
 import json
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -123,11 +124,29 @@ class Git:
 
         :raises GitError: if *check* and it exits non-zero, or it overruns ``GIT_TIMEOUT``
         """
-        argv = ["git", "-c", "commit.gpgSign=false", "-c", "core.quotePath=false", *args]
+        # The user's hooks are not run: a failing or slow hook (post-checkout on ``worktree
+        # add``, prepare-commit-msg on ``cherry-pick``) would fail the landing of work that is
+        # done, and a hook may prompt. With no input, stdin is /dev/null: git never reads the
+        # terminal the run's display is on.
+        argv = [
+            "git",
+            "-c",
+            "commit.gpgSign=false",
+            "-c",
+            "core.quotePath=false",
+            "-c",
+            f"core.hooksPath={os.devnull}",
+            *args,
+        ]
         try:
             with anyio.fail_after(GIT_TIMEOUT):
                 done = await anyio.run_process(
-                    argv, cwd=cwd, input=input, env=self.env, check=False
+                    argv,
+                    cwd=cwd,
+                    input=input,
+                    stdin=subprocess.DEVNULL if input is None else None,
+                    env=self.env,
+                    check=False,
                 )
         except TimeoutError:
             raise GitError(args, None, f"no answer within {GIT_TIMEOUT:g} s") from None
@@ -278,6 +297,9 @@ class Worktrees:
     landing: Landing | None = None
     #: Set by :meth:`land`: every item is done and landed.
     complete: bool = False
+    #: The commit the run last wrote to :attr:`result_branch` (``""``: none yet, the branch
+    #: must not exist; ``None``: unknown, from a state file that did not record it).
+    result_tip: str | None = ""
 
     @property
     def home(self) -> Path:
@@ -420,7 +442,7 @@ class Worktrees:
             else:
                 picks.append((job, *pick))
         tip, landed, conflicts = await self._cherry_pick(picks)
-        await self.git.run("update-ref", f"refs/heads/{self.result_branch}", tip, cwd=self.top)
+        branch = await self._write_result(tip)
         replaced = list(results)
         reopened = 0
         for conflict in conflicts:
@@ -437,7 +459,7 @@ class Worktrees:
                 await journal.append(failed, job=fingerprint)
         self.complete = not conflicts and done_items == len(self.jobs)
         self.landing = Landing(
-            branch=self.result_branch,
+            branch=branch,
             base=self.base,
             tip=tip,
             commits=tuple(landed),
@@ -447,6 +469,43 @@ class Worktrees:
             kept_worktrees=tuple(str(p.path) for p in self.places.values()) if self.keep else (),
         )
         return replaced, reopened
+
+    async def _write_result(self, tip: str) -> str:
+        """Point the result branch at *tip*, unless someone else moved it since the run last
+        wrote it: then the result goes to a new branch, and the user's commits stay where they
+        are. Returns the branch written."""
+        ref = f"refs/heads/{self.result_branch}"
+        _, stdout, _ = await self.git.run(
+            "rev-parse", "-q", "--verify", ref, cwd=self.top, check=False
+        )
+        current = stdout.decode().strip()
+        if self.result_tip is not None and current not in ("", self.result_tip):
+            # A commit the user made on the result branch (as a conflict's message tells them
+            # to) is not thrown away by the next run's rebuild.
+            return await self._write_elsewhere(tip)
+        # Compare and swap with what was read: a change made meanwhile is not overwritten.
+        await self.git.run("update-ref", ref, tip, current, cwd=self.top)
+        self.result_tip = tip
+        self.save()
+        return self.result_branch
+
+    async def _write_elsewhere(self, tip: str) -> str:
+        for number in range(2, 1000):
+            branch = f"{self.result_branch}-{number}"
+            if await self.git.ok(
+                "check-ref-format", "--branch", branch, cwd=self.top
+            ) and await self.git.ok("update-ref", f"refs/heads/{branch}", tip, "", cwd=self.top):
+                self.notes.append(
+                    f"the result branch {self.result_branch} has moved since this run wrote "
+                    f"it (commits of yours?); it is left as it is, and this run's result is "
+                    f"on {branch}"
+                )
+                return branch
+        raise GitError(
+            ("update-ref", f"refs/heads/{self.result_branch}"),
+            1,
+            "the result branch moved, and no free name was found for the result",
+        )
 
     def _job(self, item: str) -> Job:
         return next(job for job in self.jobs if job.item == item)
@@ -527,11 +586,27 @@ class Worktrees:
         if self.keep:
             self.notes.append(f"worktrees kept in {self.home} (--keep-worktrees)")
             return
-        for place in self.places.values():
-            await self._remove_worktree(place.path)
+        # Every instance the run ever had, not only this run's: a resume with fewer instances
+        # than the run that began it would otherwise leave the others' worktrees, and with
+        # them their branches (git keeps a branch that a worktree has checked out).
+        for index in range(len(self.branches)):
+            await self._remove_worktree(self.home / f"instance-{index}")
         if self.complete:
-            for branch in self.branches:
-                await self.git.run("branch", "-q", "-D", branch, cwd=self.top, check=False)
+            left = [
+                branch
+                for branch in self.branches
+                if await self.git.ok(
+                    "rev-parse", "-q", "--verify", f"refs/heads/{branch}", cwd=self.top
+                )
+                and not await self.git.ok("branch", "-q", "-D", branch, cwd=self.top)
+            ]
+            if left:
+                # The state names them: a later run of this journal finds them again.
+                self.notes.append(
+                    f"the instance branches {', '.join(left)} could not be deleted; "
+                    "delete them by hand (git branch -D)"
+                )
+                return
             if self.state_path is not None:
                 self.state_path.unlink(missing_ok=True)
             with_rmdir(self.home)
@@ -553,6 +628,7 @@ class Worktrees:
             "key": self.key,
             "base": self.base,
             "result_branch": self.result_branch,
+            "result_tip": self.result_tip,
             "instances": [
                 {"branch": branch, "worktree": str(self.home / f"instance-{index}")}
                 for index, branch in enumerate(self.branches)
@@ -707,6 +783,11 @@ async def open_worktrees(
         branches = [str(entry["branch"]) for entry in state["instances"]]
         ours = str(state["result_branch"])
     branch = result_branch or ours or f"aimcluster/run-{key}"
+    # What the run last wrote there; a branch that is not the run's own must not exist yet.
+    result_tip: str | None = ""
+    if state is not None and branch == ours:
+        recorded = state.get("result_tip", None)
+        result_tip = recorded if isinstance(recorded, str) else None
     if not await git.ok("check-ref-format", "--branch", branch, cwd=top):
         raise InputError(f"--result-branch {branch!r} is not a valid branch name")
     _, listing, _ = await git.run("worktree", "list", "--porcelain", "-z", cwd=top)
@@ -738,6 +819,7 @@ async def open_worktrees(
         state_path=state_path,
         keep=keep,
         notes=notes,
+        result_tip=result_tip,
     )
     while len(branches) < count:
         branches.append(f"aimcluster/{key}/instance-{len(branches)}")

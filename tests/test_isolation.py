@@ -227,3 +227,76 @@ def test_an_item_whose_change_conflicts_fails_and_keeps_its_commit(tmp_path: Pat
     assert {item: r["status"] for item, r in last.items()} == {"a.txt": "ok", "b.txt": "failed"}
     assert last["b.txt"]["error"]["type"] == "ConflictError"
     assert last["b.txt"]["commit"] == conflict["commit"]
+
+
+def small_repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (root / name).write_text(f"{name}\n")
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "start")
+    return root
+
+
+def bash_args(tmp_path: Path) -> list[str]:
+    args = [sys.executable, "-m", "aimcluster", "run", "--tool", "bash", "-n", "2"]
+    args += ["--isolation", "worktree", "--result-branch", "out", "*.txt"]
+    args += ["--step", "echo {item} >> {item} && echo done"]
+    return [*args, "--journal", str(tmp_path / "journal.jsonl")]
+
+
+def test_a_git_failure_while_setting_up_worktrees_is_one_line_of_error(tmp_path: Path) -> None:
+    root = small_repo(tmp_path)
+    # Where the worktrees go is a file: 'git worktree add' fails.
+    (root / ".git" / "aimcluster").write_text("in the way\n")
+
+    done = subprocess.run(
+        bash_args(tmp_path),
+        cwd=root,
+        env=git_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(
+        "aimcluster: error: --isolation worktree could not be set up: git worktree add -q "
+        "exited with code 128: fatal: "
+    ), line
+    assert "Traceback" not in done.stderr
+
+
+def test_a_run_whose_jobs_are_all_done_but_not_landed_lands_when_run_again(
+    tmp_path: Path,
+) -> None:
+    root = small_repo(tmp_path)
+    env = git_env(tmp_path)
+    # A branch 'out/x' keeps the ref 'out' from being made: the first run does every job but
+    # cannot land them, as if killed between its last job and its landing.
+    git(root, "branch", "out/x")
+    first = subprocess.run(
+        bash_args(tmp_path), cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    records = read_journal(tmp_path / "journal.jsonl").records
+    assert sorted((r["item"], r["status"]) for r in records) == [("a.txt", "ok"), ("b.txt", "ok")]
+    assert (tmp_path / "journal.worktrees.json").exists(), first.stdout + first.stderr
+    git(root, "branch", "-D", "out/x")
+
+    second = subprocess.run(
+        bash_args(tmp_path), cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "Nothing to do" not in second.stdout
+    assert git(root, "show", "out:a.txt") == b"a.txt\na.txt\n"
+    assert git(root, "show", "out:b.txt") == b"b.txt\nb.txt\n"
+    assert not (tmp_path / "journal.worktrees.json").exists()
+    branches = git(root, "branch", "--format=%(refname:short)").decode().split()
+    assert sorted(branches) == sorted(["out", "master" if "master" in branches else "main"])
+    assert len(git(root, "worktree", "list").splitlines()) == 1
+    assert not (root / ".git" / "aimcluster").exists()

@@ -349,3 +349,127 @@ async def test_items_landed_by_an_earlier_complete_run_are_not_counted_again(
     assert [e.item for e in landing.commits] == ["b.txt"]
     assert landing.unchanged == ()
     assert worktrees.complete
+
+
+async def test_a_resume_with_fewer_instances_removes_every_worktree_and_branch(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path, {"a.txt": "a\n", "b.txt": "b\n", "c.txt": "c\n"})
+    a, b, c = jobs_for("a.txt", "b.txt", "c.txt")
+    state = tmp_path / "j.worktrees.json"
+    first = await open_worktrees(repo, 3, run="r1", jobs=[a, b, c], state_path=state)
+    await edit(first, 0, a, "a.txt", "a\nedited\n")
+    await edit(first, 2, b, "b.txt", "b\nedited\n")
+    # Killed here. One item is left, so the resume has one instance.
+    second = await open_worktrees(
+        repo, 1, run="r2", jobs=[a, b, c], done=["a.txt", "b.txt"], state_path=state
+    )
+    commit = await edit(second, 0, c, "c.txt", "c\nedited\n")
+
+    await second.land([ok(c, commit)])
+    await second.close()
+
+    assert second.complete
+    assert len(git(repo, "worktree", "list").splitlines()) == 1
+    assert sorted(git(repo, "branch", "--format=%(refname:short)").split()) == sorted(
+        ["aimcluster/run-r1", git(repo, "branch", "--show-current").strip()]
+    )
+    assert not state.exists()
+    assert not (repo / ".git" / "aimcluster").exists()
+    assert files_at(repo, "aimcluster/run-r1") == {
+        "a.txt": "a\nedited\n",
+        "b.txt": "b\nedited\n",
+        "c.txt": "c\nedited\n",
+    }
+
+
+async def test_the_users_failing_git_hooks_do_not_stop_the_landing(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"a.txt": "a\n", "b.txt": "b\n"})
+    marker = tmp_path / "hooks-ran"
+    hooks = repo / ".git" / "hooks"
+    hooks.mkdir(exist_ok=True)
+    for name in (
+        "post-checkout",
+        "prepare-commit-msg",
+        "commit-msg",
+        "pre-commit",
+        "post-commit",
+        "reference-transaction",
+    ):
+        hook = hooks / name
+        hook.write_text(f"#!/bin/sh\necho {name} >> '{marker}'\nexit 1\n")
+        hook.chmod(0o755)
+    a, b = jobs_for("a.txt", "b.txt")
+    worktrees = await open_worktrees(repo, 2, run="r1", jobs=[a, b])
+    ca = await edit(worktrees, 0, a, "a.txt", "a\nedited\n")
+    cb = await edit(worktrees, 1, b, "b.txt", "b\nedited\n")
+
+    landed, _ = await worktrees.land([ok(a, ca, 0), ok(b, cb, 1)])
+    await worktrees.close()
+
+    assert [r.status for r in landed] == ["ok", "ok"]
+    landing = worktrees.landing
+    assert landing is not None
+    assert [e.item for e in landing.commits] == ["a.txt", "b.txt"]
+    assert files_at(repo, landing.branch) == {"a.txt": "a\nedited\n", "b.txt": "b\nedited\n"}
+    assert not marker.exists()
+    assert worktrees.complete
+    assert len(git(repo, "worktree", "list").splitlines()) == 1
+
+
+async def test_a_commit_the_user_added_on_the_result_branch_is_kept(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"a.txt": "a\n", "b.txt": "b\n"})
+    a, b = jobs_for("a.txt", "b.txt")
+    state = tmp_path / "j.worktrees.json"
+    first = await open_worktrees(repo, 1, run="r1", jobs=[a, b], state_path=state)
+    ca = await edit(first, 0, a, "a.txt", "a\nedited\n")
+    await first.land([ok(a, ca)])
+    await first.close()
+    assert not first.complete
+    # The user commits on the result branch (say, a conflicting item's change, by hand).
+    tip = git(repo, "rev-parse", "aimcluster/run-r1").strip()
+    tree = git(repo, "rev-parse", f"{tip}^{{tree}}").strip()
+    mine = git(repo, "commit-tree", tree, "-p", tip, "-m", "mine").strip()
+    git(repo, "update-ref", "refs/heads/aimcluster/run-r1", mine)
+    second = await open_worktrees(repo, 1, run="r2", jobs=[a, b], done=["a.txt"], state_path=state)
+    cb = await edit(second, 0, b, "b.txt", "b\nedited\n")
+
+    await second.land([ok(b, cb)])
+    await second.close()
+
+    assert git(repo, "rev-parse", "aimcluster/run-r1").strip() == mine
+    landing = second.landing
+    assert landing is not None
+    assert landing.branch == "aimcluster/run-r1-2"
+    assert files_at(repo, landing.branch) == {"a.txt": "a\nedited\n", "b.txt": "b\nedited\n"}
+    assert any(
+        "aimcluster/run-r1 has moved" in note and "aimcluster/run-r1-2" in note
+        for note in second.notes
+    )
+
+
+async def test_the_result_branch_is_moved_again_on_resume_when_only_the_run_wrote_it(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path, {"a.txt": "a\n", "b.txt": "b\n"})
+    a, b = jobs_for("a.txt", "b.txt")
+    state = tmp_path / "j.worktrees.json"
+    first = await open_worktrees(repo, 1, run="r1", jobs=[a, b], state_path=state)
+    ca = await edit(first, 0, a, "a.txt", "a\nedited\n")
+    await first.land([ok(a, ca)])
+    await first.close()
+    assert (
+        json.loads(state.read_text())["result_tip"]
+        == git(repo, "rev-parse", "aimcluster/run-r1").strip()
+    )
+    second = await open_worktrees(repo, 1, run="r2", jobs=[a, b], done=["a.txt"], state_path=state)
+    cb = await edit(second, 0, b, "b.txt", "b\nedited\n")
+
+    await second.land([ok(b, cb)])
+    await second.close()
+
+    landing = second.landing
+    assert landing is not None
+    assert landing.branch == "aimcluster/run-r1"
+    assert files_at(repo, landing.branch) == {"a.txt": "a\nedited\n", "b.txt": "b\nedited\n"}
+    assert second.complete
