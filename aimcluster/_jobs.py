@@ -58,6 +58,8 @@ _FATAL = (ClusterClosedError, NoHealthyInstancesError)
 
 #: The most output of a verify command that is kept (its end: where the verdict usually is).
 MAX_VERIFY_OUTPUT = 16 * 1024
+#: How long the end of a verify command's output is read for once it has exited.
+_VERIFY_DRAIN = 0.5
 
 
 class Workspace(Protocol):
@@ -627,20 +629,36 @@ async def _run_verify(
             output=f"[it could not be started: {exc.strerror or exc}]",
             elapsed=anyio.current_time() - begin,
         )
-    async with process:
+    stdout = process.stdout
+    assert stdout is not None
+    read_all = anyio.Event()
+
+    async def read() -> None:
+        async for chunk in stdout:
+            tail.extend(chunk)
+            del tail[: -4 * MAX_VERIFY_OUTPUT]
+        read_all.set()
+
+    code: int | None = None
+    async with process, anyio.create_task_group() as reading:
+        reading.start_soon(read)
+        # The command is done when it exits, not when its output closes: a child it left
+        # behind may hold that open for as long as it lives.
         try:
             with anyio.fail_after(timeout):
-                assert process.stdout is not None
-                async for chunk in process.stdout:
-                    tail += chunk
-                    del tail[: -4 * MAX_VERIFY_OUTPUT]
-                code: int | None = await process.wait()
+                code = await process.wait()
         except TimeoutError:
-            code = None
-            tail += f"\n[it did not finish within {timeout:g} s]".encode()
+            pass
         finally:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
+        # What it wrote before it exited is still in the pipe. The kill closes the group's
+        # hold on it; one that left the group (setsid) is not waited for.
+        with anyio.move_on_after(_VERIFY_DRAIN):
+            await read_all.wait()
+        reading.cancel_scope.cancel()
+    if code is None:
+        tail += f"\n[it did not finish within {timeout:g} s]".encode()
     output = tail.decode("utf-8", errors="replace")[-MAX_VERIFY_OUTPUT:]
     return VerifyResult(
         argv=argv, exit_code=code, output=output, elapsed=anyio.current_time() - begin

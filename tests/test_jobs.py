@@ -320,3 +320,19 @@ async def test_a_verify_command_that_cannot_start_fails_the_job(tmp_path: Path) 
         f"the verify command {str(tmp_path / 'missing')!r}: it could not be started: "
         "No such file or directory"
     )
+
+
+async def test_a_verify_command_is_done_when_it_exits_not_when_its_output_closes(
+    tmp_path: Path,
+) -> None:
+    # The shell exits 0 at once but leaves a child holding its output open: the verify is
+    # over when the shell exits, and the child is killed with the group.
+    verify = ["sh", "-c", "echo checked; sleep 60 & exit 0"]
+    jobs = [Job(item="x", steps=["/echo hi"], verify=verify)]
+    async with launch_cluster(fast_mock(tmp_path), 1) as cluster:
+        (result,) = [r async for r in run_jobs(cluster, jobs, timeout=STEP_TIMEOUT)]
+
+    assert result.status == "ok", result.error
+    assert result.verify is not None
+    assert result.verify.exit_code == 0
+    assert result.verify.output == "checked\n"
