@@ -306,7 +306,8 @@ class Cluster:
                 f"{exc.object[exc.start : exc.end]!r} at position {exc.start}"
             ) from None
         # Refuses a prompt the tool would not read as one input (a line break, mostly).
-        text = self.spec.input_for(prompt, 1)
+        # With the largest input number it may go as: a numbered input's line grows with it.
+        text = self.spec.input_for(prompt, 10**9)
         if self.spec.pty:
             for line in text.encode(self.spec.encoding).split(b"\n"):
                 if len(line) > _PTY_MAX_LINE:

@@ -164,16 +164,17 @@ class FrameDesync(Exception):
 _INLINE_FLAGS = re.compile(r"^\(\?[aiLmsux]+\)")
 
 
-def compile_ready(ready: str) -> re.Pattern[str]:
+def compile_ready(ready: str, *, anchored: bool = True) -> re.Pattern[str]:
     r"""The ready regex as the framer uses it: anchored at the end of the output (``\Z``), with
-    MULTILINE so that ``^`` means "at the start of a line".
+    MULTILINE so that ``^`` means "at the start of a line". Not *anchored*: found anywhere.
 
     A leading inline flag group such as ``(?i)`` stays in front of the wrapper, where Python
     requires it to be.
     """
     flags = _INLINE_FLAGS.match(ready)
     prefix = flags.group() if flags else ""
-    return re.compile(f"{prefix}(?:{ready[len(prefix) :]})\\Z", re.MULTILINE)
+    end = "\\Z" if anchored else ""
+    return re.compile(f"{prefix}(?:{ready[len(prefix) :]}){end}", re.MULTILINE)
 
 
 class _CappedFramer:
@@ -223,7 +224,9 @@ class Framer(_CappedFramer):
     """
 
     __slots__ = (
+        "_anywhere",
         "_candidate",
+        "_candidate_prompt",
         "_chunks",
         "_echo",
         "_echo_at",
@@ -261,10 +264,14 @@ class Framer(_CappedFramer):
         """
         self._pattern = compile_ready(ready)
         self._sequenced = "seq" in self._pattern.groupindex
+        # A numbered prompt anywhere but at the very end of the output is a desync: a reply
+        # that shows one ended early, or a tool that answered twice in one read.
+        self._anywhere = compile_ready(ready, anchored=False) if self._sequenced else None
         self._responders = [(compile_ready(rx), rx, answer) for rx, answer in responders]
         self._question: tuple[str, str] | None = None
         self._settle = settle
         self._candidate: int | None = None
+        self._candidate_prompt = ""
         self._window = window
         super().__init__(max_bytes=max_bytes, encoding=encoding)
         self._chunks: list[str] = []
@@ -324,26 +331,31 @@ class Framer(_CappedFramer):
                 self._question = (regex, answer)
                 return None
         match = self._pattern.search(tail, start)
+        if self._anywhere is not None:
+            self._check_seq(tail, start, match)
         if match is None:
             self._tail = tail
             return None
-        if self._sequenced:
-            self._check_seq(match)
-        self._last_prompt = match.group()
         prompt_len = len(tail) - match.start()
         whole = text if len(self._chunks) == 1 else "".join(self._chunks)
         if self._settle:
             self._chunks[:] = [whole]
             self._tail = tail
             self._candidate = len(whole) - prompt_len
+            self._candidate_prompt = match.group()
             return None
+        self._last_prompt = match.group()
         self.discard()
         return whole[: len(whole) - prompt_len]
 
-    def _check_seq(self, match: re.Match[str]) -> None:
-        seq = match.group("seq")
+    def _check_seq(self, tail: str, start: int, match: re.Match[str] | None) -> None:
+        """A numbered prompt must end the output, and name the input in flight."""
+        assert self._anywhere is not None
+        inside = self._anywhere.search(tail, start, len(tail) if match is None else match.start())
+        if inside is not None:
+            self._desync(f"the ready prompt {inside.group()!r} came before the output ended")
         expect = self._expect
-        if expect is not None and seq != str(expect):
+        if match is not None and expect is not None and match.group("seq") != str(expect):
             self._desync(f"the ready prompt {match.group()!r} does not end input {expect}")
 
     def _skip_expected(self, text: str) -> str:
@@ -408,6 +420,7 @@ class Framer(_CappedFramer):
             return None
         whole = "".join(self._chunks)
         text = whole[: self._candidate]
+        self._last_prompt = self._candidate_prompt
         self.discard()
         return text
 

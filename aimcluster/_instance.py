@@ -80,8 +80,8 @@ async def _wait_all(events: Iterable[anyio.Event], *, timeout: float) -> None:
             await event.wait()
 
 
-# Events the reader may queue for the instance's task. Frames a tool prints while nobody
-# asked (stray prompts) are dropped past that.
+# Events the reader may queue for the instance's task. Frames a tool prints at start-up,
+# before its first input, are dropped past that; later ones restart it (see _hand_over).
 _FRAME_BUFFER = 16
 _LATENCY_SAMPLES = 1024
 
@@ -230,6 +230,9 @@ class Instance:
     #: A prompt is written as it is: a line-reading tool whose prompt names no input and
     #: echoes nothing to skip (the prompt was checked for line breaks when it was sent).
     _plain_input: bool = attrs.field(init=False, default=False)
+    #: What the input _wire made tells the framer once it is written: its echo, and how many
+    #: times the tool repeats its prompt for it.
+    _expected: tuple[str, int] | None = attrs.field(init=False, default=None)
     _recycle_after: int | None = attrs.field(init=False, default=None)
     _recycle_at: float = attrs.field(init=False, default=math.inf)
     _next_probe_at: float = attrs.field(init=False, default=math.inf)
@@ -673,7 +676,7 @@ class Instance:
         eof: anyio.Event,
     ) -> None:
         """The reader: output -> framer -> frame queue. Waits for the consumer only with the
-        queue full and a reply or a breakdown to hand over; stray frames are dropped then."""
+        queue full and a reply or a breakdown to hand over."""
         framer = self._framer
         assert framer is not None
         stall = self.spec.stall_timeout
@@ -785,7 +788,7 @@ class Instance:
             return  # whatever it prints now is garbage, until the process is replaced
         for frame in done:
             if self._current is None:
-                if self.state is not InstanceState.STARTING:
+                if self._inputs:
                     # A reply nobody asked for: the tool answered one input twice, or showed
                     # a prompt inside a reply. Whatever it prints next may end a later
                     # prompt's reply, so the process is replaced before anything else is
@@ -793,8 +796,9 @@ class Instance:
                     why = "a reply ended while no prompt was in flight"
                     await self._break_down(frames, _Desync(why, frame.raw or frame.text))
                     return
-                # Start-up: a tool that shows its prompt twice. With the queue full, drop it
-                # rather than stop reading (the task discards it before the first prompt).
+                # Start-up (nothing written to it yet): a tool that shows its prompt twice. With
+                # the queue full, drop it rather than stop reading (the task discards it before
+                # the first prompt).
                 try:
                     frames.send_nowait(frame)
                 except anyio.WouldBlock:
@@ -1108,6 +1112,7 @@ class Instance:
         data = self._wire(request)
         delivered = False
         if self._exit_code is None:
+            self._begin_input()
             try:
                 await self._write(handle, data)
                 delivered = True
@@ -1285,6 +1290,7 @@ class Instance:
         written = handle.try_send(data)
         if not written:
             return False
+        self._begin_input()
         self._mark_sent(item, internal=False)
         if written < len(data):
             # The rest waits for room: the task writes it, woken here if it is parked.
@@ -1293,25 +1299,30 @@ class Instance:
         return True
 
     def _wire(self, request: Request) -> bytes:
-        """The bytes that send *request*'s prompt (see ToolSpec.input_for), with the newline,
-        encoded; and the framer told what to expect of its reply. Called just before they
-        are written: the reader may see the first of the output before the write returns."""
+        """The bytes that send *request*'s prompt as this process's next input (see
+        ToolSpec.input_for), with the newline, encoded. Nothing changes until
+        :meth:`_begin_input` says they are being written."""
         spec = self.spec
-        self._inputs += 1
         if self._plain_input:
             return (request.prompt + spec.newline).encode(spec.encoding)
-        line = spec.input_for(request.prompt, self._inputs)
+        line = spec.input_for(request.prompt, self._inputs + 1)
         text = line + spec.newline
-        framer = self._framer
-        if isinstance(framer, Framer):
-            framing = spec.framing
+        framing = spec.framing
+        if isinstance(self._framer, Framer):
             assert isinstance(framing, PromptFraming)
-            framer.begin(
-                seq=self._inputs,
-                echo=text if spec.pty and spec.echo else "",
-                repeats=line.count("\n") if framing.prompt_per_line else 0,
-            )
+            echo = text if spec.pty and spec.echo else ""
+            self._expected = (echo, line.count("\n") if framing.prompt_per_line else 0)
         return text.encode(spec.encoding)
+
+    def _begin_input(self) -> None:
+        """The input :meth:`_wire` made is being written, before any of its output can be
+        read: count it, and tell the framer what its reply starts with and which number the
+        ready prompt after it must show."""
+        self._inputs += 1
+        expected, self._expected = self._expected, None
+        if expected is not None:
+            assert isinstance(self._framer, Framer)
+            self._framer.begin(seq=self._inputs, echo=expected[0], repeats=expected[1])
 
     def _take_offer(self, item: Queued) -> bool:
         """The dispatcher's offer while the task waits in get: see _try_begin."""

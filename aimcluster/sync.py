@@ -106,8 +106,8 @@ class _LoopThread:
 class Session:
     """One instance held exclusively (see :meth:`aimcluster.Cluster.lease`), from a thread."""
 
-    def __init__(self, loop: _LoopThread, session: AsyncSession) -> None:
-        self._loop = loop
+    def __init__(self, cluster: Cluster, session: AsyncSession) -> None:
+        self._cluster = cluster
         self._session = session
 
     @property
@@ -117,7 +117,7 @@ class Session:
 
     def send(self, prompt: str, *, timeout: float | None = None) -> Reply:
         """Send *prompt* to the held instance and return its reply."""
-        return self._loop.call(partial(self._session.send, prompt, timeout=timeout))
+        return self._cluster._call(partial(self._session.send, prompt, timeout=timeout))
 
 
 class Cluster:
@@ -209,14 +209,18 @@ class Cluster:
             self._cluster.lease(key, instance=instance)
         )
         with held as session:
-            yield Session(self._loop, session)
+            yield Session(self, session)
 
     # -- observing and steering -------------------------------------------------------------
 
     def metrics(self) -> ClusterMetrics:
         """A snapshot of the cluster's and each instance's counters and state."""
         if self._stopped:
-            return self._cluster.metrics()  # frozen once shut down: any thread may read it
+            try:
+                return self._cluster.metrics()  # frozen once shut down: any thread may read it
+            except RuntimeError:
+                # Its shutdown was interrupted (Ctrl-C) before the cluster had closed.
+                raise ClusterClosedError("the cluster is shut down") from None
         return self._call_sync(self._cluster.metrics)
 
     @property

@@ -206,6 +206,11 @@ _BASH_ESCAPES = {
 def _bash_input(prompt: str, seq: int) -> str:
     # One line whatever the script: ANSI-C quoting ($'...') escapes line breaks and quotes,
     # and eval runs the script as if it had been typed.
+    if "\x00" in prompt:
+        raise ValueError(
+            f"bash cannot take a NUL character (at position {prompt.index(chr(0))}): "
+            "its strings end there, so the rest of the script would be lost"
+        )
     return f"__aimcluster_seq={seq}; eval $'{prompt.translate(_BASH_ESCAPES)}'"
 
 

@@ -326,13 +326,30 @@ def test_a_ready_prompt_must_name_the_input_in_flight() -> None:
     assert framer.feed(b"[2]> ") is None
 
 
-def test_a_ready_prompt_named_for_the_input_in_flight_settles_as_any_other() -> None:
+def test_a_numbered_prompt_settles_as_any_other() -> None:
     framer = Framer(r"\[(?P<seq>\d+)\]> ", window=4096, max_bytes=1 << 20, encoding="utf-8",
                     settle=True)  # fmt: skip
     framer.begin(seq=3)
     assert framer.feed(b"a\n[3]> ") is None
-    assert framer.feed(b"b\n[3]> ") is None  # more output: the first was inside the reply
-    assert framer.commit() == "a\n[3]> b\n"
+    assert framer.commit() == "a\n"
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        pytest.param([b"a\n[3]> ", b"b\n[3]> "], id="at-the-end-of-a-read-then-more"),
+        pytest.param([b"a\n[3]> b\n[4]> "], id="two-in-one-read"),
+        pytest.param([b"a\n[3]> b\n"], id="inside-one-read"),
+    ],
+)
+def test_a_numbered_prompt_before_the_end_of_the_output_is_a_desync(chunks: list[bytes]) -> None:
+    # Only the last ready prompt of a read ends a reply; an earlier one that shows a number
+    # means the reply quoted the prompt, or the tool answered twice: never the next reply.
+    framer = Framer(r"\[(?P<seq>\d+)\]> ", window=4096, max_bytes=1 << 20, encoding="utf-8",
+                    settle=True)  # fmt: skip
+    framer.begin(seq=3)
+    with pytest.raises(FrameDesync, match=r"came before the output ended"):
+        feed_all(framer, chunks)
 
 
 def test_discard_forgets_what_begin_said() -> None:

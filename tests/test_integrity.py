@@ -242,3 +242,60 @@ async def test_node_in_a_pty_answers_each_prompt_with_its_own_reply(cluster_fact
     cluster = await cluster_factory(spec)
     assert (await cluster.send("[1,2,3].map(x => x*2)")).text == "[ 2, 4, 6 ]"
     assert (await cluster.send("'a' + 'b'")).text == "'ab'"
+
+
+async def test_a_reply_that_shows_the_repl_prompt_never_reaches_the_next_prompt(
+    cluster_factory,
+) -> None:
+    # The REPL's output shows its own numbered prompt, right number and all. Read at the end
+    # of a read, it ends that reply early; seen before the output's end, it is a desync.
+    # Either way what follows is never taken for the next prompt's reply.
+    restart = aimcluster.RestartPolicy(initial_delay=0.01)
+    cluster = await cluster_factory("python", restart=restart)
+    show = "import sys, time\nprint(str(sys.ps1), end='', flush=True)\ntime.sleep(0.3)\n"
+    replies = []
+    with anyio.fail_after(30):
+        for prompt in (show + "print('after')", "1+1", "'next'"):
+            try:
+                replies.append((await cluster.send(prompt)).text)
+            except aimcluster.DesyncError:
+                replies.append("desync")
+                await cluster.wait_for(lambda m: m.instances[0].state == "ready", timeout=20)
+    assert replies[0] in ("", "desync")
+    assert replies[1] in ("2", "desync")
+    assert replies[2] == "'next'"
+
+
+async def test_a_tool_that_shows_its_prompt_twice_at_start_up_is_not_restarted(
+    cluster_factory, tmp_path
+) -> None:
+    go, shown = tmp_path / "go", tmp_path / "shown"
+    os.mkfifo(go)
+    os.mkfifo(shown)
+    source = f"""\
+    import os, sys
+    os.write(1, b"banner\\n> ")
+    os.read(os.open({str(go)!r}, os.O_RDONLY), 1)
+    os.write(1, b"\\n> ")
+    os.write(os.open({str(shown)!r}, os.O_WRONLY), b"1")
+    for line in sys.stdin:
+        os.write(1, f"echo: {{line.strip()}}\\n> ".encode())
+    """
+    cluster = await cluster_factory(script_tool(tmp_path, "twice-at-start", source))
+    told = os.open(shown, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        os.close(os.open(go, os.O_WRONLY))  # the tool shows its prompt again
+        with anyio.fail_after(10):
+            await anyio.wait_readable(told)
+        await anyio.wait_all_tasks_blocked()  # the reader has read it
+    finally:
+        os.close(told)
+    assert (await cluster.send("a")).text == "echo: a"
+    assert cluster.metrics().restarts == 0
+
+
+async def test_bash_refuses_a_prompt_with_a_nul_character(cluster_factory) -> None:
+    cluster = await cluster_factory("bash")
+    with pytest.raises(ValueError, match=r"NUL character \(at position 6\)"):
+        await cluster.send("echo a\x00b")
+    assert (await cluster.send("echo ok")).text == "ok"

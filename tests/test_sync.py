@@ -147,3 +147,12 @@ def test_a_tool_that_does_not_start_raises_and_leaves_no_thread() -> None:
     with pytest.raises(aimcluster.StartupError):
         launch_cluster(spec, 1, restart=False)
     assert threading.active_count() == threads  # the loop thread was joined
+
+
+def test_a_session_kept_after_shutdown_says_the_cluster_is_shut_down() -> None:
+    cluster = launch_cluster("mock", 1)
+    with cluster.lease() as session:
+        assert session.send("hi").text == "echo: hi"
+    cluster.shutdown()
+    with pytest.raises(aimcluster.ClusterClosedError):
+        session.send("again")
