@@ -559,7 +559,8 @@ def _write_report(path: str, outcome: BatchOutcome, extra: dict[str, Any]) -> No
     default=None,
     metavar="USD",
     help="Start no new job once the replies have cost USD dollars, as the tool reports "
-    "(claude, codex, gemini, aider); jobs in flight finish. Exit code 4 if items are left.",
+    "(claude, aider; codex and gemini report no cost); jobs in flight finish. Exit code 4 "
+    "if items are left.",
 )
 @click.option(
     "--max-tokens",
@@ -696,6 +697,8 @@ def run(
         jobs, duplicates = build_jobs(items, steps, sticky_by=sticky_by, verify=verify_argv)
     except InputError as exc:
         _fail(str(exc))
+    if max_tokens is not None and spec.usage is None:
+        _fail(f"--max-tokens needs a tool that reports the tokens it used; {spec.name} does not")
     patterns = (*fail_on, *(() if no_default_fail_on else spec.failure_replies))
     for pattern in fail_on:
         try:
@@ -821,6 +824,12 @@ def run(
             console.print(
                 "Run the same command again to resume: items done are skipped, the rest run.",
                 markup=False,
+            )
+        if max_cost is not None and outcome.summary.usage.cost_usd is None:
+            click.echo(
+                f"aimcluster: note: --max-cost {max_cost:g} had no effect: no reply of "
+                f"{shown(spec.name)} reported a cost",
+                err=True,
             )
     except OSError:
         # A closed terminal fails every write with EIO, not EPIPE (which rich handles): the

@@ -4,19 +4,33 @@ and the --max-cost / --max-tokens budget."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
 import pytest
 
-from aimcluster import tools
+from aimcluster import ToolSpec, Usage, tools
+from aimcluster._framing import Event
 from tests.test_cli import backends, invoke, records
-from tests.test_usage import billing_agent
+from tests.test_usage import billed, billing_agent
+
+
+def counted(text: str, events: Sequence[Event]) -> Usage | None:
+    """Tokens, but no cost: what codex and gemini report."""
+    usage = billed(text, events)
+    return None if usage is None else attrs.evolve(usage, cost_usd=None)
+
+
+def counting_agent(**options: object) -> ToolSpec:
+    return attrs.evolve(billing_agent(usage=counted, **options), name="counting")
 
 
 @pytest.fixture(autouse=True)
 def billing_tool(monkeypatch: pytest.MonkeyPatch) -> None:
     # A registered profile, as a plug-in would add one: the agent reports usage as claude does.
     monkeypatch.setitem(tools._REGISTRY, "billing", billing_agent)
+    monkeypatch.setitem(tools._REGISTRY, "counting", counting_agent)
 
 
 def billing_run(tmp_path: Path, *extra: str, items: int = 3, count: int = 1) -> list[str]:
@@ -134,3 +148,43 @@ def test_a_budget_must_be_positive(tmp_path: Path, option: str) -> None:
 
     assert result.exit_code == 2
     assert "Invalid value for '--max-" in result.output
+
+
+@backends
+def test_max_cost_with_a_tool_that_reports_no_cost_says_it_had_no_effect(
+    tmp_path: Path, backend: str
+) -> None:
+    # codex and gemini report tokens but no cost: the budget can never be reached.
+    args = [
+        "counting" if arg == "billing" else arg
+        for arg in billing_run(tmp_path, "--max-cost", "0.01")
+    ]
+    result = invoke(*args, backend=backend)
+
+    assert result.exit_code == 0, result.output
+    assert len(records(tmp_path / "j.jsonl")) == 3
+    assert (
+        "aimcluster: note: --max-cost 0.01 had no effect: no reply of counting reported a cost"
+        in result.stderr
+    )
+
+
+def test_max_cost_with_a_tool_that_reports_a_cost_adds_no_note(tmp_path: Path) -> None:
+    result = invoke(*billing_run(tmp_path, "--max-cost", "5"))
+
+    assert result.exit_code == 0, result.output
+    assert "no effect" not in result.output
+
+
+def test_max_tokens_with_a_tool_that_reports_no_usage_is_refused_before_any_work(
+    tmp_path: Path,
+) -> None:
+    args = ["mock" if arg == "billing" else arg for arg in billing_run(tmp_path)]
+    result = invoke(*args, "--max-tokens", "1000")
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        "aimcluster: error: --max-tokens needs a tool that reports the tokens it used; "
+        "mock does not\n"
+    )
+    assert not (tmp_path / "j.jsonl").exists()
