@@ -43,9 +43,11 @@ class Batch:
     count: int
     routing: str
     jobs: Sequence[Job]
-    #: Items given, and how many of them the journal already had as done.
+    #: Items given, how many of them the journal already had as done, and how many
+    #: ``--limit`` left for a later run (in *total*, not in *jobs*).
     total: int
     skipped: int
+    held_back: int = 0
     timeout: float | None
     retries: int
     grace: float
@@ -235,8 +237,9 @@ async def _run_batch(
         journal=None if batch.journal is None else str(batch.journal.path),
         landing=None if batch.workspace is None else batch.workspace.landing,
         budget_spent=budget_spent,
+        held_back=batch.held_back,
     )
-    code = 0 if summary.succeeded else 1
+    code = 0 if summary.clean else 1
     if budget_spent is not None and summary.not_started:
         code = 4
     if stopper.signum is not None:

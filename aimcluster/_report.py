@@ -140,6 +140,8 @@ class RunSummary:
     items: tuple[ItemUsage, ...] = ()
     #: Why no more jobs started, if ``--max-cost`` or ``--max-tokens`` was reached.
     budget_spent: str | None = None
+    #: Items left for a later run by ``--limit``: in :attr:`total`, never started.
+    held_back: int = 0
 
     @property
     def finished(self) -> int:
@@ -155,6 +157,11 @@ class RunSummary:
     def succeeded(self) -> bool:
         """Whether every item is done (this run or an earlier one)."""
         return self.ok + self.skipped == self.total
+
+    @property
+    def clean(self) -> bool:
+        """Whether every job this run meant to run is done (``--limit`` held the rest back)."""
+        return self.ok + self.skipped + self.held_back == self.total
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = _plain(attrs.asdict(self))
@@ -187,6 +194,7 @@ def summarize(
     journal: str | None = None,
     landing: Landing | None = None,
     budget_spent: str | None = None,
+    held_back: int = 0,
 ) -> RunSummary:
     """Build the summary of a run from its results and the cluster's last metrics."""
     per_ok: Counter[int] = Counter()
@@ -251,6 +259,7 @@ def summarize(
             if result.usage is not None
         ),
         budget_spent=budget_spent,
+        held_back=held_back,
     )
 
 
@@ -283,6 +292,8 @@ def _totals(summary: RunSummary) -> Table:
         parts.append(Text(f"{summary.cancelled} cancelled", style="yellow"))
     if summary.not_started:
         parts.append(Text(f"{summary.not_started} not started", style="yellow"))
+    if summary.held_back:
+        parts.append(Text(f"{summary.held_back} held back by --limit", style="yellow"))
     if summary.skipped:
         parts.append(Text(f"{summary.skipped} already done", style="dim"))
     items = Text(f"{summary.total} total: ").append(Text(", ").join(parts))
@@ -407,6 +418,13 @@ def render_summary(summary: RunSummary) -> RenderableType:
         verdict = Text("All items done.", style="bold green")
     elif summary.interrupted is not None or summary.budget_spent is not None:
         verdict = Text("Stopped before every item was done.", style="bold yellow")
+    elif summary.clean:
+        held = summary.held_back
+        verdict = Text(
+            f"This run's jobs are done; {held} {'item' if held == 1 else 'items'} held back "
+            f"by --limit {'is' if held == 1 else 'are'} left.",
+            style="bold yellow",
+        )
     else:
         verdict = Text("Some items failed.", style="bold red")
     parts: list[RenderableType] = [Text("Summary", style="bold"), _totals(summary)]
