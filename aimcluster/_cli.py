@@ -602,7 +602,8 @@ def _write_report(path: str, outcome: BatchOutcome, extra: dict[str, Any]) -> No
     default="aimcluster-journal.jsonl",
     show_default=True,
     metavar="PATH",
-    help="Append each finished job here; items done there are skipped on the next run.",
+    help="Append each finished job here; the next run skips the items done there by the "
+    "same job (same steps, tool and checks).",
 )
 @click.option("--no-journal", is_flag=True, help="Keep no journal (and resume nothing).")
 @click.option("--fresh", is_flag=True, help="Run every item, whatever the journal says.")

@@ -20,6 +20,7 @@ import heapq
 import math
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -593,7 +594,7 @@ def _output_of(error: Exception) -> str | None:
 
 
 def _verify_message(result: VerifyResult) -> str:
-    command = " ".join(result.argv)
+    command = shlex.join(result.argv)
     if result.exit_code is None:
         # The last line is the runner's own note in brackets: why it did not run to its end.
         reason = result.output.rstrip().rpartition("\n")[2].strip("[]")

@@ -379,3 +379,11 @@ def test_an_item_this_job_already_tried_is_not_announced_as_changed(tmp_path: Pa
     # b failed as this very job: running it again is a plain resume, not a changed job.
     assert "ran before" not in resumed.stderr
     assert [r["item"] for r in records(tmp_path / "j.jsonl")[6:]] == ["b"]
+
+
+def test_run_help_says_what_the_journal_skips_and_which_tools_report_a_cost() -> None:
+    result = invoke("run", "--help")
+
+    text = " ".join(result.stdout.split())
+    assert "the next run skips the items done there by the same job" in text
+    assert "(claude, aider; codex and gemini report no cost)" in text
