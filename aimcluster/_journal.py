@@ -185,6 +185,35 @@ def _parse_lines(data: bytes) -> Iterator[tuple[int, bytes, bool]]:
         start = end + 1
 
 
+#: The types of the fields readers take apart (``None`` is also allowed): a line edited by
+#: hand into another shape is a bad line, not a crash of whatever reads it later.
+_FIELD_TYPES: dict[str, type] = {
+    "job": str,
+    "error": dict,
+    "verify": dict,
+    "usage": dict,
+    "steps": list,
+    "replies": list,
+    "timings": list,
+}
+
+
+def _well_formed(record: object) -> bool:
+    if not isinstance(record, dict):
+        return False
+    if not isinstance(record.get("item"), str) or not isinstance(record.get("status"), str):
+        return False
+    for name, kind in _FIELD_TYPES.items():
+        value = record.get(name)
+        if value is not None and not isinstance(value, kind):
+            return False
+    timings = record.get("timings") or []
+    if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in timings):
+        return False
+    verify = record.get("verify")
+    return verify is None or isinstance(verify.get("argv"), list | None)
+
+
 def _parse(data: bytes) -> JournalContents:
     records: list[dict[str, Any]] = []
     bad: list[int] = []
@@ -200,7 +229,7 @@ def _parse(data: bytes) -> JournalContents:
         except ValueError:
             bad.append(number)
             continue
-        if isinstance(record, dict) and "item" in record and "status" in record:
+        if _well_formed(record):
             records.append(record)
         else:
             bad.append(number)

@@ -387,3 +387,35 @@ def test_run_help_says_what_the_journal_skips_and_which_tools_report_a_cost() ->
     text = " ".join(result.stdout.split())
     assert "the next run skips the items done there by the same job" in text
     assert "(claude, aider; codex and gemini report no cost)" in text
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"item": "b", "status": "failed", "error": "boom"}',
+        '{"item": ["b"], "status": "ok"}',
+        '{"item": "b", "status": 3}',
+        '{"item": "b", "status": "failed", "steps": "/echo b", "replies": {"x": 1}}',
+        '{"item": "b", "status": "failed", "timings": ["1s"], "steps": ["/echo b"]}',
+        '{"item": "b", "status": "failed", "verify": {"argv": "sh", "exit_code": 1}}',
+    ],
+)
+def test_hand_edited_journal_lines_of_the_wrong_shape_are_bad_lines(
+    tmp_path: Path, line: str
+) -> None:
+    assert invoke(*echo_run(tmp_path, "-s", "/echo {item}")).exit_code == 0
+    journal = tmp_path / "j.jsonl"
+    with journal.open("a") as file:
+        file.write(line + "\n")
+
+    failed = invoke("show", "--failed", "--journal", str(journal))
+    one = invoke("show", "b", "--journal", str(journal))
+    again = invoke(*echo_run(tmp_path, "-s", "/echo {item}"))
+
+    for result in (failed, one, again):
+        assert result.exit_code == 0, result.output
+    assert failed.stdout.startswith("0 items failed in ")
+    assert "status   ok" in one.stdout
+    assert "Nothing to do" in again.stdout
+    assert "the journal" in again.stderr
+    assert "(line 4); they are ignored" in again.stderr
