@@ -14,7 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import anyio
@@ -94,6 +94,28 @@ ORIGINALS = {
     "a.py": "def answer():\n    return 42\n",
     "src/b.py": 'GREETING = "hello"\n\n\ndef greet(name):\n    return f"{GREETING}, {name}"\n',
 }
+
+
+def offline_aider(
+    profile: Callable[..., aimcluster.ToolSpec],
+    executable: str,
+    server: FakeOpenAI,
+    tmp_path: Path,
+    cwd: Path,
+) -> aimcluster.ToolSpec:
+    """*profile* (``tools.aider`` or ``tools.aider_oneshot``) talking to the fake *server* only,
+    with a home of its own under *tmp_path*."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return profile(
+        executable=executable,
+        model="openai/fake",
+        api_base=server.base_url,
+        api_key="sk-fake-key",
+        cwd=cwd,
+        model_metadata_file=write_model_metadata(tmp_path / "models.json", "openai/fake"),
+        env={"HOME": str(home), **OFFLINE_ENV},
+    )
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -198,16 +220,8 @@ async def test_rate_limited_requests_are_retried_by_aider_and_the_notice_is_in_t
 ) -> None:
     long_answer = " ".join(["word"] * 60)
     with FakeOpenAI(model="fake", responder=lambda messages, body: long_answer) as server:
-        home = tmp_path / "home"
-        home.mkdir()
-        spec = aimcluster.tools.aider(
-            executable=aider_executable,
-            model="openai/fake",
-            api_base=server.base_url,
-            api_key="sk-fake-key",
-            cwd=project_with(tmp_path, {}),
-            model_metadata_file=write_model_metadata(tmp_path / "models.json", "openai/fake"),
-            env={"HOME": str(home), **OFFLINE_ENV},
+        spec = offline_aider(
+            aimcluster.tools.aider, aider_executable, server, tmp_path, project_with(tmp_path, {})
         )
         async with aimcluster.launch_cluster(spec, count=1) as cluster:
             # The openai client inside litellm retries twice on its own, silently; the third
@@ -226,16 +240,12 @@ async def test_aider_oneshot_runs_one_process_per_message(
     aider_executable: str, tmp_path: Path
 ) -> None:
     with FakeOpenAI(model="fake", responder=lambda messages, body: "forty-two") as server:
-        home = tmp_path / "home"
-        home.mkdir()
-        spec = aimcluster.tools.aider_oneshot(
-            executable=aider_executable,
-            model="openai/fake",
-            api_base=server.base_url,
-            api_key="sk-fake-key",
-            cwd=project_with(tmp_path, {}),
-            model_metadata_file=write_model_metadata(tmp_path / "models.json", "openai/fake"),
-            env={"HOME": str(home), **OFFLINE_ENV},
+        spec = offline_aider(
+            aimcluster.tools.aider_oneshot,
+            aider_executable,
+            server,
+            tmp_path,
+            project_with(tmp_path, {}),
         )
         async with aimcluster.launch_cluster(spec, count=2) as cluster:
             replies = await cluster.map(["what is six times seven?", "--and again?"], timeout=120)
@@ -252,16 +262,12 @@ async def test_an_instruction_of_several_lines_reaches_aider_as_one_message(
     # Sent as aider's {tag ... tag} block: one message to the model, one reply, and the
     # replies after it still answer their own prompts.
     with FakeOpenAI(model="fake", responder=lambda messages, body: "understood") as server:
-        home = tmp_path / "home"
-        home.mkdir()
-        spec = aimcluster.tools.aider(
-            executable=aider_executable,
-            model="openai/fake",
-            api_base=server.base_url,
-            api_key="sk-fake-key",
-            cwd=project_with(tmp_path, ORIGINALS),
-            model_metadata_file=write_model_metadata(tmp_path / "models.json", "openai/fake"),
-            env={"HOME": str(home), **OFFLINE_ENV},
+        spec = offline_aider(
+            aimcluster.tools.aider,
+            aider_executable,
+            server,
+            tmp_path,
+            project_with(tmp_path, ORIGINALS),
         )
         instruction = "First line of the task.\n\n> a quoted line\n}\n{\nLast line."
         async with aimcluster.launch_cluster(spec, count=1) as cluster:

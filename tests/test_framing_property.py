@@ -122,6 +122,15 @@ def test_python_gives_every_prompt_its_own_reply(backend: str, turns: list[Any])
     check(outcomes, [expected_reply(i, chunks) for i, (_, chunks) in enumerate(turns)])
 
 
+def json_prompts(turns: Sequence[tuple[str, Sequence[tuple[str, bool]]]]) -> list[str]:
+    """Each turn as the JSON a tool below reads: its index, prompt text and chunks. indent=1
+    spreads it over lines, so that each prompt has line breaks (aider: a block)."""
+    return [
+        json.dumps({"index": i, "prompt": p, "chunks": c, "pause": PAUSE}, indent=1)
+        for i, (p, c) in enumerate(turns)
+    ]
+
+
 # -- aider's fixed prompt, its settle time and its blocks ------------------------------------
 
 
@@ -167,11 +176,7 @@ def test_aider_framing_gives_every_prompt_its_own_reply(
     # aider's own profile, settle time and all: only the settle is longer than the default,
     # so that a loaded machine cannot stretch a pause past it.
     spec = tools.aider(executable=path, settle=0.3)
-    prompts = [
-        # indent=1 spreads each prompt over lines: it goes as a block.
-        json.dumps({"index": i, "prompt": p, "chunks": c, "pause": PAUSE}, indent=1)
-        for i, (p, c) in enumerate(turns)
-    ]
+    prompts = json_prompts(turns)
     outcomes = anyio.run(converse, spec, prompts, backend=backend)
     check(outcomes, [expected_reply(i, chunks) for i, (_, chunks) in enumerate(turns)])
 
@@ -215,10 +220,7 @@ def test_jsonl_gives_every_prompt_its_own_reply(
 ) -> None:
     path = tmp_path_factory.mktemp("jsonl") / "tool.py"
     path.write_text(JSONL_TOOL)
-    prompts = [
-        json.dumps({"index": i, "prompt": p, "chunks": c, "pause": PAUSE}, indent=1)
-        for i, (p, c) in enumerate(turns)
-    ]
+    prompts = json_prompts(turns)
     outcomes = anyio.run(converse, jsonl_spec(path), prompts, backend=backend)
     # A JSONL reply is the terminal event's text as it is, with no newline stripped.
     expected = ["".join(t for t, _ in chunks) + f"\n#{i}\n" for i, (_, chunks) in enumerate(turns)]
