@@ -842,6 +842,30 @@ async def open_worktrees(
             else:
                 await git.run("worktree", "add", "-q", "-b", place.branch, str(path), base, cwd=top)
         place.tip = await git.out("rev-parse", f"refs/heads/{place.branch}", cwd=top)
+        if state is not None:
+            await _rewind_unrecorded(worktrees, place, notes)
         place.tree = await git.out("rev-parse", f"{place.tip}^{{tree}}", cwd=top)
         worktrees.places[index] = place
     return worktrees
+
+
+async def _rewind_unrecorded(worktrees: Worktrees, place: _Place, notes: list[str]) -> None:
+    """Take off the instance branch the commits no journal record names, of items not done:
+    a run killed between an item's commit and its record. The item runs again from the state
+    before that commit, so that its new commit holds all of its change (one on top would hold
+    only what the new run added, and land alone)."""
+    git, top = worktrees.git, worktrees.top
+    recorded = set(worktrees.journaled.values())
+    while place.tip != worktrees.base and place.tip not in recorded:
+        message = await git.out("log", "-1", "--format=%B", place.tip, cwd=top)
+        item = item_of_message(message)
+        if item is None or item in worktrees.done:
+            return
+        parent = await git.out("rev-parse", f"{place.tip}^", cwd=top)
+        ref = f"refs/heads/{place.branch}"
+        await git.run("update-ref", ref, parent, place.tip, cwd=top)
+        notes.append(
+            f"took the commit {place.tip[:12]} of {item!r} off {place.branch}: no journal "
+            "record names it (the run was stopped after it), so the item runs again"
+        )
+        place.tip, place.dirty = parent, True

@@ -473,3 +473,35 @@ async def test_the_result_branch_is_moved_again_on_resume_when_only_the_run_wrot
     assert landing.branch == "aimcluster/run-r1"
     assert files_at(repo, landing.branch) == {"a.txt": "a\nedited\n", "b.txt": "b\nedited\n"}
     assert second.complete
+
+
+async def test_an_items_unrecorded_commit_is_taken_off_so_its_rerun_lands_all_of_it(
+    tmp_path: Path,
+) -> None:
+    # Killed between the item's commit and its journal record: on resume the item runs again.
+    # Before, its new commit sat on top of the old one and held only what the rerun added,
+    # and that alone landed: the first half of the change was lost, silently.
+    repo = make_repo(tmp_path, {"a.txt": "a\n", "b.txt": "b\n"})
+    a, b = jobs_for("a.txt", "b.txt")
+    state = state_path_for(tmp_path / "journal.jsonl")
+    first = await open_worktrees(repo, 1, run="r1", jobs=[a, b], state_path=state)
+    kept = await edit(first, 0, b, "b.txt", "b\nedited\n")  # recorded below
+    unrecorded = await edit(first, 0, a, "a.txt", "a\nfirst half\n")
+    records = [{"item": "b.txt", "status": "ok", "commit": kept}]
+
+    second = await open_worktrees(
+        repo, 1, run="r2", jobs=[a, b], done=["b.txt"], records=records, state_path=state
+    )
+    assert second.places[0].tip == kept
+    assert any(unrecorded[:12] in note for note in second.notes)
+    rerun = await edit(second, 0, a, "a.txt", "a\nfirst half\nsecond half\n")
+    landed, _ = await second.land([ok(a, rerun)])
+    await second.close()
+
+    landing = second.landing
+    assert landing is not None
+    assert files_at(repo, landing.branch) == {
+        "a.txt": "a\nfirst half\nsecond half\n",
+        "b.txt": "b\nedited\n",
+    }
+    assert [r.status for r in landed] == ["ok"]
