@@ -49,7 +49,8 @@ _MOCK_AGENT = Path(__file__).with_name("mock_agent.py")
 
 
 #: Part of the prompts the ``python`` and ``bash`` profiles give their tools, drawn once per
-#: process: no reply can show the prompt by chance, or by quoting one it has seen elsewhere.
+#: process: no reply shows the prompt by chance, or by quoting another process's. (Code run
+#: in the REPL can print its own: see the README's "One prompt, one reply".)
 _NONCE = secrets.token_hex(4)
 
 
