@@ -26,8 +26,9 @@ import pytest
 from click.testing import CliRunner, Result
 from rich.console import Console
 
+import aimcluster
 from aimcluster import ToolSpec, tools
-from aimcluster._batch import Batch, run_batch
+from aimcluster._batch import Batch, BatchOutcome, run_batch
 from aimcluster._cli import _logger, cli
 from aimcluster._demo import DEMO_STEPS, expected_content, make_project, verify_project
 from aimcluster._items import InputError, build_jobs, items_from_paths
@@ -1192,17 +1193,14 @@ def test_summary_json_has_the_same_facts() -> None:
 # -- progress displays ------------------------------------------------------------------------
 
 
-@pytest.mark.anyio
-async def test_live_display_shows_the_bar_counts_and_each_instance(tmp_path: Path) -> None:
-    root, originals = project(tmp_path, 12)
-    jobs, _ = build_jobs(items_from_paths(["pkg/*.py"], root=root), DEMO_STEPS)
-    console = Console(
-        file=io.StringIO(), force_terminal=True, width=120, height=40, color_system=None
-    )
+async def run_live(
+    spec: aimcluster.ToolSpec, jobs: list[Job], *, count: int, console: Console
+) -> BatchOutcome:
+    """Run *jobs* as `aimcluster run` does, with the live display drawing on *console*."""
     tracker = Tracker(total=len(jobs))
     batch = Batch(
-        spec=tools.mock(cwd=root),
-        count=2,
+        spec=spec,
+        count=count,
         routing="least_busy",
         jobs=jobs,
         total=len(jobs),
@@ -1212,13 +1210,23 @@ async def test_live_display_shows_the_bar_counts_and_each_instance(tmp_path: Pat
         grace=1.0,
         journal=None,
     )
-
-    outcome = await run_batch(
+    return await run_batch(
         batch,
         tracker=tracker,
         display=LiveDisplay(tracker, console, interval=0.001),
         logger=_logger(0),
     )
+
+
+@pytest.mark.anyio
+async def test_live_display_shows_the_bar_counts_and_each_instance(tmp_path: Path) -> None:
+    root, originals = project(tmp_path, 12)
+    jobs, _ = build_jobs(items_from_paths(["pkg/*.py"], root=root), DEMO_STEPS)
+    console = Console(
+        file=io.StringIO(), force_terminal=True, width=120, height=40, color_system=None
+    )
+
+    outcome = await run_live(tools.mock(cwd=root), jobs, count=2, console=console)
 
     assert outcome.exit_code == 0
     assert outcome.summary.ok == 12

@@ -16,13 +16,13 @@ from click.testing import CliRunner, Result
 from rich.console import Console
 
 from aimcluster import tools
-from aimcluster._batch import Batch, run_batch
-from aimcluster._cli import _logger, cli
+from aimcluster._cli import cli
 from aimcluster._jobs import Job
 from aimcluster._journal import read_journal
-from aimcluster._progress import LiveDisplay, Tracker
 from aimcluster._report import FailureSummary, RunSummary, render_summary
 from aimcluster._terminal import shown
+
+from .test_cli import run_live
 
 backends = pytest.mark.parametrize("backend", ["asyncio", "trio"])
 
@@ -193,26 +193,8 @@ async def test_the_live_display_shows_hostile_names_inert(tmp_path: Path) -> Non
     console = Console(
         file=io.StringIO(), force_terminal=True, width=200, height=40, color_system="standard"
     )
-    tracker = Tracker(total=len(jobs))
-    batch = Batch(
-        spec=tools.mock(cwd=tmp_path),
-        count=3,
-        routing="least_busy",
-        jobs=jobs,
-        total=len(jobs),
-        skipped=0,
-        timeout=None,
-        retries=0,
-        grace=1.0,
-        journal=None,
-    )
 
-    outcome = await run_batch(
-        batch,
-        tracker=tracker,
-        display=LiveDisplay(tracker, console, interval=0.001),
-        logger=_logger(0),
-    )
+    outcome = await run_live(tools.mock(cwd=tmp_path), jobs, count=3, console=console)
 
     assert outcome.exit_code == 0
     screen = console.file.getvalue()  # type: ignore[attr-defined]
@@ -270,6 +252,14 @@ def test_a_file_name_that_is_not_utf8_fails_alone_and_the_others_run(
     assert [r["item"] for r in journal_records(journal)[6:]] == [bad_name]
 
 
+def mock_spec_file(path: Path, extra: str = "") -> Path:
+    """A spec file for the mock agent's command line, with a plain prompt framing (no blocks)
+    and *extra* TOML lines."""
+    argv = json.dumps(list(tools.mock().argv))
+    path.write_text(f'argv = {argv}\nready = "> "\nexit_command = "/exit"\n{extra}')
+    return path
+
+
 # -- steps the tool cannot take ---------------------------------------------------------------
 
 
@@ -277,9 +267,7 @@ def test_a_file_name_that_is_not_utf8_fails_alone_and_the_others_run(
 def test_a_step_the_tool_cannot_encode_fails_its_item_and_releases_the_instance(
     tmp_path: Path, backend: str
 ) -> None:
-    spec = tmp_path / "ascii-mock.toml"
-    argv = json.dumps(list(tools.mock().argv))
-    spec.write_text(f'argv = {argv}\nready = "> "\nencoding = "ascii"\nexit_command = "/exit"\n')
+    spec = mock_spec_file(tmp_path / "ascii-mock.toml", 'encoding = "ascii"\n')
     items = tmp_path / "items.txt"
     items.write_text("first\ncafé\nlast\n")
     journal = tmp_path / "j.jsonl"
@@ -349,10 +337,8 @@ def test_a_file_name_with_a_newline_is_one_item_with_its_own_replies(
 def test_a_step_with_a_newline_fails_its_item_for_a_tool_that_reads_lines(
     tmp_path: Path, backend: str
 ) -> None:
-    spec = tmp_path / "line-mock.toml"
-    argv = json.dumps(list(tools.mock().argv))
     # The mock without the profile's {...} blocks: it reads one line per prompt.
-    spec.write_text(f'argv = {argv}\nready = "> "\nexit_command = "/exit"\n')
+    spec = mock_spec_file(tmp_path / "line-mock.toml")
     items = tmp_path / "items.jsonl"
     items.write_text(
         json.dumps({"item": "a", "note": "fine"})
