@@ -394,28 +394,39 @@ class Report:
     columns: list[Column]
     ratio: Column
     """The figure compared: each contender's, divided by the baseline's of the same case."""
+    more_ratios: list[Column] = field(default_factory=list)
+    """Further figures compared the same way, in columns after ``ratio``."""
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     baseline: str = RAW
 
+    @property
+    def ratios(self) -> list[Column]:
+        return [self.ratio, *self.more_ratios]
+
     def add(self, case: str, results: Mapping[str, Samples]) -> None:
-        base = self.ratio.value(results[self.baseline]) if self.baseline in results else math.nan
+        baseline = results.get(self.baseline)
+        bases = {
+            ratio.header: math.nan if baseline is None else ratio.value(baseline)
+            for ratio in self.ratios
+        }
         for name, samples in results.items():
             values: dict[str, float | None] = {
                 column.header: column.value(samples) for column in self.columns
             }
-            values[self.ratio.header] = (
-                None if name == self.baseline else self.ratio.value(samples) / base
-            )
+            for ratio in self.ratios:
+                values[ratio.header] = (
+                    None if name == self.baseline else ratio.value(samples) / bases[ratio.header]
+                )
             self.rows.append(Row(case, name, values))
 
     @property
     def headers(self) -> list[str]:
-        return ["case", "contender", *(c.header for c in self.columns), self.ratio.header]
+        return ["case", "contender", *(c.header for c in [*self.columns, *self.ratios])]
 
     def cells(self, row: Row) -> list[str]:
         cells = [row.case, row.contender]
-        for column in [*self.columns, self.ratio]:
+        for column in [*self.columns, *self.ratios]:
             value = row.values[column.header]
             cells.append("-" if value is None else column.fmt.format(value))
         return cells
@@ -425,6 +436,7 @@ class Report:
             "title": self.title,
             "baseline": self.baseline,
             "ratio": self.ratio.header,
+            "more_ratios": [ratio.header for ratio in self.more_ratios],
             "rows": [
                 {"case": row.case, "contender": row.contender, "values": row.values}
                 for row in self.rows

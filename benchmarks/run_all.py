@@ -2,7 +2,8 @@
 
 Each benchmark runs with its own defaults (every backend, except fan-out, which
 runs on asyncio only); ``--quick`` shrinks the sizes, ``--baseline-only`` skips
-the aimcluster halves. A full run takes about five minutes, ``--quick`` about two.
+the aimcluster halves. A full run takes about six and a half minutes, ``--quick``
+about two and a half.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import bench_closedloop
 import bench_detection
 import bench_fanout
 import bench_launch
@@ -29,6 +31,7 @@ from _harness import (
 SUITE = {
     "roundtrip": bench_roundtrip.BENCHMARK,
     "throughput": bench_throughput.BENCHMARK,
+    "closedloop": bench_closedloop.BENCHMARK,
     "launch": bench_launch.BENCHMARK,
     "detection": bench_detection.BENCHMARK,
     "fanout": bench_fanout.BENCHMARK,

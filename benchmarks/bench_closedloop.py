@@ -1,0 +1,158 @@
+"""Closed loop: N caller tasks, each awaiting its reply before it sends the next prompt.
+
+The most common use in an async app: N tasks each ``await cluster.send(...)`` in a
+loop on an N-instance cluster of the child. raw anyio gives each of its N tasks a
+child of its own to write a line to and read the reply from, the same raw code as
+the round trip benchmark (pipes, or a PTY read with ``wait_readable``). Both
+fleets stay up for the whole run and take turns, one batch of calls each per
+round. Figures: the latency of each call (p50, p95) and the calls per second over
+the whole batch, from the first call to the last caller's last reply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
+
+import anyio
+
+from _harness import (
+    Benchmark,
+    Cases,
+    Column,
+    Contender,
+    Option,
+    Report,
+    Request,
+    Samples,
+    Step,
+    alternate,
+    child_argv,
+    child_spec,
+    count_of,
+    launch_ours,
+    pair,
+    raw_fleet,
+    run_backends,
+    stat,
+)
+
+TRANSPORTS = ("pipe", "pty")
+
+
+def make_prompts(callers: int, calls: int) -> list[list[str]]:
+    """Each caller's prompts: ``calls`` in all, shared out evenly (rounded up)."""
+    per_caller = math.ceil(calls / callers)
+    return [[f"c{caller} {index}" for index in range(per_caller)] for caller in range(callers)]
+
+
+def answers(prompt: str, reply: str) -> bool:
+    # The raw reply still holds the prompt (and, through a PTY, its echo and \r):
+    # the answer must be a line of its own, not just start like one ("c1 1" / "c1 10").
+    return f"ok {prompt}" in (line.rstrip("\r") for line in reply.splitlines())
+
+
+async def call_in_loop(
+    request: Request, prompts: Sequence[str], latencies: list[float], replies: list[str]
+) -> None:
+    for prompt in prompts:
+        start = time.perf_counter_ns()
+        reply = await request(prompt)
+        latencies.append(time.perf_counter_ns() - start)
+        replies.append(reply)
+
+
+def closedloop_step(requests: Sequence[Request], calls: int) -> Step:
+    """One caller task per request function (a caller's own child, or the one cluster)."""
+    prompts = make_prompts(len(requests), calls)
+
+    async def step() -> Samples:
+        latencies: list[float] = []
+        replies: list[list[str]] = [[] for _ in requests]
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for request, own_prompts, own_replies in zip(requests, prompts, replies, strict=True):
+                tg.start_soon(call_in_loop, request, own_prompts, latencies, own_replies)
+        elapsed = time.perf_counter() - start
+        # Not a timing check: a fast answer to the wrong prompt would be no answer.
+        for own_prompts, own_replies in zip(prompts, replies, strict=True):
+            for prompt, reply in zip(own_prompts, own_replies, strict=True):
+                if not answers(prompt, reply):
+                    raise RuntimeError(f"reply {reply!r} does not answer prompt {prompt!r}")
+        return {"latency": latencies, "rate": [len(latencies) / elapsed]}
+
+    return step
+
+
+def raw_contender(callers: int, calls: int, *, pty: bool) -> Contender:
+    @asynccontextmanager
+    async def open_() -> AsyncIterator[Step]:
+        async with raw_fleet(child_argv(), callers, pty=pty) as children:
+            yield closedloop_step([child.request for child in children], calls)
+
+    return open_
+
+
+def ours_contender(callers: int, calls: int, *, pty: bool) -> Contender:
+    @asynccontextmanager
+    async def open_() -> AsyncIterator[Step]:
+        async with launch_ours(child_spec(pty=pty), callers) as cluster:
+
+            async def request(line: str) -> str:
+                return str((await cluster.send(line)).text)
+
+            yield closedloop_step([request] * callers, calls)
+
+    return open_
+
+
+async def measure(args: argparse.Namespace, backend: str) -> Cases:
+    cases = []
+    for transport in TRANSPORTS:
+        pty = transport == "pty"
+        for callers in args.callers:
+            contenders = pair(
+                args,
+                raw_contender(callers, args.calls, pty=pty),
+                partial(ours_contender, callers, args.calls, pty=pty),
+            )
+            case = f"{backend} {transport} N={callers}"
+            cases.append((case, await alternate(contenders, rounds=args.rounds)))
+    return cases
+
+
+def collect(args: argparse.Namespace) -> list[Report]:
+    report = Report(
+        title=f"Closed loop (N callers awaiting send in a loop, N instances, {args.calls} calls)",
+        columns=[
+            Column("n", count_of("latency"), "{:.0f}"),
+            Column("p50 µs", stat("latency", 50, 1e-3)),
+            Column("p95 µs", stat("latency", 95, 1e-3)),
+            Column("calls/s", stat("rate"), "{:,.0f}"),
+        ],
+        ratio=Column("p50 ÷ raw", stat("latency", 50), "{:.2f}"),
+        more_ratios=[
+            Column("p95 ÷ raw", stat("latency", 95), "{:.2f}"),
+            Column("calls/s ÷ raw", stat("rate"), "{:.2f}"),
+        ],
+        notes=["calls/s: the median over rounds of the calls in a batch ÷ its wall time."],
+    )
+    return run_backends(report, args, measure)
+
+
+BENCHMARK = Benchmark(
+    description=__doc__ or "",
+    options=[
+        Option("--callers", [1, 8, 64], [1, 8, 64], "caller tasks (and instances)"),
+        Option("--calls", 4000, 500, "calls per batch, shared out among the callers"),
+        Option("--rounds", 5, 3, "alternating rounds kept, after one warm-up round"),
+    ],
+    collect=collect,
+)
+
+if __name__ == "__main__":
+    BENCHMARK.main()
