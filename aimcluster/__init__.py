@@ -11,6 +11,7 @@ from ._exceptions import DesyncError as DesyncError
 from ._exceptions import InstanceCrashedError as InstanceCrashedError
 from ._exceptions import NoHealthyInstancesError as NoHealthyInstancesError
 from ._exceptions import PromptCancelledError as PromptCancelledError
+from ._exceptions import RateLimitedError as RateLimitedError
 from ._exceptions import ReplyTimeoutError as ReplyTimeoutError
 from ._exceptions import ReplyTooLargeError as ReplyTooLargeError
 from ._exceptions import StartupError as StartupError
@@ -28,7 +29,10 @@ from ._jobs import run_jobs as run_jobs
 from ._lease import Session as Session
 from ._metrics import ClusterMetrics as ClusterMetrics
 from ._metrics import InstanceMetrics as InstanceMetrics
+from ._metrics import PoolMetrics as PoolMetrics
 from ._policy import RestartPolicy as RestartPolicy
+from ._pool import Pool as Pool
+from ._pool import PoolInfo as PoolInfo
 from ._request import Reply as Reply
 from ._request import Ticket as Ticket
 from ._spec import Probe as Probe
@@ -54,9 +58,13 @@ __all__ = [
     "LocalTransport",
     "NoHealthyInstancesError",
     "OneshotFraming",
+    "Pool",
+    "PoolInfo",
+    "PoolMetrics",
     "Probe",
     "PromptCancelledError",
     "PromptFraming",
+    "RateLimitedError",
     "Reply",
     "ReplyTimeoutError",
     "ReplyTooLargeError",

@@ -1,10 +1,20 @@
-"""The cluster: N supervised instances of one tool behind one routed, async API."""
+"""The cluster: supervised instances of one or more tools behind one routed, async API.
+
+A cluster is one pool of instances per tool (see :mod:`aimcluster._pool`). A prompt names a
+pool (``tool=``, by name or tag) or lets the routing pick among every healthy instance; with a
+failover order (``fallback=``) a prompt its pool cannot serve (rate-limited, failed, or
+queued past ``failover_after``) moves to the next pool in that order, each pool at most once.
+Only prompts nothing was written for yet, or whose provider refused them (a rate limit), ever
+move: a prompt never runs on two tools.
+"""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Literal, overload
@@ -15,33 +25,32 @@ import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._dispatch import Dispatcher
+from ._dispatch import Dispatcher, Queued
 from ._exceptions import (
     AimclusterError,
     ClusterClosedError,
     NoHealthyInstancesError,
+    RateLimitedError,
     StartupError,
     single_error,
 )
 from ._instance import Instance, InstanceState
 from ._lease import LeaseRequest, Session
 from ._logging import library_logger
-from ._metrics import ClusterMetrics
+from ._metrics import ClusterMetrics, PoolMetrics
 from ._policy import RestartPolicy
-from ._ratelimit import RateLimiter
-from ._request import Reply, Request, Ticket
+from ._pool import Pool, PoolInfo, PoolState, check_prompt
+from ._request import Reply, Request, RequestState, Ticket
 from ._routing import make_router
 from ._spec import ToolSpec
 from ._state import StateDirectory, uses_state
 from ._state import resolve as resolve_state
 from ._transport import LocalTransport
 from .abc import Transport
-from .tools import get as get_tool
 
 __all__ = ["Cluster", "launch_cluster"]
 
-# Linux's canonical-mode line limit (N_TTY_BUF_SIZE): a longer line sent to a pty is truncated.
-_PTY_MAX_LINE = 4095
+_Item = Request | LeaseRequest
 
 
 class Cluster:
@@ -57,30 +66,32 @@ class Cluster:
 
     def __init__(
         self,
-        spec: ToolSpec,
-        count: int,
+        pools: Sequence[Pool],
         *,
         routing: str,
         restart: RestartPolicy | None,
         max_pending: int,
         transport: Transport,
         logger: structlog.typing.FilteringBoundLogger,
+        fallback: Sequence[str] = (),
+        failover_after: float | None = None,
     ) -> None:
-        self.spec = spec
-        self._count = count
+        self._pool_specs = tuple(pools)
+        self._count = sum(pool.count for pool in pools)
         self._router = make_router(routing)
         self._restart = restart
         self._max_pending = max_pending
         self._transport = transport
-        self._log = logger.bind(tool=spec.name)
-        self._healthy: list[int] = list(range(count))
-        # One rate-limit pause for all instances: a 429 on one holds every prompt back.
-        self._limiter = RateLimiter()
+        self._log = logger if len(pools) > 1 else logger.bind(tool=pools[0].tool.name)
+        self._fallback = tuple(fallback)
+        self._failover_after = failover_after
         self._stack: AsyncExitStack | None = None
         self._closing = False
         # Event loop objects; created on entry, since launch_cluster() itself is synchronous.
-        self._dispatcher: Dispatcher
-        self._instances: list[Instance] = []
+        self._pools: dict[str, PoolState] = {}
+        # Every instance by index; an index is never reused, so a removed one leaves a gap.
+        self._by_index: dict[int, Instance] = {}
+        self._next_index = 0
         self._task_group: anyio.abc.TaskGroup
         self._closed: anyio.Event
         # Set (and dropped) at the next instance state change; created only when awaited.
@@ -92,32 +103,43 @@ class Cluster:
         self._owner_thread: int | None = None
         self._owner_loop: object = None
         self._current_loop: Callable[[], object] = _no_loop
-        # The instances' {state} directories, while the cluster runs (None: the spec has none).
-        self._state: StateDirectory | None = None
+        self._clock: Callable[[], float] = anyio.current_time
+        # Items queued with a failover wait: (due, order, item, pool name), earliest first,
+        # and the event that wakes the task that moves them.
+        self._saturation: list[tuple[float, int, _Item, str]] = []
+        self._saturation_order = itertools.count()
+        self._saturation_changed: anyio.Event | None = None
 
-    def _new_instance(self, index: int) -> Instance:
-        spec = self.spec
-        if self._state is not None:
-            spec = resolve_state(spec, self._state.for_instance(index))
-        return Instance(
+    def _new_instance(self, pool: PoolState, slot: int) -> Instance:
+        index, self._next_index = self._next_index, self._next_index + 1
+        spec = pool.spec
+        if pool.state is not None:
+            spec = resolve_state(spec, pool.state.for_instance(index))
+        instance = Instance(
             index=index,
+            slot=slot,
+            tool=pool.name,
             spec=spec,
             transport=self._transport,
-            dispatcher=self._dispatcher,
-            policy=self._restart,
-            log=self._log,
+            dispatcher=pool.dispatcher,
+            policy=pool.policy,
+            log=self._log.bind(tool=pool.name) if len(self._pool_specs) > 1 else self._log,
             on_state=self._on_state,
             requeue=self._requeue,
-            limiter=self._limiter,
-            clock=self._limiter.clock,
+            limiter=pool.limiter,
+            clock=self._clock,
+            failover=self._on_failover if pool.name in self._fallback else None,
         )
+        self._by_index[index] = instance
+        return instance
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def __aenter__(self) -> Cluster:
-        if self._instances:
+        if self._pools:
             raise RuntimeError("a Cluster can be entered only once")
-        self._transport.check(self.spec)
+        for described in self._pool_specs:
+            self._transport.check(described.tool)
         token = anyio.lowlevel.current_token()
         self._current_loop = token.backend_class.current_token
         self._owner_loop = token.native_token
@@ -127,30 +149,64 @@ class Cluster:
         self._completed_in, self._completed_out = anyio.create_memory_object_stream[Request](
             math.inf
         )
-        self._dispatcher = Dispatcher(self._count, max_pending=self._max_pending)
         # anyio.current_time() without looking the backend up at every call: a prompt reads
         # the clock three times.
-        self._limiter.clock = token.backend_class.current_time
+        self._clock = token.backend_class.current_time
         async with AsyncExitStack() as stack:
-            if uses_state(self.spec):
-                self._state = StateDirectory.create(self.spec.name)
-                # Removed last, once every process that used it has stopped.
-                stack.callback(self._state.remove)
-            self._instances = [self._new_instance(index) for index in range(self._count)]
+            for described in self._pool_specs:
+                pool = self._pools[described.name] = self._new_pool(described)
+                if uses_state(pool.spec):
+                    pool.state = StateDirectory.create(pool.spec.name)
+                    # Removed last, once every process that used it has stopped.
+                    stack.callback(pool.state.remove)
+            for pool in self._pools.values():
+                count = next(p.count for p in self._pool_specs if p.name == pool.name)
+                pool.instances = [self._new_instance(pool, slot) for slot in range(count)]
+                pool.refresh_healthy()
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._shutdown_shielded)
             launch = _Launch(self._count)
             for instance in self._instances:
                 self._task_group.start_soon(self._host, instance, launch)
+            if self._fallback and self._failover_after is not None:
+                self._task_group.start_soon(self._move_saturated)
             await launch.done.wait()
             if launch.error is None:
-                self._log.info("cluster_started", size=self.size, routing=self._router.name)
+                self._log.info(
+                    "cluster_started",
+                    size=self.size,
+                    routing=self._router.name,
+                    pools={name: len(p.instances) for name, p in self._pools.items()},
+                )
                 self._stack = stack.pop_all()
         # Raised once the stack has shut the other instances down, and outside the task group,
         # which would wrap it in an ExceptionGroup.
         if launch.error is not None:
             raise launch.error
         return self
+
+    def _new_pool(self, described: Pool) -> PoolState:
+        if described.restart is None:
+            policy = self._restart
+        elif described.restart is True:
+            policy = RestartPolicy()
+        elif described.restart is False:
+            policy = None
+        else:
+            policy = described.restart
+        pool = PoolState(
+            name=described.name,
+            spec=described.tool,
+            tags=described.tags,
+            policy=policy,
+            dispatcher=Dispatcher(described.count, max_pending=self._max_pending),
+        )
+        pool.limiter.clock = self._clock
+        return pool
+
+    @property
+    def _instances(self) -> list[Instance]:
+        return [self._by_index[index] for index in sorted(self._by_index)]
 
     async def _host(self, instance: Instance, launch: _Launch) -> None:
         """Run one instance, reporting its first start (or failure to start) to *launch*."""
@@ -189,10 +245,14 @@ class Cluster:
             await self._closed.wait()
             return
         self._closing = True
-        self._dispatcher.close()
-        for instance in self._instances:
+        for pool in self._pools.values():
+            pool.dispatcher.close()
+        if self._saturation_changed is not None:
+            self._saturation_changed.set()
+        instances = self._instances
+        for instance in instances:
             instance.stop()
-        for instance in self._instances:
+        for instance in instances:
             await instance.stopped.wait()
         self._completed_in.close()
         self._completed_out.close()
@@ -213,7 +273,7 @@ class Cluster:
     def _wrong_caller(self) -> RuntimeError:
         if self._owner_thread is None:
             return RuntimeError(
-                f"the cluster of {self.spec.name!r} was not entered: enter the cluster with "
+                f"the cluster of {self._names()} was not entered: enter the cluster with "
                 "`async with launch_cluster(...) as cluster:` first"
             )
         where = (
@@ -222,17 +282,84 @@ class Cluster:
             else "another event loop (or none)"
         )
         return RuntimeError(
-            f"the cluster of {self.spec.name!r} was used from {where}: a cluster belongs to the "
+            f"the cluster of {self._names()} was used from {where}: a cluster belongs to the "
             "event loop that started it; from another thread use anyio.from_thread.run() or a "
             "BlockingPortal (anyio.from_thread.start_blocking_portal) to call it in its own loop"
         )
 
-    # -- routing ----------------------------------------------------------------------------
+    def _names(self) -> str:
+        return ", ".join(repr(pool.name) for pool in self._pool_specs)
+
+    # -- pools ------------------------------------------------------------------------------
 
     @property
     def size(self) -> int:
-        """The number of instance slots."""
+        """The number of instances, over every pool."""
         return self._count
+
+    @property
+    def spec(self) -> ToolSpec:
+        """The tool of a cluster of one pool.
+
+        :raises RuntimeError: if the cluster has several pools (see :attr:`pools`)
+        """
+        if len(self._pool_specs) > 1:
+            raise RuntimeError(
+                f"this cluster has several pools ({self._names()}): use "
+                "cluster.pools[name].spec, or cluster.spec_of(instance)"
+            )
+        return self._pool_specs[0].tool
+
+    @property
+    def pools(self) -> Mapping[str, PoolInfo]:
+        """Each pool by name, in the order they were given: spec, tags, instance indices."""
+        if not self._pools:
+            return {
+                p.name: PoolInfo(name=p.name, spec=p.tool, tags=p.tags, instances=(), paused=False)
+                for p in self._pool_specs
+            }
+        return {name: pool.info() for name, pool in self._pools.items()}
+
+    def spec_of(self, instance: int) -> ToolSpec:
+        """The spec instance *instance* runs (its pool's, with ``{state}`` filled in)."""
+        return self._instance(instance).spec
+
+    def tool_of(self, instance: int) -> str:
+        """The name of instance *instance*'s pool."""
+        return self._instance(instance).tool
+
+    @property
+    def fallback(self) -> tuple[str, ...]:
+        """The failover order: pool names (empty: no failover)."""
+        return self._fallback
+
+    def _instance(self, index: int) -> Instance:
+        try:
+            return self._by_index[index]
+        except KeyError:
+            indices = sorted(self._by_index)
+            where = (
+                f"in range(0, {len(indices)})"
+                if indices == list(range(len(indices)))
+                else f"one of the cluster's instances ({_ranges(indices)})"
+            )
+            raise ValueError(f"instance must be {where}, got {index!r}") from None
+
+    def _select(self, tool: str | None) -> list[PoolState]:
+        """The pools a prompt for *tool* (a pool name, a tag or ``None``: any) may go to."""
+        if tool is None:
+            return list(self._pools.values())
+        pool = self._pools.get(tool)
+        if pool is not None:
+            return [pool]
+        tagged = [pool for pool in self._pools.values() if tool in pool.tags]
+        if not tagged:
+            tags = sorted({tag for pool in self._pools.values() for tag in pool.tags})
+            known = ", ".join(list(self._pools) + tags)
+            raise ValueError(f"no pool is named or tagged {tool!r}; the cluster has: {known}")
+        return tagged
+
+    # -- routing ----------------------------------------------------------------------------
 
     def _on_state(self, instance: Instance) -> None:
         if self._changed is not None:
@@ -240,46 +367,240 @@ class Cluster:
             self._changed = None
         if instance.state in (InstanceState.READY, InstanceState.BUSY):
             return  # the per-prompt flip: it cannot change which instances are healthy
-        self._refresh_healthy()
+        pool = self._pools[instance.tool]
+        self._refresh_healthy(pool)
         if instance.state is InstanceState.FAILED and not self._closing:
-            self._reroute_from(instance.index, why="has failed (restart budget spent)")
+            self._reroute_from(pool, instance.slot, why="has failed (restart budget spent)")
 
-    def _refresh_healthy(self) -> None:
-        self._healthy = [i.index for i in self._instances if i.healthy]
+    def _refresh_healthy(self, pool: PoolState) -> None:
+        pool.refresh_healthy()
 
-    def _reroute_from(self, index: int, *, why: str) -> None:
-        """Instance *index* is gone for good: move its queued work to the healthy instances."""
-        for item in self._dispatcher.take_private(index):
-            if item.pinned or not self._healthy:
-                item.resolve(self._no_healthy(index if item.pinned else None, why=why))
+    def _reroute_from(self, pool: PoolState, slot: int, *, why: str) -> None:
+        """Slot *slot* of *pool* is gone for good: move its queued work to the healthy
+        instances, of its pool or, failing that, of the next pool in the failover order."""
+        index = pool.instances[slot].index
+        for item in map(_item, pool.dispatcher.take_private(slot)):
+            if item.pinned:
+                item.resolve(self._no_healthy(pool, index, why=why))
             else:
-                item.target = self._router.route(item.key, self._healthy)
-                self._dispatcher.put_nowait(item)
-        if not self._healthy:
-            self._dispatcher.fail_shared(self._no_healthy(None))
+                self._requeue_in(pool, item)
+        if not pool.healthy:
+            for item in map(_item, pool.dispatcher.take_movable()):
+                self._requeue_in(pool, item)
+            pool.dispatcher.fail_shared(self._no_healthy(pool, None))
+
+    def _requeue_in(self, pool: PoolState, item: _Item) -> None:
+        """Queue *item* again: in *pool* if it has a healthy instance, else in the next pool
+        of the failover order, else fail it."""
+        if pool.healthy:
+            item.target = self._target_in(pool, item.key)
+            pool.dispatcher.put_nowait(item)
+            return
+        following = self._next_pool(item, pool)
+        if following is None:
+            item.resolve(self._no_healthy(pool, None))
+        else:
+            self._move(item, pool, following, reason="failed")
 
     def _no_healthy(
-        self, index: int | None, *, why: str = "has failed (restart budget spent)"
+        self, pool: PoolState, index: int | None, *, why: str = "has failed (restart budget spent)"
     ) -> NoHealthyInstancesError:
         if index is not None:
             return NoHealthyInstancesError(
                 f"instance {index} {why} and the prompt was pinned to it"
             )
+        count = len(pool.instances)
         return NoHealthyInstancesError(
-            f"all {self.size} instances of {self.spec.name!r} have failed (restart budget spent)"
+            f"all {count} instances of {pool.name!r} have failed (restart budget spent)"
         )
 
     def _requeue(self, request: Request) -> None:
-        if not request.pinned:
-            # Any instance may take the retry; the one that failed is restarting, so another
-            # ready instance normally gets there first.
-            request.target = None
-        if request.pinned and request.target not in self._healthy:
-            request.resolve(self._no_healthy(request.target))
-        elif not self._healthy:
-            request.resolve(self._no_healthy(None))
+        """An attempt failed and may be retried: queue the request again."""
+        assert request.pool is not None
+        pool = self._pools[request.pool]
+        if request.pinned:
+            if request.target not in pool.healthy:
+                index = None if request.target is None else pool.instances[request.target].index
+                request.resolve(self._no_healthy(pool, index))
+            else:
+                pool.dispatcher.put_nowait(request)
+            return
+        # Any instance may take the retry; the one that failed is restarting, so another
+        # ready instance normally gets there first.
+        request.target = None
+        if pool.healthy:
+            pool.dispatcher.put_nowait(request)
         else:
-            self._dispatcher.put_nowait(request)
+            self._requeue_in(pool, request)
+
+    def _target_in(self, pool: PoolState, key: str | None) -> int | None:
+        """The slot of *pool* the routing picks for *key* (``None``: the pool's shared queue)."""
+        if len(self._pools) == 1:
+            return self._router.route(key, pool.healthy)
+        index = self._router.route(key, pool.healthy_indices())
+        return None if index is None else self._by_index[index].slot
+
+    def _place(self, item: _Item, tool: str | None) -> PoolState:
+        """Decide where a new, unpinned *item* goes; set its pool and target slot."""
+        selected = self._select(tool)
+        candidates = [pool for pool in selected if pool.healthy]
+        # A job moving on stays off the pools it left, if it can.
+        candidates = [p for p in candidates if p.name not in item.failovers] or candidates
+        if not candidates:
+            for pool in selected:
+                following = self._next_pool(item, pool)
+                if following is not None:
+                    item.failovers += (pool.name,)
+                    pool.failovers_out += 1
+                    following.failovers_in += 1
+                    candidates = [following]
+                    break
+            else:
+                raise self._all_failed(selected)
+        if isinstance(item, Request):
+            candidates = self._taking(candidates, item.prompt)
+        if len(candidates) == 1:
+            pool = candidates[0]
+            item.target = self._target_in(pool, item.key)
+        else:
+            # Across pools: a rate-limited pool only if every one is.
+            open_pools = [pool for pool in candidates if not pool.limiter.paused] or candidates
+            healthy = sorted(i for pool in open_pools for i in pool.healthy_indices())
+            index = self._router.route(item.key, healthy)
+            if index is None:
+                pool = min(open_pools, key=PoolState.load)  # the first of the least busy
+                item.target = None
+            else:
+                instance = self._by_index[index]
+                pool, item.target = self._pools[instance.tool], instance.slot
+        item.pool = pool.name
+        return pool
+
+    def _all_failed(self, pools: list[PoolState]) -> NoHealthyInstancesError:
+        if len(pools) == 1:
+            return self._no_healthy(pools[0], None)
+        names = ", ".join(repr(pool.name) for pool in pools)
+        return NoHealthyInstancesError(
+            f"every instance of {names} has failed (restart budget spent)"
+        )
+
+    @staticmethod
+    def _taking(pools: list[PoolState], prompt: str) -> list[PoolState]:
+        """The pools whose tool can take *prompt*; if none can, the first one's error."""
+        taking = [pool for pool in pools if pool.accepts(prompt)]
+        if not taking:
+            check_prompt(pools[0].spec, prompt)
+        return taking
+
+    # -- failover ---------------------------------------------------------------------------
+
+    def _next_pool(self, item: _Item, pool: PoolState, *, leased: bool = False) -> PoolState | None:
+        """The pool *item* moves to from *pool* (``None``: it stays): the next in the failover
+        order that it has not left before, that has a healthy instance and that can take its
+        prompt, preferring one that is not rate-limited itself. Pinned items never move; a
+        lease's prompt (*leased*) does not either, but its lease's work may."""
+        if (item.pinned and not leased) or pool.name not in self._fallback:
+            return None
+        at = self._fallback.index(pool.name)
+        order = self._fallback[at + 1 :] + self._fallback[:at]
+        prompt = item.prompt if isinstance(item, Request) else None
+        fits = [
+            self._pools[name]
+            for name in order
+            if name not in item.failovers
+            and self._pools[name].healthy
+            and (prompt is None or self._pools[name].accepts(prompt))
+        ]
+        if not fits:
+            return None
+        for following in fits:
+            if not following.limiter.paused:
+                return following
+        # Every one is rate-limited too: waiting out the pause here is as good as there,
+        # unless this pool has nobody left to wait.
+        return None if pool.healthy else fits[0]
+
+    def _move(self, item: _Item, pool: PoolState, to: PoolState, *, reason: str) -> None:
+        """Queue *item*, taken off *pool*'s queues (or never written), in pool *to*."""
+        item.failovers += (pool.name,)
+        item.pool = to.name
+        if isinstance(item, Request):
+            item.state = RequestState.QUEUED
+        pool.failovers_out += 1
+        to.failovers_in += 1
+        self._log.info(
+            "failover",
+            pool=pool.name,
+            to=to.name,
+            reason=reason,
+            key=item.key,
+            lease=isinstance(item, LeaseRequest),
+        )
+        item.target = self._target_in(to, item.key)
+        to.dispatcher.put_nowait(item)
+        self._watch_saturation(item, to)
+
+    def _on_failover(self, request: Request, leased: bool) -> bool:
+        """An instance's prompt was rate-limited, or its pool is paused: move it on (a lease's
+        prompt cannot move alone: it fails, for its job to move); also move the pool's other
+        queued work. Return whether the prompt was taken over."""
+        assert request.pool is not None
+        pool = self._pools[request.pool]
+        following = self._next_pool(request, pool, leased=leased)
+        if following is None:
+            return False
+        if leased:
+            request.resolve(
+                RateLimitedError(
+                    f"the provider of {pool.name!r} rate-limited the prompt "
+                    f"{request.prompt[:60]!r}, sent in a lease; its work may move to "
+                    f"{following.name!r}",
+                    tool=pool.name,
+                    instance=pool.instances[request.target or 0].index,
+                    prompt=request.prompt,
+                )
+            )
+        else:
+            self._move(request, pool, following, reason="rate_limited")
+        for item in map(_item, pool.dispatcher.take_movable()):
+            self._fail_over_queued(item, pool, reason="rate_limited")
+        return True
+
+    def _fail_over_queued(self, item: _Item, pool: PoolState, *, reason: str) -> None:
+        following = self._next_pool(item, pool)
+        if following is None:
+            pool.dispatcher.put_nowait(item)  # back where it was (at the end of its queue)
+        else:
+            self._move(item, pool, following, reason=reason)
+
+    def _watch_saturation(self, item: _Item, pool: PoolState) -> None:
+        """Move *item* on if it is still queued in *pool* ``failover_after`` seconds from now."""
+        if self._failover_after is None or item.pinned or pool.name not in self._fallback:
+            return
+        due = self._clock() + self._failover_after
+        entry = (due, next(self._saturation_order), item, pool.name)
+        heapq.heappush(self._saturation, entry)
+        if self._saturation[0] is entry and self._saturation_changed is not None:
+            self._saturation_changed.set()
+
+    async def _move_saturated(self) -> None:
+        """The task that moves items queued past ``failover_after`` (sleeping until the next
+        one is due: nothing polls)."""
+        while not self._closing:
+            self._saturation_changed = anyio.Event()
+            with anyio.move_on_at(self._saturation[0][0] if self._saturation else math.inf):
+                await self._saturation_changed.wait()
+            now = self._clock()
+            while self._saturation and self._saturation[0][0] <= now and not self._closing:
+                _, _, item, name = heapq.heappop(self._saturation)
+                pool = self._pools[name]
+                if not item.live or item.pool != name:
+                    continue
+                following = self._next_pool(item, pool)
+                if following is not None and pool.dispatcher.withdraw(item):
+                    self._move(item, pool, following, reason="saturated")
+
+    # -- sending ----------------------------------------------------------------------------
 
     def _new_request(
         self,
@@ -289,6 +610,7 @@ class Cluster:
         instance: int | None,
         timeout: float | None,
         retries: int,
+        tool: str | None = None,
     ) -> Request:
         if self._closing:
             raise ClusterClosedError("the cluster is shut down")
@@ -296,52 +618,42 @@ class Cluster:
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries!r}")
-        if instance is not None and not 0 <= instance < self.size:
-            raise ValueError(f"instance must be in range(0, {self.size}), got {instance!r}")
-        try:
-            prompt.encode(self.spec.encoding)
-        except UnicodeEncodeError as exc:
-            raise ValueError(
-                f"the prompt cannot be written in the tool's encoding ({exc.encoding}): "
-                f"{exc.object[exc.start : exc.end]!r} at position {exc.start}"
-            ) from None
-        # Refuses a prompt the tool would not read as one input (a line break, mostly).
-        # With the largest input number it may go as: a numbered input's line grows with it.
-        text = self.spec.input_for(prompt, 10**9)
-        if self.spec.pty:
-            for line in text.encode(self.spec.encoding).split(b"\n"):
-                if len(line) > _PTY_MAX_LINE:
-                    raise ValueError(
-                        f"a prompt line of {len(line)} bytes is longer than a terminal "
-                        f"accepts ({_PTY_MAX_LINE} bytes); use pipes (pty=False) for long input"
-                    )
-        timeout = self.spec.reply_timeout if timeout is None else timeout
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be > 0, got {timeout!r}")
-        deadline = None if timeout is None else anyio.current_time() + timeout
-        return Request(
+        request = Request(
             prompt=prompt,
             key=key,
-            target=instance,
+            target=None,
             pinned=instance is not None,
-            deadline=deadline,
+            deadline=None,
             retries=retries,
         )
-
-    async def _enqueue(self, item: Request | LeaseRequest) -> None:
-        if item.pinned:
-            assert item.target is not None
-            if item.target >= self._count:
-                raise ValueError(f"instance must be in range(0, {self._count}), got {item.target}")
-            if item.target not in self._healthy:
-                raise self._no_healthy(item.target)
+        if instance is not None:
+            held = self._instance(instance)
+            if tool is not None and held.tool not in {p.name for p in self._select(tool)}:
+                raise ValueError(f"instance {instance} is in pool {held.tool!r}, not {tool!r}")
+            check_prompt(self._pools[held.tool].spec, prompt)
+            request.pool, request.target = held.tool, held.slot
+            spec = held.spec
         else:
-            if not self._healthy:
-                raise self._no_healthy(None)
-            item.target = self._router.route(item.key, self._healthy)
-        await self._dispatcher.put(item)
+            pools = self._select(tool)
+            self._taking(pools, prompt)
+            spec = pools[0].spec
+        timeout = spec.reply_timeout if timeout is None else timeout
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout!r}")
+        request.deadline = None if timeout is None else self._clock() + timeout
+        return request
 
-    # -- sending ----------------------------------------------------------------------------
+    async def _enqueue(self, item: _Item, tool: str | None = None) -> None:
+        if item.pinned:
+            assert item.pool is not None
+            assert item.target is not None
+            pool = self._pools[item.pool]
+            if item.target not in pool.healthy:
+                raise self._no_healthy(pool, pool.instances[item.target].index)
+        else:
+            pool = self._place(item, tool)
+        await pool.dispatcher.put(item)
+        self._watch_saturation(item, pool)
 
     async def send(
         self,
@@ -349,13 +661,16 @@ class Cluster:
         *,
         key: str | None = None,
         instance: int | None = None,
+        tool: str | None = None,
         timeout: float | None = None,
         retries: int = 0,
     ) -> Reply:
         """Send *prompt* to an instance chosen by the routing strategy and return its reply.
 
         :param key: the sticky routing key (``sticky`` routing keeps a key on one instance)
-        :param instance: send to this instance index, whatever the routing
+        :param instance: send to this instance index, whatever the routing (never moved)
+        :param tool: send to this pool, by name or tag (default: any pool; see
+            ``launch_cluster(fallback=...)`` for when a prompt moves to another)
         :param timeout: seconds until :class:`ReplyTimeoutError` (default
             ``ToolSpec.reply_timeout``), counted from now, queueing included
         :param retries: re-send up to this many times if the instance crashes or stalls
@@ -363,10 +678,10 @@ class Cluster:
         """
         self._check_caller()
         request = self._new_request(
-            prompt, key=key, instance=instance, timeout=timeout, retries=retries
+            prompt, key=key, instance=instance, timeout=timeout, retries=retries, tool=tool
         )
         try:
-            await self._enqueue(request)
+            await self._enqueue(request, tool)
             return await request.wait()
         except anyio.get_cancelled_exc_class():
             request.abandon()
@@ -378,20 +693,21 @@ class Cluster:
         *,
         key: str | None = None,
         instance: int | None = None,
+        tool: str | None = None,
         timeout: float | None = None,
         retries: int = 0,
     ) -> Ticket:
         """Route *prompt* now and return without waiting for its reply.
 
         Collect the reply by awaiting the ticket, or with :meth:`read_any`. Waits while
-        ``max_pending`` prompts are queued.
+        ``max_pending`` prompts are queued in its pool.
         """
         self._check_caller()
         request = self._new_request(
-            prompt, key=key, instance=instance, timeout=timeout, retries=retries
+            prompt, key=key, instance=instance, timeout=timeout, retries=retries, tool=tool
         )
         request.add_done_callback(self._completed_in.send_nowait)
-        await self._enqueue(request)
+        await self._enqueue(request, tool)
         return Ticket(request)
 
     async def read_any(self, timeout: float | None = None) -> Reply:
@@ -415,6 +731,7 @@ class Cluster:
         prompts: Iterable[str],
         *,
         keys: Iterable[str | None] | None = ...,
+        tool: str | None = ...,
         return_exceptions: Literal[False] = ...,
         timeout: float | None = ...,
         retries: int = ...,
@@ -426,6 +743,7 @@ class Cluster:
         prompts: Iterable[str],
         *,
         keys: Iterable[str | None] | None = ...,
+        tool: str | None = ...,
         return_exceptions: Literal[True],
         timeout: float | None = ...,
         retries: int = ...,
@@ -436,11 +754,13 @@ class Cluster:
         prompts: Iterable[str],
         *,
         keys: Iterable[str | None] | None = None,
+        tool: str | None = None,
         return_exceptions: bool = False,
         timeout: float | None = None,
         retries: int = 0,
     ) -> list[Reply] | list[Reply | AimclusterError]:
-        """Run *prompts* concurrently across the instances; results come in input order.
+        """Run *prompts* concurrently across the instances (of pool *tool*, by name or tag, if
+        given); results come in input order.
 
         With ``return_exceptions=False`` the first error is raised at once and the prompts
         not yet sent are withdrawn; with ``True`` each failed prompt's error takes its place.
@@ -451,7 +771,7 @@ class Cluster:
         if len(key_list) != len(prompt_list):
             raise ValueError(f"got {len(key_list)} keys for {len(prompt_list)} prompts")
         requests = [
-            self._new_request(p, key=k, instance=None, timeout=timeout, retries=retries)
+            self._new_request(p, key=k, instance=None, timeout=timeout, retries=retries, tool=tool)
             for p, k in zip(prompt_list, key_list, strict=True)
         ]
         all_done = anyio.Event()
@@ -472,7 +792,7 @@ class Cluster:
             for request in requests:
                 request.add_done_callback(on_done)
                 try:
-                    await self._enqueue(request)
+                    await self._enqueue(request, tool)
                 except AimclusterError as exc:
                     request.resolve(exc)
 
@@ -496,19 +816,42 @@ class Cluster:
 
     @asynccontextmanager
     async def lease(
-        self, key: str | None = None, *, instance: int | None = None
+        self, key: str | None = None, *, instance: int | None = None, tool: str | None = None
     ) -> AsyncIterator[Session]:
         """Hold one instance exclusively for the duration of the block.
 
         While the block runs, no other prompt goes to that instance: what a multi-step agent
-        job needs (``/add``, then instruct, then ``/drop``).
+        job needs (``/add``, then instruct, then ``/drop``). *tool* picks the pool, by name or
+        tag (default: any). A lease still queued moves with the failover order as a prompt
+        does; once granted it stays, and a prompt the provider rate-limits in it fails with
+        :class:`RateLimitedError` (if another pool could take the work over).
         """
         self._check_caller()
+        async with self._lease(key, instance=instance, tool=tool, avoid=()) as session:
+            yield session
+
+    @asynccontextmanager
+    async def _lease(
+        self,
+        key: str | None,
+        *,
+        instance: int | None,
+        tool: str | None,
+        avoid: tuple[str, ...],
+    ) -> AsyncIterator[Session]:
+        """:meth:`lease`, kept off the pools *avoid* names (a job moving away from them) if
+        another can take it."""
         if self._closing:
             raise ClusterClosedError("the cluster is shut down")
-        lease = LeaseRequest(key=key, target=instance, pinned=instance is not None)
+        lease = LeaseRequest(key=key, target=None, pinned=instance is not None)
+        lease.failovers = avoid
+        if instance is not None:
+            held = self._instance(instance)
+            if tool is not None and held.tool not in {p.name for p in self._select(tool)}:
+                raise ValueError(f"instance {instance} is in pool {held.tool!r}, not {tool!r}")
+            lease.pool, lease.target = held.tool, held.slot
         try:
-            await self._enqueue(lease)
+            await self._enqueue(lease, tool)
             await lease.wait_granted()
             yield Session(self, lease)
         finally:
@@ -517,7 +860,7 @@ class Cluster:
     # -- observing --------------------------------------------------------------------------
 
     def metrics(self) -> ClusterMetrics:
-        """A snapshot of the cluster's and each instance's counters and state.
+        """A snapshot of the cluster's, each pool's and each instance's counters and state.
 
         Once the cluster is shut down nothing changes any more, and any thread may read it.
         """
@@ -525,7 +868,19 @@ class Cluster:
             self._check_caller()
         return ClusterMetrics(
             instances=tuple(instance.metrics() for instance in self._instances),
-            queued=self._dispatcher.queued(None),
+            queued=sum(pool.dispatcher.queued(None) for pool in self._pools.values()),
+            pools=tuple(
+                PoolMetrics(
+                    name=pool.name,
+                    tool=pool.spec.name,
+                    instances=tuple(i.index for i in pool.instances),
+                    queued=pool.dispatcher.queued(None),
+                    paused=pool.limiter.paused,
+                    failovers_out=pool.failovers_out,
+                    failovers_in=pool.failovers_in,
+                )
+                for pool in self._pools.values()
+            ),
         )
 
     async def wait_for(
@@ -552,75 +907,88 @@ class Cluster:
         stopped (``exit_command``, SIGTERM, SIGKILL) and started afresh. Returns once it is
         ready again. A requested restart does not count against the restart budget."""
         self._check_caller()
-        instance = self._instances[index]
+        instance = self._instance(index)
         before = instance.restarts
         instance.request_restart()
-        await self.wait_for(
-            lambda m: (
-                m.instances[index].state == "failed"
-                or (m.instances[index].restarts > before and m.instances[index].state == "ready")
-            ),
-            timeout=timeout,
-        )
 
-    async def scale(self, count: int) -> None:
-        """Grow or shrink the cluster to *count* instances.
+        def restarted(metrics: ClusterMetrics) -> bool:
+            now = metrics.instance(index)
+            return now.state == "failed" or (now.restarts > before and now.state == "ready")
 
-        New instances are ready when this returns. Shrinking removes the highest indices: they
-        take no new work, finish their current prompt or lease, then stop gracefully; work
-        queued for them moves to the others. With sticky routing only the keys of removed
-        instances move (rendezvous hashing).
+        await self.wait_for(restarted, timeout=timeout)
+
+    async def scale(self, count: int, *, tool: str | None = None) -> None:
+        """Grow or shrink pool *tool* (the only pool if the cluster has one) to *count*
+        instances.
+
+        New instances are ready when this returns; they get new indices, after every index
+        used so far. Shrinking removes the pool's last instances: they take no new work,
+        finish their current prompt or lease, then stop gracefully; work queued for them
+        moves to the others. With sticky routing only the keys of removed instances move
+        (rendezvous hashing).
         """
         self._check_caller()
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"count must be an integer >= 1, got {count!r}")
         if self._closing:
             raise ClusterClosedError("the cluster is shut down")
-        while self._count < count:
-            await self._grow()
-        if count < self._count:
-            await self._shrink(count)
-        self._log.info("cluster_scaled", size=self._count)
+        if tool is None:
+            if len(self._pools) > 1:
+                raise ValueError(f"this cluster has several pools ({self._names()}): name one")
+            pool = next(iter(self._pools.values()))
+        elif tool in self._pools:
+            pool = self._pools[tool]
+        else:
+            raise ValueError(f"no pool is named {tool!r}; the cluster has: {self._names()}")
+        while len(pool.instances) < count:
+            await self._grow(pool)
+        if count < len(pool.instances):
+            await self._shrink(pool, count)
+        self._log.info("cluster_scaled", size=self._count, pool=pool.name, count=count)
 
-    async def _grow(self) -> None:
-        index = self._dispatcher.add_slot()
-        instance = self._new_instance(index)
-        self._instances.append(instance)
+    async def _grow(self, pool: PoolState) -> None:
+        slot = pool.dispatcher.add_slot()
+        instance = self._new_instance(pool, slot)
+        pool.instances.append(instance)
         self._count += 1
         launch = _Launch(1)
         self._task_group.start_soon(self._host, instance, launch)
         await launch.done.wait()
         if launch.error is not None:
             await instance.stopped.wait()
-            self._instances.pop()
-            self._dispatcher.remove_slots(index)
+            pool.instances.pop()
+            del self._by_index[instance.index]
+            pool.dispatcher.remove_slots(slot)
             self._count -= 1
-            self._refresh_healthy()
+            self._refresh_healthy(pool)
             raise launch.error
-        self._refresh_healthy()
+        self._refresh_healthy(pool)
 
-    async def _shrink(self, count: int) -> None:
-        leaving = self._instances[count:]
+    async def _shrink(self, pool: PoolState, count: int) -> None:
+        leaving = pool.instances[count:]
         for instance in leaving:
             instance.retire()
-        self._refresh_healthy()  # they are no longer healthy: nothing new is routed there
+        self._refresh_healthy(pool)  # they are no longer healthy: nothing new is routed there
         for instance in leaving:
-            self._reroute_from(instance.index, why="was removed by scale()")
+            self._reroute_from(pool, instance.slot, why="was removed by scale()")
         for instance in leaving:
             await instance.stopped.wait()
-        del self._instances[count:]
-        self._dispatcher.remove_slots(count)
-        self._count = count
-        self._refresh_healthy()
+        del pool.instances[count:]
+        for instance in leaving:
+            del self._by_index[instance.index]
+        pool.dispatcher.remove_slots(count)
+        self._count -= len(leaving)
+        self._refresh_healthy(pool)
 
     def restart_instance(self, index: int) -> None:
         """Kill instance *index*'s process now; the supervisor restarts it (budget applies)."""
         self._check_caller()
-        self._instances[index].restart_now()
+        self._instance(index).restart_now()
 
     @property
     def pids(self) -> list[int | None]:
-        """The current process id of each instance (``None`` while not running)."""
+        """The current process id of each instance (``None`` while not running), in index
+        order."""
         return [instance.pid for instance in self._instances]
 
 
@@ -643,6 +1011,12 @@ class _Launch(TaskStatus[None]):
         self.done.set()
 
 
+def _item(queued: Queued) -> _Item:
+    """A dispatcher's item, as what the cluster queued: a prompt or a lease."""
+    assert isinstance(queued, Request | LeaseRequest)
+    return queued
+
+
 def _no_loop() -> object:
     raise RuntimeError("not entered")
 
@@ -655,8 +1029,54 @@ def _result_or_error(request: Request) -> Reply | AimclusterError:
     return error
 
 
+def _ranges(indices: list[int]) -> str:
+    """``0-3, 6`` for ``[0, 1, 2, 3, 6]``."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and runs[-1][-1] == index - 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs) or "none"
+
+
+def _pools_of(
+    tool: str | ToolSpec | Mapping[str, int] | Sequence[Pool | tuple[str | ToolSpec, int]],
+    count: int,
+) -> list[Pool]:
+    if isinstance(tool, (str, ToolSpec)):
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError(f"count must be an integer >= 1, got {count!r}")
+        return [Pool(tool, count)]
+    if count != 1:
+        raise ValueError("count is given per pool when tool names several pools")
+    if isinstance(tool, Mapping):
+        pools = [Pool(name, n) for name, n in tool.items()]
+    else:
+        pools = []
+        for entry in tool:
+            if isinstance(entry, Pool):
+                pools.append(entry)
+            elif isinstance(entry, tuple) and len(entry) == 2:
+                pools.append(Pool(entry[0], entry[1]))
+            else:
+                raise TypeError(f"expected a Pool or a (tool, count) pair, got {entry!r}")
+    if not pools:
+        raise ValueError("a cluster needs at least one pool")
+    names = [pool.name for pool in pools]
+    duplicate = next((name for name in names if names.count(name) > 1), None)
+    if duplicate is not None:
+        raise ValueError(
+            f"two pools are named {duplicate!r}: give one a name of its own (Pool(..., name=))"
+        )
+    clash = sorted({tag for pool in pools for tag in pool.tags} & set(names))
+    if clash:
+        raise ValueError(f"a tag may not be a pool's name: {', '.join(map(repr, clash))}")
+    return pools
+
+
 def launch_cluster(
-    tool: str | ToolSpec,
+    tool: str | ToolSpec | Mapping[str, int] | Sequence[Pool | tuple[str | ToolSpec, int]],
     count: int = 1,
     *,
     routing: str = "least_busy",
@@ -664,24 +1084,40 @@ def launch_cluster(
     max_pending: int = 1024,
     transport: Transport | None = None,
     logger: structlog.typing.FilteringBoundLogger | None = None,
+    fallback: Sequence[str] | None = None,
+    failover_after: float | None = None,
 ) -> Cluster:
-    """Describe a cluster of *count* instances of *tool*; ``async with`` starts it.
+    """Describe a cluster of *count* instances of *tool*, or of several pools of tools;
+    ``async with`` starts it.
 
-    Entering the block returns once every instance shows its ready prompt.
+    Entering the block returns once every instance shows its ready prompt::
 
-    :param tool: a registered tool name (see :func:`aimcluster.tools.names`) or a ToolSpec
-    :param routing: ``"least_busy"`` (late binding), ``"round_robin"`` or ``"sticky"``
+        launch_cluster("aider", 3)
+        launch_cluster({"aider": 4, "claude": 2}, fallback=["claude", "aider"])
+        launch_cluster([Pool("aider", 4, tags={"cheap"}), Pool(my_spec, 2, name="mine")])
+
+    :param tool: a registered tool name (see :func:`aimcluster.tools.names`) or a ToolSpec;
+        or several pools: ``{name: count}``, or a list of :class:`Pool` or ``(tool, count)``
+    :param routing: ``"least_busy"`` (late binding), ``"round_robin"`` or ``"sticky"``; across
+        pools, least-busy picks the pool with the least work per instance, round-robin and
+        sticky pick among every healthy instance of the pools a prompt may go to
     :param restart: a :class:`RestartPolicy`, ``True`` for the default one, ``False`` for none
-    :param max_pending: how many prompts may wait in the queues before ``submit`` waits
+        (a :class:`Pool` may have its own)
+    :param max_pending: how many prompts may wait in a pool's queues before ``submit`` waits
     :param transport: where processes run (default: :class:`LocalTransport`)
     :param logger: a structlog logger (default: the app's structlog configuration, else its
         standard ``logging`` configuration of the ``aimcluster`` logger, else none: nothing
         is printed)
-    :raises ValueError: for an unknown tool or routing name, or ``count < 1``
+    :param fallback: the failover order, as pool names: a prompt (or a lease not granted yet)
+        whose pool is rate-limited, has failed, or, with *failover_after*, has kept it queued
+        that long, moves to the next pool in this order that it has not left before; a pool
+        not named here neither sends nor takes work this way
+    :param failover_after: seconds a prompt may wait in its pool's queue before it moves on
+        (default: it waits as long as it takes)
+    :raises ValueError: for an unknown tool or routing name, ``count < 1``, or a failover
+        order that names no pool
     """
-    spec = tool if isinstance(tool, ToolSpec) else get_tool(tool)
-    if not isinstance(count, int) or count < 1:
-        raise ValueError(f"count must be an integer >= 1, got {count!r}")
+    pools = _pools_of(tool, count)
     if max_pending < 1:
         raise ValueError(f"max_pending must be >= 1, got {max_pending!r}")
     if restart is True:
@@ -690,14 +1126,29 @@ def launch_cluster(
         policy = None
     else:
         policy = restart
+    names = [pool.name for pool in pools]
+    order = () if fallback is None else tuple(fallback)
+    if isinstance(fallback, str):
+        raise TypeError(f"fallback must be a sequence of pool names, got the string {fallback!r}")
+    for name in order:
+        if name not in names:
+            raise ValueError(f"fallback names no pool {name!r}; the pools are: {', '.join(names)}")
+    if len(set(order)) != len(order):
+        raise ValueError(f"fallback names a pool twice: {list(order)!r}")
+    if failover_after is not None:
+        if not failover_after > 0:
+            raise ValueError(f"failover_after must be > 0, got {failover_after!r}")
+        if not order:
+            raise ValueError("failover_after needs a failover order (fallback=...)")
     return Cluster(
-        spec,
-        count,
+        pools,
         routing=routing,
         restart=policy,
         max_pending=max_pending,
         transport=transport or LocalTransport(),
         logger=logger or _default_logger(),
+        fallback=order,
+        failover_after=failover_after,
     )
 
 

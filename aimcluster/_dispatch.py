@@ -296,6 +296,30 @@ class Dispatcher:
         """Remove and return everything queued for instance *index* (it failed for good)."""
         return self._drain(self._private[index])
 
+    def take_movable(self) -> list[Queued]:
+        """Remove and return every queued item that may go to another pool: the shared
+        queue's, and the private queues' items that are not pinned to their instance."""
+        items = self._drain(self._shared)
+        for queue in self._private:
+            if queue:
+                kept = deque(item for item in queue if item.pinned)
+                if len(kept) < len(queue):
+                    items += self._drain(deque(item for item in queue if not item.pinned))
+                    queue.clear()
+                    queue.extend(kept)
+        return items
+
+    def withdraw(self, item: Queued) -> bool:
+        """Take *item* off its queue if it is still queued here; return whether it was."""
+        for queue in (self._shared, *self._private):
+            try:
+                queue.remove(item)
+            except ValueError:
+                continue
+            self._release(item)
+            return True
+        return False
+
     def add_slot(self) -> int:
         self._private.append(deque())
         return len(self._private) - 1

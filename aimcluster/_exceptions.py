@@ -119,6 +119,21 @@ class NoHealthyInstancesError(AimclusterError):
     """No instance that could take the prompt is left: each has spent its restart budget."""
 
 
+class RateLimitedError(AimclusterError):
+    """The provider rate-limited a prompt sent through a lease, in a cluster with a failover
+    order (``launch_cluster(fallback=...)``): a lease's prompt needs the state its instance
+    built up, so it cannot move to another pool by itself. The lease's work moves as a whole
+    instead (:func:`run_jobs` starts the job again, from its first step, on the next pool).
+    """
+
+    def __init__(self, message: str, *, tool: str, instance: int, prompt: str) -> None:
+        super().__init__(message)
+        #: The pool that was rate-limited, the instance and the prompt.
+        self.tool = tool
+        self.instance = instance
+        self.prompt = prompt
+
+
 class PromptCancelledError(AimclusterError):
     """The prompt was withdrawn (``Ticket.cancel()`` or a cancelled ``send``) before its reply."""
 

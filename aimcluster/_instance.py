@@ -150,7 +150,12 @@ class _Ended(enum.Enum):
 class Instance:
     """A slot in the cluster. Its index is stable; the process behind it comes and goes."""
 
+    #: The instance's index in the cluster, unique across its pools.
     index: int
+    #: Its index in its pool's dispatcher.
+    slot: int
+    #: The name of its pool (:attr:`Reply.tool`).
+    tool: str
     spec: ToolSpec
     transport: Transport
     dispatcher: Dispatcher
@@ -161,8 +166,12 @@ class Instance:
     #: Called with a request whose attempt failed but which may be retried.
     requeue: Callable[[Request], None]
     clock: Callable[[], float] = anyio.current_time
-    #: The cluster-wide rate-limit pause, shared by every instance of the cluster.
+    #: The pool's rate-limit pause, shared by every instance of the pool.
     limiter: RateLimiter = attrs.field(factory=RateLimiter)
+    #: With a failover order: called with a prompt that its pool cannot serve now (rate
+    #: limited), and whether it is held in a lease; returns whether it took the prompt over
+    #: (moved it to another pool, or failed it so that its job can move).
+    failover: Callable[[Request, bool], bool] | None = None
 
     state: InstanceState = attrs.field(init=False, default=InstanceState.STARTING)
     pid: int | None = attrs.field(init=False, default=None)
@@ -275,7 +284,7 @@ class Instance:
         self._wake_idle()
 
     def _wake_idle(self) -> None:
-        self.dispatcher.interrupt(self.index)
+        self.dispatcher.interrupt(self.slot)
 
     @property
     def healthy(self) -> bool:
@@ -297,12 +306,13 @@ class Instance:
             timeouts=self.timeouts,
             restarts=self.restarts,
             in_flight=self.in_flight,
-            queued=self.dispatcher.queued(self.index),
+            queued=self.dispatcher.queued(self.slot),
             latency_p50=percentile(self._latencies, 50),
             latency_p95=percentile(self._latencies, 95),
             rate_limited=self.rate_limited,
             usage=self.usage,
             tool_retries=self.tool_retries,
+            tool=self.tool,
         )
 
     # -- supervision --------------------------------------------------------------------------
@@ -436,7 +446,11 @@ class Instance:
         else:
             return False
         match = re.search(pattern, text)
-        if match is None or request.rate_limited >= self.spec.rate_limit_retries:
+        if match is None:
+            return False
+        # With a failover order the prompt leaves this pool, whatever its retries left.
+        moving = self.failover is not None
+        if not moving and request.rate_limited >= self.spec.rate_limit_retries:
             return False
         request.rate_limited += 1
         self.rate_limited += 1
@@ -451,8 +465,20 @@ class Instance:
             key=request.key,
         )
         request.state = RequestState.QUEUED
+        if self._fail_over(request):
+            return True
+        if request.rate_limited > self.spec.rate_limit_retries:
+            request.state = RequestState.SENT
+            return False
         self._resend = request
         return True
+
+    def _fail_over(self, request: Request) -> bool:
+        """Hand a prompt that this pool cannot serve now (rate-limited) to the cluster's
+        failover; return whether it took it (then it is no longer this instance's)."""
+        if self.failover is None or (request.pinned and not self._leased):
+            return False
+        return self.failover(request, self._leased)
 
     async def _wait_out_rate_limit(self, request: Request) -> None:
         """Hold the prompt back while the cluster pauses for a rate limit (until its deadline
@@ -777,7 +803,7 @@ class Instance:
             # dispatcher wakes it with _WAKE). If it waits elsewhere (writing a prompt, say),
             # the interrupt stays pending for this slot's next get, which then returns None
             # once: harmless, as the exit watcher's.
-            self.dispatcher.interrupt(self.index)
+            self.dispatcher.interrupt(self.slot)
             if self._lease_wait is not None:
                 self._lease_wait.cancel()
         # Also through the queue, for a task waiting on it for a reply.
@@ -820,11 +846,11 @@ class Instance:
         still parked: a put then writes its prompt itself (the offer), or wakes the task with
         ``_WAKE``. Either way the task sleeps through a stream of plain prompts. False if the
         task has something to do first."""
-        item = self.dispatcher.peek(self.index)
+        item = self.dispatcher.peek(self.slot)
         if item is not None:
             if not self._try_begin(item):
                 return False
-            self.dispatcher.remove(self.index, item)
+            self.dispatcher.remove(self.slot, item)
             return True
         if (
             self._resend is not None
@@ -834,7 +860,7 @@ class Instance:
             or self._replacement_due()
         ):
             return False
-        if not self.dispatcher.park(self.index, self._try_begin, self._wake_task):
+        if not self.dispatcher.park(self.slot, self._try_begin, self._wake_task):
             return False
         self._set_state(InstanceState.READY)
         return True
@@ -889,7 +915,7 @@ class Instance:
             self._plog.info("instance_exited", exit_code=code)
             # Wake whoever waits: an idle instance in the dispatcher, a reply wait on the
             # frame queue (behind every frame read before EOF), or any other wait.
-            self.dispatcher.interrupt(self.index)
+            self.dispatcher.interrupt(self.slot)
             try:
                 frames.send_nowait(_EXITED)
             except (anyio.WouldBlock, anyio.BrokenResourceError):
@@ -958,14 +984,14 @@ class Instance:
             if wake_at == math.inf:
                 # A prompt put while we wait may be written by the putter (_try_begin).
                 try:
-                    item = await self.dispatcher.get(self.index, offer=self._take_offer)
+                    item = await self.dispatcher.get(self.slot, offer=self._take_offer)
                 except BaseException:
                     self._offered = None
                     self._abandon_in_flight(counted=1)
                     raise
             else:
                 with anyio.move_on_at(wake_at):
-                    item = await self.dispatcher.get(self.index)
+                    item = await self.dispatcher.get(self.slot)
             if item is None:
                 # Woken without work: the process exited, a restart or retire was asked for,
                 # it is time to recycle, the tool broke down (all checked at the top), or it
@@ -1010,7 +1036,7 @@ class Instance:
         request = Request(
             prompt=probe.command,
             key=None,
-            target=self.index,
+            target=self.slot,
             pinned=True,
             deadline=self.clock() + probe.timeout,
         )
@@ -1099,6 +1125,8 @@ class Instance:
             return None  # withdrawn (a lease's prompt cancelled before we got to it): unsent
         if self._resend is request:
             self._resend = None
+        if self.limiter.paused and not internal and self._fail_over(request):
+            return None
         await self._wait_out_rate_limit(request)
         if handle is None:
             return await self._exchange_oneshot(request, internal=internal)
@@ -1167,7 +1195,7 @@ class Instance:
                         event = await self._next_event(frames)
                 finally:
                     self._pipeline = False
-                    self.dispatcher.unpark(self.index)
+                    self.dispatcher.unpark(self.slot)
             else:
                 with anyio.CancelScope(deadline=wake_at) as scope:
                     self._reply_scope = scope
@@ -1482,6 +1510,8 @@ class Instance:
             attempts=request.attempts,
             events=frame.events,
             usage=usage,
+            tool=self.tool,
+            failovers=request.failovers,
         )
         if self._counted:
             self.completed += 1

@@ -33,12 +33,18 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._exceptions import AimclusterError, ClusterClosedError, NoHealthyInstancesError
+from ._exceptions import (
+    AimclusterError,
+    ClusterClosedError,
+    NoHealthyInstancesError,
+    RateLimitedError,
+)
 from ._transport import _child_cwd
 from ._usage import Usage
 
 if TYPE_CHECKING:
     from ._cluster import Cluster
+    from ._spec import ToolSpec
 
 __all__ = [
     "Job",
@@ -159,6 +165,9 @@ class Job:
     verify: tuple[str, ...] | None = attrs.field(
         default=None, converter=attrs.converters.optional(_str_tuple)
     )
+    #: The pool to run on, by name or tag (``None``: any). With a failover order the job may
+    #: still move, as a whole, to another pool (see :attr:`JobResult.failovers`).
+    tool: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -200,6 +209,11 @@ class JobResult:
     #: Tokens and cost of every reply the job got, over all its attempts, as the tool
     #: reported them (:attr:`ToolSpec.usage <aimcluster.ToolSpec.usage>`); ``None`` if none did.
     usage: Usage | None = None
+    #: The pool whose instance ran the last attempt (``None`` if none was ever granted).
+    tool: str | None = None
+    #: The pools the job moved away from, in order: each time its provider rate-limited it
+    #: there, it started again, from its first step, on the next pool of the failover order.
+    failovers: tuple[str, ...] = ()
 
     @property
     def item(self) -> str:
@@ -227,6 +241,9 @@ class _Attempt:
 
     number: int = 0
     instance: int | None = None
+    tool: str | None = None
+    #: The pools the job left (never reset: a moved job stays off them).
+    failovers: tuple[str, ...] = ()
     replies: list[str] = attrs.field(factory=list)
     timings: list[float] = attrs.field(factory=list)
     cwd: str | None = None
@@ -272,13 +289,12 @@ class JobRun:
         self._timeout = timeout
         if isinstance(fail_on, str):
             raise TypeError(f"fail_on must be a sequence of regexes, got the string {fail_on!r}")
-        patterns = cluster.spec.failure_replies if fail_on is None else tuple(fail_on)
-        self._fail_on: list[re.Pattern[str]] = []
-        for pattern in patterns:
-            try:
-                self._fail_on.append(re.compile(pattern))
-            except re.error as exc:
-                raise ValueError(f"fail_on: not a valid regex: {pattern!r} ({exc})") from None
+        # Without fail_on, each pool's tool's own failure_replies (compiled on first use).
+        self._fail_on: dict[str | None, list[re.Pattern[str]]] = {}
+        if fail_on is not None:
+            self._fail_on[None] = _compile(fail_on, "fail_on")
+        for pool in cluster.pools.values():
+            _compile(pool.spec.failure_replies, f"the failure_replies of {pool.name!r}")
         self._retries = retries
         self._concurrency = concurrency
         self._max_cost = max_cost
@@ -504,6 +520,8 @@ class JobRun:
                     verify=attempt.verify,
                     commit=attempt.commit,
                     usage=attempt.usage,
+                    tool=attempt.tool,
+                    failovers=attempt.failovers,
                 )
             )
         finally:
@@ -520,12 +538,23 @@ class JobRun:
     async def _attempts(self, job: Job, attempt: _Attempt) -> Exception | None:
         """Run *job* until it succeeds or its retries are spent; return the last error."""
         error: AimclusterError | None = None
-        for number in range(1, self._retries + 2):
+        number = 0
+        while number <= self._retries:
+            number += 1
             attempt.number, attempt.instance, attempt.replies = number, None, []
             attempt.timings, attempt.cwd, attempt.verify = [], None, None
-            attempt.commit = None
+            attempt.commit, attempt.tool = None, None
             try:
                 await self._attempt(job, attempt)
+            except RateLimitedError as exc:
+                # The whole job moves to the next pool, from its first step (its workspace
+                # is prepared afresh there); a move is not a retry.
+                attempt.failovers += (exc.tool,)
+                error = exc
+                number -= 1
+                if self._stopping:
+                    break
+                continue
             except _FATAL as exc:
                 return exc
             except ValueError as exc:
@@ -542,9 +571,11 @@ class JobRun:
         return error
 
     async def _attempt(self, job: Job, attempt: _Attempt) -> None:
-        async with self._cluster.lease(job.key) as session:
-            attempt.instance = session.instance
-            attempt.cwd = _child_cwd(self._cluster.spec, session.instance) or os.getcwd()
+        lease = self._cluster._lease(job.key, instance=None, tool=job.tool, avoid=attempt.failovers)
+        async with lease as session:
+            attempt.instance, attempt.tool = session.instance, session.tool
+            spec = session.spec
+            attempt.cwd = _child_cwd(spec, session.instance) or os.getcwd()
             self._active[session.instance] = job
             try:
                 if self._workspace is not None:
@@ -556,7 +587,7 @@ class JobRun:
                     if reply.usage is not None:
                         attempt.usage = (attempt.usage or Usage()) + reply.usage
                         self._spent += reply.usage
-                    self._check_reply(number, step, reply.text)
+                    self._check_reply(self._patterns(session.tool, spec), number, step, reply.text)
                 if job.verify is not None:
                     attempt.verify = await _run_verify(job.verify, attempt.cwd, self._timeout)
                     if not attempt.verify.ok:
@@ -568,8 +599,17 @@ class JobRun:
             finally:
                 del self._active[session.instance]
 
-    def _check_reply(self, number: int, prompt: str, text: str) -> None:
-        for pattern in self._fail_on:
+    def _patterns(self, tool: str, spec: ToolSpec) -> list[re.Pattern[str]]:
+        """What fails a reply: ``fail_on``, else the tool's own ``failure_replies``."""
+        if None in self._fail_on:
+            return self._fail_on[None]
+        if tool not in self._fail_on:
+            self._fail_on[tool] = _compile(spec.failure_replies, "failure_replies")
+        return self._fail_on[tool]
+
+    @staticmethod
+    def _check_reply(patterns: list[re.Pattern[str]], number: int, prompt: str, text: str) -> None:
+        for pattern in patterns:
             match = pattern.search(text)
             if match is not None:
                 start = text.rfind("\n", 0, match.start()) + 1
@@ -578,6 +618,16 @@ class JobRun:
                 raise ReplyFailedError(
                     step=number, prompt=prompt, pattern=pattern.pattern, reply=text, line=line
                 )
+
+
+def _compile(patterns: Iterable[str], what: str) -> list[re.Pattern[str]]:
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise ValueError(f"{what}: not a valid regex: {pattern!r} ({exc})") from None
+    return compiled
 
 
 def _output_of(error: Exception) -> str | None:

@@ -14,6 +14,7 @@ from ._exceptions import ClusterClosedError
 if TYPE_CHECKING:
     from ._cluster import Cluster
     from ._request import Reply, Request
+    from ._spec import ToolSpec
 
 __all__ = ["LeaseRequest", "Session"]
 
@@ -23,9 +24,13 @@ class LeaseRequest:
     """Queued like a prompt; the instance that takes it serves only this lease until release."""
 
     key: str | None
+    #: A slot of :attr:`pool` (``None``: whichever instance of the pool is free first).
     target: int | None
     pinned: bool = False
     holds_slot: bool = False
+    #: The pool it is queued in, and the pools it moved away from (or its job left).
+    pool: str | None = None
+    failovers: tuple[str, ...] = ()
     instance: int | None = None
     abandoned: bool = False
     #: Why the lease can no longer be used (its instance crashed, the cluster closed).
@@ -122,6 +127,17 @@ class Session:
     def key(self) -> str | None:
         return self._lease.key
 
+    @property
+    def tool(self) -> str:
+        """The name of the held instance's pool."""
+        assert self._lease.pool is not None
+        return self._lease.pool
+
+    @property
+    def spec(self) -> ToolSpec:
+        """The spec the held instance runs."""
+        return self._cluster.spec_of(self.instance)
+
     async def send(self, prompt: str, *, timeout: float | None = None) -> Reply:
         """Send *prompt* to the held instance and return its reply.
 
@@ -132,6 +148,7 @@ class Session:
         request = self._cluster._new_request(
             prompt, key=self._lease.key, instance=self.instance, timeout=timeout, retries=0
         )
+        request.failovers = self._lease.failovers
         self._lease.submit(request)
         try:
             return await request.wait()

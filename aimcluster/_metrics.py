@@ -9,7 +9,7 @@ import attrs
 
 from ._usage import Usage, total
 
-__all__ = ["ClusterMetrics", "InstanceMetrics", "percentile"]
+__all__ = ["ClusterMetrics", "InstanceMetrics", "PoolMetrics", "percentile"]
 
 
 def percentile(samples: Iterable[float], q: float) -> float | None:
@@ -65,6 +65,30 @@ class InstanceMetrics:
     #: Model requests the tool retried on its own (see :attr:`ToolSpec.retry_event
     #: <aimcluster.ToolSpec.retry_event>`).
     tool_retries: int = 0
+    #: The name of the instance's pool (by default its tool's name).
+    tool: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class PoolMetrics:
+    """What one pool of a cluster is doing; the counters of its instances are in
+    :meth:`ClusterMetrics.by_pool`."""
+
+    #: The pool's name, and the name of its tool.
+    name: str
+    tool: str
+    #: The indices of its instances.
+    instances: tuple[int, ...]
+    #: Prompts waiting in its shared (late-binding) queue.
+    queued: int
+    #: Whether a rate limit holds its prompts back now.
+    paused: bool
+    #: Prompts and leases that moved from this pool to another (failover), and into it.
+    failovers_out: int = 0
+    failovers_in: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -76,8 +100,33 @@ class ClusterMetrics:
 
     #: One entry per slot, index-aligned.
     instances: tuple[InstanceMetrics, ...]
-    #: Prompts waiting in the shared (late-binding) queue.
+    #: Prompts waiting in the shared (late-binding) queues.
     queued: int
+    #: One entry per pool, in the order the pools were given.
+    pools: tuple[PoolMetrics, ...] = ()
+
+    def instance(self, index: int) -> InstanceMetrics:
+        """The metrics of instance *index* (an index may be missing after ``scale``)."""
+        for metrics in self.instances:
+            if metrics.index == index:
+                return metrics
+        raise KeyError(f"no instance {index} in this snapshot")
+
+    def by_pool(self) -> dict[str, ClusterMetrics]:
+        """The snapshot of each pool alone, by pool name: its instances and their totals."""
+        return {
+            pool.name: ClusterMetrics(
+                instances=tuple(m for m in self.instances if m.tool == pool.name),
+                queued=pool.queued,
+                pools=(pool,),
+            )
+            for pool in self.pools
+        }
+
+    @property
+    def failovers(self) -> int:
+        """Prompts and leases that moved to another pool."""
+        return sum(pool.failovers_out for pool in self.pools)
 
     @property
     def sent(self) -> int:
@@ -117,5 +166,7 @@ class ClusterMetrics:
             "rate_limited": self.rate_limited,
             "tool_retries": self.tool_retries,
             "usage": self.usage.as_dict(),
+            "failovers": self.failovers,
+            "pools": [p.as_dict() for p in self.pools],
             "instances": [m.as_dict() for m in self.instances],
         }

@@ -38,6 +38,11 @@ class Reply:
     #: Tokens and cost of the reply, as the tool reported them (see :attr:`ToolSpec.usage
     #: <aimcluster.ToolSpec.usage>`); ``None`` if it did not.
     usage: Usage | None = None
+    #: The pool that answered: its name (by default its tool's name).
+    tool: str = ""
+    #: The pools the prompt moved away from before this one answered, in order (see
+    #: ``launch_cluster(fallback=...)``); empty if it never moved.
+    failovers: tuple[str, ...] = ()
 
 
 class RequestState(enum.Enum):
@@ -57,6 +62,11 @@ class Request:
     retries: int = 0
     #: Sent with an explicit ``instance=``: it may go to no other instance.
     pinned: bool = False
+    #: The pool it is queued in or sent to (``None`` until it is routed). :attr:`target` is
+    #: a slot of that pool.
+    pool: str | None = None
+    #: The pools it moved away from, in order (failover).
+    failovers: tuple[str, ...] = ()
     state: RequestState = RequestState.QUEUED
     attempts: int = 0
     #: Times it was held back because the provider rate-limited it.

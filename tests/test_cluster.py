@@ -352,7 +352,7 @@ async def test_metrics_snapshot_is_complete_and_json_serialisable(cluster_factor
     assert set(data["instances"][0]) == {
         "index", "pid", "state", "node", "sent", "completed", "failed", "timeouts",
         "restarts", "in_flight", "queued", "latency_p50", "latency_p95", "rate_limited",
-        "usage", "tool_retries",
+        "usage", "tool_retries", "tool",
     }  # fmt: skip
 
 

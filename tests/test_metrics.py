@@ -13,6 +13,7 @@ from aimcluster._metrics import ClusterMetrics, InstanceMetrics, percentile
 
 INSTANCE_FIELDS = {
     "index",
+    "tool",
     "pid",
     "state",
     "node",
@@ -145,6 +146,7 @@ def test_instance_as_dict_has_every_field() -> None:
             "requests": None,
         },
         "tool_retries": 0,
+        "tool": "",
     }
     assert set(instance.as_dict()) == {field.name for field in attrs.fields(InstanceMetrics)}
 
@@ -161,6 +163,8 @@ def test_cluster_as_dict_has_totals_queue_and_every_instance() -> None:
         "rate_limited": 0,
         "tool_retries": 0,
         "usage": Usage().as_dict(),
+        "failovers": 0,
+        "pools": [],
     }
     assert [instance["index"] for instance in data["instances"]] == [0, 1, 2]
     assert all(set(instance) == INSTANCE_FIELDS for instance in data["instances"])
