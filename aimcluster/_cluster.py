@@ -442,6 +442,14 @@ class Cluster:
 
     def _place(self, item: _Item, tool: str | None) -> PoolState:
         """Decide where a new, unpinned *item* goes; set its pool and target slot."""
+        if len(self._pools) == 1 and tool is None:
+            # One pool (the common case, on every prompt): its prompt was checked already.
+            (pool,) = self._pools.values()
+            if not pool.healthy:
+                raise self._no_healthy(pool, None)
+            item.target = self._router.route(item.key, pool.healthy)
+            item.pool = pool.name
+            return pool
         selected = self._select(tool)
         candidates = [pool for pool in selected if pool.healthy]
         # A job moving on stays off the pools it left, if it can.
