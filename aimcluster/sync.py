@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import atexit
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from types import TracebackType
@@ -42,6 +42,7 @@ from . import _cluster
 from ._exceptions import ClusterClosedError
 from ._lease import Session as AsyncSession
 from ._metrics import ClusterMetrics
+from ._pool import Pool
 from ._request import Reply, Ticket
 from ._spec import ToolSpec
 
@@ -115,6 +116,11 @@ class Session:
         """The index of the instance held."""
         return self._session.instance
 
+    @property
+    def tool(self) -> str:
+        """The name of the held instance's pool."""
+        return self._session.tool
+
     def send(self, prompt: str, *, timeout: float | None = None) -> Reply:
         """Send *prompt* to the held instance and return its reply."""
         return self._cluster._call(partial(self._session.send, prompt, timeout=timeout))
@@ -124,7 +130,13 @@ class Cluster:
     """A running cluster, called from threads that run no event loop. Made by
     :func:`launch_cluster`; the methods are those of :class:`aimcluster.Cluster`, blocking."""
 
-    def __init__(self, tool: str | ToolSpec, count: int, backend: str, options: Any) -> None:
+    def __init__(
+        self,
+        tool: str | ToolSpec | Mapping[str, int] | Sequence[Pool | tuple[str | ToolSpec, int]],
+        count: int,
+        backend: str,
+        options: Any,
+    ) -> None:
         # Raises ValueError for bad arguments before any thread starts.
         described = _cluster.launch_cluster(tool, count, **options)
         self._loop = _LoopThread(backend)
@@ -151,14 +163,13 @@ class Cluster:
         *,
         key: str | None = None,
         instance: int | None = None,
+        tool: str | None = None,
         timeout: float | None = None,
         retries: int = 0,
     ) -> Reply:
         """Send *prompt* and return its reply (see :meth:`aimcluster.Cluster.send`)."""
-        send = self._cluster.send
-        return self._call(
-            partial(send, prompt, key=key, instance=instance, timeout=timeout, retries=retries)
-        )
+        send = partial(self._cluster.send, key=key, instance=instance, tool=tool)
+        return self._call(partial(send, prompt, timeout=timeout, retries=retries))
 
     def submit(
         self,
@@ -166,14 +177,13 @@ class Cluster:
         *,
         key: str | None = None,
         instance: int | None = None,
+        tool: str | None = None,
         timeout: float | None = None,
         retries: int = 0,
     ) -> Ticket:
         """Route *prompt* now; collect its reply with :meth:`read_any` or :meth:`wait`."""
-        submit = self._cluster.submit
-        return self._call(
-            partial(submit, prompt, key=key, instance=instance, timeout=timeout, retries=retries)
-        )
+        submit = partial(self._cluster.submit, key=key, instance=instance, tool=tool)
+        return self._call(partial(submit, prompt, timeout=timeout, retries=retries))
 
     def wait(self, ticket: Ticket) -> Reply:
         """The reply of a submitted prompt, once it is there."""
@@ -191,22 +201,24 @@ class Cluster:
         prompts: Iterable[str],
         *,
         keys: Iterable[str | None] | None = None,
+        tool: str | None = None,
         timeout: float | None = None,
         retries: int = 0,
     ) -> list[Reply]:
         """Send *prompts* concurrently; their replies in input order."""
         prompts = list(prompts)
-        return self._call(
-            partial(self._cluster.map, prompts, keys=keys, timeout=timeout, retries=retries)
-        )
+        run = partial(self._cluster.map, keys=keys, tool=tool, timeout=timeout, retries=retries)
+        return self._call(partial(run, prompts))
 
     @contextmanager
-    def lease(self, key: str | None = None, *, instance: int | None = None) -> Iterator[Session]:
+    def lease(
+        self, key: str | None = None, *, instance: int | None = None, tool: str | None = None
+    ) -> Iterator[Session]:
         """Hold one instance exclusively for the duration of the block."""
         self._check_running()
         assert self._loop.portal is not None
         held = self._loop.portal.wrap_async_context_manager(
-            self._cluster.lease(key, instance=instance)
+            self._cluster.lease(key, instance=instance, tool=tool)
         )
         with held as session:
             yield Session(self, session)
@@ -232,8 +244,8 @@ class Cluster:
         """Each instance's process id (``None`` while it has none)."""
         return self._call_sync(lambda: self._cluster.pids)
 
-    def scale(self, count: int) -> None:
-        self._call(partial(self._cluster.scale, count))
+    def scale(self, count: int, *, tool: str | None = None) -> None:
+        self._call(partial(self._cluster.scale, count, tool=tool))
 
     def restart(self, index: int, *, timeout: float | None = None) -> None:
         self._call(partial(self._cluster.restart, index, timeout=timeout))
@@ -288,14 +300,19 @@ class Cluster:
 
 
 def launch_cluster(
-    tool: str | ToolSpec, count: int = 1, *, backend: str = "asyncio", **options: Any
+    tool: str | ToolSpec | Mapping[str, int] | Sequence[Pool | tuple[str | ToolSpec, int]],
+    count: int = 1,
+    *,
+    backend: str = "asyncio",
+    **options: Any,
 ) -> Cluster:
-    """Start a cluster of *count* instances of *tool* and return it once every instance is
-    ready; use it as a context manager or call :meth:`Cluster.shutdown` when done.
+    """Start a cluster of *count* instances of *tool* (or of several pools, as
+    :func:`aimcluster.launch_cluster` takes them) and return it once every instance is ready;
+    use it as a context manager or call :meth:`Cluster.shutdown` when done.
 
     *options* are those of :func:`aimcluster.launch_cluster` (``routing``, ``restart``,
-    ``max_pending``, ``transport``, ``logger``); *backend* is the event loop the cluster runs on
-    in its thread (``"asyncio"`` or ``"trio"``).
+    ``max_pending``, ``transport``, ``logger``, ``fallback``, ``failover_after``); *backend*
+    is the event loop the cluster runs on in its thread (``"asyncio"`` or ``"trio"``).
     """
     return Cluster(tool, count, backend, options)
 

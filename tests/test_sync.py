@@ -156,3 +156,16 @@ def test_a_session_kept_after_shutdown_says_the_cluster_is_shut_down() -> None:
     cluster.shutdown()
     with pytest.raises(aimcluster.ClusterClosedError):
         session.send("again")
+
+
+def test_a_cluster_of_several_pools_is_routed_by_tool_from_a_thread() -> None:
+    with launch_cluster({"mock": 1, "python": 1}) as cluster:
+        assert cluster.send("6*7", tool="python").text == "42"
+        assert [r.tool for r in cluster.map(["1", "2"], tool="python")] == ["python"] * 2
+        ticket = cluster.submit("hello", tool="mock")
+        assert cluster.wait(ticket).tool == "mock"
+        with cluster.lease(tool="python") as session:
+            assert session.tool == "python"
+            assert session.send("1+1").text == "2"
+        cluster.scale(2, tool="python")
+        assert cluster.size == 3
