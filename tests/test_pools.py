@@ -7,6 +7,7 @@ once its pool's flag file exists, as a vendor that starts throttling for good wo
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import textwrap
 from collections import Counter
@@ -361,3 +362,16 @@ def test_bad_pool_arguments_are_refused_up_front(
 def test_count_goes_with_each_pool() -> None:
     with pytest.raises(ValueError, match="count is given per pool"):
         aimcluster.launch_cluster({"mock": 1}, 2)
+
+
+def test_the_readme_example_of_several_tools_runs_as_printed() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### Several tools", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    ran = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    printed = ["42 calc 2", "{'mock'}", "42", "[('mock', (0, 1)), ('calc', (2,))]"]
+    assert ran.stdout.splitlines() == printed
+    # What the README's comments say it prints.
+    assert all(f"# {line}" in code for line in printed)
