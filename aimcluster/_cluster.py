@@ -458,9 +458,7 @@ class Cluster:
             for pool in selected:
                 following = self._next_pool(item, pool)
                 if following is not None:
-                    item.failovers += (pool.name,)
-                    pool.failovers_out += 1
-                    following.failovers_in += 1
+                    self._moved(item, pool, following, reason="failed")
                     candidates = [following]
                     break
             else:
@@ -528,12 +526,9 @@ class Cluster:
         # unless this pool has nobody left to wait.
         return None if pool.healthy else fits[0]
 
-    def _move(self, item: _Item, pool: PoolState, to: PoolState, *, reason: str) -> None:
-        """Queue *item*, taken off *pool*'s queues (or never written), in pool *to*."""
+    def _moved(self, item: _Item, pool: PoolState, to: PoolState, *, reason: str) -> None:
+        """Book *item*'s move from *pool* to *to*."""
         item.failovers += (pool.name,)
-        item.pool = to.name
-        if isinstance(item, Request):
-            item.state = RequestState.QUEUED
         pool.failovers_out += 1
         to.failovers_in += 1
         self._log.info(
@@ -544,6 +539,13 @@ class Cluster:
             key=item.key,
             lease=isinstance(item, LeaseRequest),
         )
+
+    def _move(self, item: _Item, pool: PoolState, to: PoolState, *, reason: str) -> None:
+        """Queue *item*, taken off *pool*'s queues (or never written), in pool *to*."""
+        self._moved(item, pool, to, reason=reason)
+        item.pool = to.name
+        if isinstance(item, Request):
+            item.state = RequestState.QUEUED
         item.target = self._target_in(to, item.key)
         to.dispatcher.put_nowait(item)
         self._watch_saturation(item, to)
@@ -861,6 +863,21 @@ class Cluster:
         try:
             await self._enqueue(lease, tool)
             await lease.wait_granted()
+            assert lease.pool is not None
+            if avoid and lease.pool not in avoid:
+                # A job moving on from the pool that rate-limited it.
+                left, to = self._pools[avoid[-1]], self._pools[lease.pool]
+                left.failovers_out += 1
+                to.failovers_in += 1
+                self._log.info(
+                    "failover",
+                    pool=left.name,
+                    to=to.name,
+                    reason="rate_limited",
+                    key=key,
+                    lease=True,
+                    job=True,
+                )
             yield Session(self, lease)
         finally:
             lease.release()

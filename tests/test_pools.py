@@ -299,6 +299,8 @@ async def test_a_job_moves_whole_to_the_next_pool_when_its_pool_is_rate_limited(
         # Every step of a moved job was answered on b: it started again from its first step.
         assert (result.tool, result.failovers, result.attempts) == ("b", ("a",), 1)
         assert result.replies == tuple(f"b: {step}" for step in result.job.steps)
+    pools = {p.name: p for p in cluster.metrics().pools}
+    assert pools["a"].failovers_out == pools["b"].failovers_in == len(moved)
     answered = vendors.answered()
     for job in jobs:
         # A step answered by a before the throttle may have run once there too; after the
