@@ -95,6 +95,10 @@ def record_of(result: JobResult, *, run: str, job: str | None = None) -> dict[st
         "job": job,
         "status": result.status,
         "instance": result.instance,
+        # The pool that ran the last attempt, and the pools the job moved away from (records
+        # written before several tools ran in one cluster have neither).
+        "tool": result.tool,
+        "failovers": list(result.failovers),
         "cwd": result.cwd,
         "attempts": result.attempts,
         "started_at": _iso(result.started_at),
@@ -189,6 +193,8 @@ def _parse_lines(data: bytes) -> Iterator[tuple[int, bytes, bool]]:
 #: hand into another shape is a bad line, not a crash of whatever reads it later.
 _FIELD_TYPES: dict[str, type] = {
     "job": str,
+    "tool": str,
+    "failovers": list,
     "error": dict,
     "verify": dict,
     "usage": dict,
@@ -209,6 +215,8 @@ def _well_formed(record: object) -> bool:
             return False
     timings = record.get("timings") or []
     if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in timings):
+        return False
+    if not all(isinstance(pool, str) for pool in record.get("failovers") or []):
         return False
     verify = record.get("verify")
     return verify is None or isinstance(verify.get("argv"), list | None)

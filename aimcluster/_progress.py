@@ -13,7 +13,7 @@ import contextlib
 import math
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
@@ -56,6 +56,11 @@ class Tracker:
     cancelled: int = attrs.field(init=False, default=0)
     per_instance_ok: Counter[int] = attrs.field(init=False, factory=Counter)
     per_instance_failed: Counter[int] = attrs.field(init=False, factory=Counter)
+    #: Jobs that ended ok / not ok by the pool of their last attempt, and jobs that moved
+    #: from one pool to another (failover).
+    per_tool_ok: Counter[str] = attrs.field(init=False, factory=Counter)
+    per_tool_failed: Counter[str] = attrs.field(init=False, factory=Counter)
+    moved: int = attrs.field(init=False, default=0)
     started: float | None = attrs.field(init=False, default=None)
 
     def start(self) -> None:
@@ -71,6 +76,20 @@ class Tracker:
         if result.instance is not None:
             counter = self.per_instance_ok if result.ok else self.per_instance_failed
             counter[result.instance] += 1
+        if result.tool is not None:
+            (self.per_tool_ok if result.ok else self.per_tool_failed)[result.tool] += 1
+        if result.failovers:
+            self.moved += 1
+
+    def per_tool(self, pools: Sequence[str]) -> str:
+        """``aider 3 ok, claude 2 ok 1 failed``: each pool's count so far."""
+        parts = []
+        for pool in pools:
+            part = f"{pool} {self.per_tool_ok[pool]} ok"
+            if self.per_tool_failed[pool]:
+                part += f" {self.per_tool_failed[pool]} failed"
+            parts.append(part)
+        return ", ".join(parts)
 
     @property
     def finished(self) -> int:
@@ -155,9 +174,12 @@ class PlainDisplay:
     interval: float = 2.0
     _last_decile: int = attrs.field(init=False, default=0)
     _last_finished: int = attrs.field(init=False, default=0)
+    #: The pools, when there are several (a run of one tool prints no per-tool counts).
+    _pools: tuple[str, ...] = attrs.field(init=False, default=())
 
     def attach(self, cluster: Cluster, run: JobRun) -> None:
-        pass
+        pools = tuple(cluster.pools)
+        self._pools = pools if len(pools) > 1 else ()
 
     def line(self) -> str:
         t = self.tracker
@@ -165,7 +187,10 @@ class PlainDisplay:
         text = f"[progress] {t.ok}/{t.total} done, {t.failed} failed"
         if t.cancelled:
             text += f", {t.cancelled} cancelled"
-        return f"{text}, {rate or 0:.1f} items/s, eta {format_eta(t.eta)}"
+        text = f"{text}, {rate or 0:.1f} items/s, eta {format_eta(t.eta)}"
+        if self._pools:
+            text += f" ({shown(t.per_tool(self._pools))}; {t.moved} moved)"
+        return text
 
     def _emit(self) -> None:
         # A line only when something changed: a quiet period, or the end, repeats nothing.
@@ -294,9 +319,18 @@ class LiveDisplay:
                 for state, n in sorted(states.items())
             )
         )
+        pools = cluster.pools
+        several = len(pools) > 1
+        if several:
+            paused = [name for name, pool in pools.items() if pool.paused]
+            summary.append(f"\ntools: {shown(self.tracker.per_tool(list(pools)))}")
+            summary.append(f"; {self.tracker.moved} moved")
+            if paused:
+                summary.append(f"; rate-limited now: {shown(', '.join(paused))}", style="yellow")
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        columns = [("#", "right"), ("tool", "left")] if several else [("#", "right")]
         for name, justify in (
-            ("#", "right"),
+            *columns,
             ("pid", "right"),
             ("state", "left"),
             ("ok", "right"),
@@ -314,8 +348,10 @@ class LiveDisplay:
         for m in listed:
             job = active.get(m.index)
             failed = self.tracker.per_instance_failed[m.index]
+            tool = [Text(shown(m.tool))] if several else []
             table.add_row(
                 str(m.index),
+                *tool,
                 str(m.pid or "-"),
                 Text(m.state, style=_STATE_STYLES.get(m.state, "")),
                 str(self.tracker.per_instance_ok[m.index]),

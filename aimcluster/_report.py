@@ -7,6 +7,7 @@ rendered as rich tables for people (:func:`render_summary`) and as JSON for prog
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,13 +25,15 @@ from ._usage import total as total_usage
 
 if TYPE_CHECKING:
     from ._jobs import JobResult
-    from ._metrics import ClusterMetrics
+    from ._metrics import ClusterMetrics, InstanceMetrics
     from ._results import Landing
 
 __all__ = [
+    "FailoverSummary",
     "FailureSummary",
     "InstanceSummary",
     "ItemUsage",
+    "PoolSummary",
     "RunSummary",
     "render_summary",
     "summarize",
@@ -76,6 +79,52 @@ class InstanceSummary:
     usage: Usage = attrs.field(factory=Usage)
     #: Model requests the tool retried on its own.
     tool_retries: int = 0
+    #: The instance's pool (its tool's name unless the pool was named otherwise).
+    tool: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class PoolSummary:
+    """What one pool (the instances of one tool) did during a run of several tools."""
+
+    #: The pool's name, and its tool's name (the same unless the pool was named otherwise).
+    name: str
+    tool: str
+    #: Its instances' indices.
+    instances: tuple[int, ...]
+    #: Jobs that ended ``ok`` / not ok here (their last attempt ran on this pool).
+    jobs_ok: int
+    jobs_failed: int
+    #: Job time percentiles of the jobs done here, and the seconds all its jobs took.
+    job_p50: float | None
+    job_p95: float | None
+    job_time: float
+    #: Prompts sent and process restarts over its instances.
+    prompts: int
+    restarts: int
+    #: Prompts its provider rate-limited.
+    rate_limited: int
+    #: Tokens and cost of every turn on its instances, as the tool reported them.
+    usage: Usage = attrs.field(factory=Usage)
+    #: Prompts and leases that moved away from this pool to another, and into it, as the
+    #: cluster counts them (:class:`~aimcluster.PoolMetrics`).
+    failovers_out: int = 0
+    failovers_in: int = 0
+    #: Jobs that left this pool for another, and jobs that ended here after leaving another.
+    jobs_moved_out: int = 0
+    jobs_moved_in: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class FailoverSummary:
+    """A job that moved from pool to pool (its provider rate-limited it, its pool failed, or
+    it waited too long there)."""
+
+    item: str
+    #: The pools it left, in order, and the pool its last attempt ran on (``None``: none).
+    moved_from: tuple[str, ...]
+    tool: str | None
+    status: str
 
 
 @attrs.frozen(kw_only=True)
@@ -101,6 +150,9 @@ class FailureSummary:
     #: The tool's last lines (of its partial output, its failing reply or the verify
     #: command's output), if it printed any.
     output: str | None = None
+    #: The pool its last attempt ran on, and the pools it moved away from.
+    tool: str | None = None
+    failovers: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -142,6 +194,10 @@ class RunSummary:
     budget_spent: str | None = None
     #: Items left for a later run by ``--limit``: in :attr:`total`, never started.
     held_back: int = 0
+    #: With several tools: each pool's totals, the failover order, and every job that moved.
+    pools: tuple[PoolSummary, ...] = ()
+    fallback: tuple[str, ...] = ()
+    failovers: tuple[FailoverSummary, ...] = ()
 
     @property
     def finished(self) -> int:
@@ -195,16 +251,23 @@ def summarize(
     landing: Landing | None = None,
     budget_spent: str | None = None,
     held_back: int = 0,
+    pools: Sequence[tuple[str, str, int]] = (),
+    fallback: Sequence[str] = (),
 ) -> RunSummary:
-    """Build the summary of a run from its results and the cluster's last metrics."""
+    """Build the summary of a run from its results and the cluster's last metrics.
+
+    *pools*: with several tools, each pool's name, tool name and instance count, in order
+    (their instances are numbered in that order); nothing for a run of one tool.
+    """
     per_ok: Counter[int] = Counter()
     per_failed: Counter[int] = Counter()
     for result in results:
         if result.instance is not None:
             (per_ok if result.ok else per_failed)[result.instance] += 1
+    pool_of = [name for name, _tool, n in pools for _ in range(n)]
     instances = []
     for index in range(count):
-        m = metrics.instances[index] if metrics is not None else None
+        m = _instance_metrics(metrics, index)
         instances.append(
             InstanceSummary(
                 index=index,
@@ -216,6 +279,7 @@ def summarize(
                 reply_p95=m.latency_p95 if m is not None else None,
                 usage=m.usage if m is not None else Usage(),
                 tool_retries=m.tool_retries if m is not None else 0,
+                tool=(m.tool or None) if m is not None else _at(pool_of, index),
             )
         )
     times = [result.elapsed for result in results if result.ok]
@@ -228,6 +292,8 @@ def summarize(
             error_type=result.error_type,
             error=result.error,
             output=last_lines(result.output),
+            tool=result.tool,
+            failovers=result.failovers,
         )
         for result in results
         if not result.ok
@@ -260,7 +326,70 @@ def summarize(
         ),
         budget_spent=budget_spent,
         held_back=held_back,
+        pools=_pool_summaries(results, pools, instances, metrics),
+        fallback=tuple(fallback),
+        failovers=tuple(
+            FailoverSummary(
+                item=result.item,
+                moved_from=result.failovers,
+                tool=result.tool,
+                status=result.status,
+            )
+            for result in results
+            if result.failovers
+        ),
     )
+
+
+def _instance_metrics(metrics: ClusterMetrics | None, index: int) -> InstanceMetrics | None:
+    if metrics is None:
+        return None
+    try:
+        return metrics.instance(index)
+    except KeyError:
+        return None
+
+
+def _at(names: Sequence[str], index: int) -> str | None:
+    return names[index] if index < len(names) else None
+
+
+def _pool_summaries(
+    results: Sequence[JobResult],
+    pools: Sequence[tuple[str, str, int]],
+    instances: Sequence[InstanceSummary],
+    metrics: ClusterMetrics | None,
+) -> tuple[PoolSummary, ...]:
+    by_name = {} if metrics is None else {p.name: p for p in metrics.pools}
+    summaries = []
+    for name, tool, _count in pools:
+        ended = [result for result in results if result.tool == name]
+        mine = [m for m in instances if m.tool == name]
+        pool = by_name.get(name)
+        times = [result.elapsed for result in ended if result.ok]
+        summaries.append(
+            PoolSummary(
+                name=name,
+                tool=tool,
+                instances=tuple(m.index for m in mine),
+                jobs_ok=sum(1 for result in ended if result.ok),
+                jobs_failed=sum(1 for result in ended if not result.ok),
+                job_p50=percentile(times, 50),
+                job_p95=percentile(times, 95),
+                job_time=sum(result.elapsed for result in ended),
+                prompts=sum(m.prompts for m in mine),
+                restarts=sum(m.restarts for m in mine),
+                rate_limited=0
+                if metrics is None
+                else sum(m.rate_limited for m in metrics.instances if m.tool == name),
+                usage=total_usage(m.usage for m in mine),
+                failovers_out=pool.failovers_out if pool is not None else 0,
+                failovers_in=pool.failovers_in if pool is not None else 0,
+                jobs_moved_out=sum(1 for result in results if name in result.failovers),
+                jobs_moved_in=sum(1 for result in ended if result.failovers),
+            )
+        )
+    return tuple(summaries)
 
 
 # -- rendering --------------------------------------------------------------------------------
@@ -304,7 +433,11 @@ def _totals(summary: RunSummary) -> Table:
         wall += f", {rate:.1f} items/s"
     grid.add_row("wall time", wall)
     grid.add_row("job time", f"p50 {seconds(summary.job_p50)}, p95 {seconds(summary.job_p95)}")
-    grid.add_row("tool", Text(f"{shown(summary.tool)} x {summary.count}"))
+    if len(summary.pools) > 1:
+        grid.add_row("tools", Text(shown(_tools_line(summary))))
+        grid.add_row("failovers", Text(shown(_failovers_line(summary))))
+    else:
+        grid.add_row("tool", Text(f"{shown(summary.tool)} x {summary.count}"))
     if summary.journal is not None:
         # Folded, never cut short with an ellipsis: the path is what a resume needs.
         grid.add_row("journal", Text(shown(summary.journal), overflow="fold"))
@@ -322,6 +455,75 @@ def _totals(summary: RunSummary) -> Table:
     if summary.landing is not None:
         _landing_rows(grid, summary.landing)
     return grid
+
+
+def _tools_line(summary: RunSummary) -> str:
+    """``aider x 4, claude x 2; failover order aider, claude``"""
+    pools = ", ".join(f"{pool.name} x {len(pool.instances)}" for pool in summary.pools)
+    if summary.fallback:
+        return f"{pools}; failover order {', '.join(summary.fallback)}"
+    return f"{pools}; no failover"
+
+
+def _failovers_line(summary: RunSummary) -> str:
+    """``3 jobs moved: limited -> mock x 3``"""
+    if not summary.failovers:
+        return "none"
+    moves: Counter[tuple[str, str]] = Counter()
+    for moved in summary.failovers:
+        path = [*moved.moved_from, moved.tool or "(none)"]
+        for source, target in itertools.pairwise(path):
+            moves[source, target] += 1
+    jobs = len(summary.failovers)
+    described = ", ".join(f"{a} -> {b} x {n}" for (a, b), n in moves.most_common())
+    return f"{jobs} {'job' if jobs == 1 else 'jobs'} moved: {described}"
+
+
+def _pools(summary: RunSummary) -> Table:
+    """Each pool's totals, in 80 columns (prompts and latency are in the instances table)."""
+    usage = any(pool.usage.known for pool in summary.pools)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    table.add_column("pool")
+    for name in ("instances", "ok", "failed", "job time", "rate-limited", "moved out", "in"):
+        table.add_column(name, justify="right")
+    if usage:
+        table.add_column("usage")
+    for pool in summary.pools:
+        cells: list[str | Text] = [
+            Text(shown(pool.name)),
+            str(len(pool.instances)),
+            str(pool.jobs_ok),
+            Text(str(pool.jobs_failed), style="red" if pool.jobs_failed else ""),
+            seconds(pool.job_time),
+            Text(str(pool.rate_limited), style="yellow" if pool.rate_limited else ""),
+            Text(str(pool.jobs_moved_out), style="yellow" if pool.jobs_moved_out else ""),
+            str(pool.jobs_moved_in),
+        ]
+        if usage:
+            cells.append(Text(shown(pool.usage.describe() if pool.usage.known else "-")))
+        table.add_row(*cells)
+    return table
+
+
+def _moved(summary: RunSummary) -> RenderableType:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
+    table.add_column("item", overflow="fold")
+    table.add_column("moved from", overflow="fold")
+    table.add_column("ran on")
+    table.add_column("status")
+    for moved in summary.failovers[:MAX_FAILURES_SHOWN]:
+        table.add_row(
+            Text(shown(moved.item)),
+            Text(shown(" -> ".join(moved.moved_from))),
+            Text(shown(moved.tool or "-")),
+            Text(moved.status, style="" if moved.status == "ok" else "red"),
+        )
+    parts: list[RenderableType] = [Text(f"Failovers ({len(summary.failovers)})", style="bold")]
+    parts.append(table)
+    hidden = len(summary.failovers) - MAX_FAILURES_SHOWN
+    if hidden > 0:
+        parts.append(Text(f"... and {hidden} more (--report and the journal have them all)"))
+    return Group(*parts)
 
 
 def _usage_line(summary: RunSummary) -> str:
@@ -361,8 +563,12 @@ def _landing_rows(grid: Table, landing: Landing) -> None:
 
 
 def _instances(summary: RunSummary) -> Table:
+    several = len(summary.pools) > 1
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
-    table.add_column("instance", justify="right")
+    # With a tool column, a short header keeps the table in 80 columns.
+    table.add_column("#" if several else "instance", justify="right")
+    if several:
+        table.add_column("tool")
     table.add_column("jobs ok", justify="right")
     table.add_column("failed", justify="right")
     table.add_column("prompts", justify="right")
@@ -370,8 +576,10 @@ def _instances(summary: RunSummary) -> Table:
     table.add_column("reply p50", justify="right")
     table.add_column("reply p95", justify="right")
     for m in summary.instances[:MAX_INSTANCES_SHOWN]:
+        tool = [Text(shown(m.tool or "-"))] if several else []
         table.add_row(
             str(m.index),
+            *tool,
             str(m.jobs_ok),
             Text(str(m.jobs_failed), style="red" if m.jobs_failed else ""),
             str(m.prompts),
@@ -383,8 +591,11 @@ def _instances(summary: RunSummary) -> Table:
 
 
 def _failures(summary: RunSummary) -> RenderableType:
+    several = len(summary.pools) > 1
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
     table.add_column("item", overflow="fold")
+    if several:
+        table.add_column("tool")
     table.add_column("status")
     table.add_column("tries", justify="right")
     table.add_column("error", overflow="fold", ratio=1)
@@ -396,8 +607,10 @@ def _failures(summary: RunSummary) -> RenderableType:
             for line in failure.output.splitlines():
                 error.append("\n")
                 error.append(Text(shown(f"| {line}"), style="dim"))
+        tool = [Text(shown(failure.tool or "-"))] if several else []
         table.add_row(
             Text(shown(failure.item)),
+            *tool,
             Text(failure.status, style="red" if failure.status == "failed" else "yellow"),
             str(failure.attempts),
             error,
@@ -428,11 +641,15 @@ def render_summary(summary: RunSummary) -> RenderableType:
     else:
         verdict = Text("Some items failed.", style="bold red")
     parts: list[RenderableType] = [Text("Summary", style="bold"), _totals(summary)]
+    if len(summary.pools) > 1:
+        parts.append(_pools(summary))
     if summary.finished:
         parts.append(_instances(summary))
         hidden = len(summary.instances) - MAX_INSTANCES_SHOWN
         if hidden > 0:
             parts.append(Text(f"... and {hidden} more instances (--report has them all)\n"))
+    if summary.failovers:
+        parts.append(_moved(summary))
     if summary.failures:
         parts.append(_failures(summary))
     parts.append(verdict)

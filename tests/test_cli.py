@@ -1041,6 +1041,8 @@ async def test_journal_ignores_a_torn_last_line_and_cuts_it_off_before_appending
         "job": None,
         "status": "ok",
         "instance": 0,
+        "tool": None,
+        "failovers": [],
         "cwd": "/work/x",
         "attempts": 1,
         "started_at": "2023-11-14T22:13:20.000Z",
