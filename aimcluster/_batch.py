@@ -27,6 +27,7 @@ from ._jobs import Job, JobResult, JobRun, run_jobs
 from ._journal import Journal
 from ._metrics import ClusterMetrics
 from ._policy import RestartPolicy
+from ._pool import Pool
 from ._progress import Display, Tracker
 from ._report import RunSummary, summarize
 from ._results import Worktrees
@@ -39,8 +40,15 @@ __all__ = ["Batch", "BatchOutcome", "run_batch"]
 class Batch:
     """What to run, and how."""
 
+    #: The tool and its number of instances; with several tools (:attr:`pools`), the first
+    #: pool's spec and the number of instances of them all.
     spec: ToolSpec
     count: int
+    #: Several tools: one pool each, in the order given (empty: *count* of *spec*).
+    pools: Sequence[Pool] = ()
+    #: The failover order (pool names) and ``--failover-after``, with several tools.
+    fallback: Sequence[str] = ()
+    failover_after: float | None = None
     routing: str
     jobs: Sequence[Job]
     #: Items given, how many of them the journal already had as done, and how many
@@ -147,6 +155,13 @@ async def _collect(
         ui.cancel_scope.cancel()
 
 
+def _cluster_of(batch: Batch) -> tuple[ToolSpec | list[Pool], int]:
+    """``launch_cluster``'s first two arguments for *batch*."""
+    if batch.pools:
+        return list(batch.pools), 1
+    return batch.spec, batch.count
+
+
 async def run_batch(
     batch: Batch,
     *,
@@ -184,9 +199,10 @@ async def _run_batch(
         # A signal before the jobs start cancels this scope: the start-up is abandoned.
         with stopper.scope:
             async with launch_cluster(
-                batch.spec,
-                batch.count,
+                *_cluster_of(batch),
                 routing=batch.routing,
+                fallback=batch.fallback or None,
+                failover_after=batch.failover_after,
                 restart=batch.restart or True,
                 logger=logger,
             ) as cluster:
@@ -223,9 +239,10 @@ async def _run_batch(
         skipped -= reopened
     end = anyio.current_time()
     interrupted = None if stopper.signum is None else signal.Signals(stopper.signum).name
+    pools = batch.pools or [Pool(batch.spec, batch.count)]
     summary = summarize(
         results,
-        tool=batch.spec.name,
+        tool=", ".join(pool.name for pool in pools),
         count=batch.count,
         total=batch.total,
         skipped=skipped,
@@ -238,6 +255,8 @@ async def _run_batch(
         landing=None if batch.workspace is None else batch.workspace.landing,
         budget_spent=budget_spent,
         held_back=batch.held_back,
+        pools=[(pool.name, pool.tool.name, pool.count) for pool in pools],
+        fallback=batch.fallback,
     )
     code = 0 if summary.clean else 1
     if budget_spent is not None and summary.not_started:

@@ -70,6 +70,7 @@ from ._journal import (
     read_journal,
 )
 from ._policy import RestartPolicy
+from ._pool import Pool
 from ._progress import Display, LiveDisplay, NullDisplay, PlainDisplay, Tracker
 from ._redact import redact_argv
 from ._report import last_lines, render_summary, seconds
@@ -77,7 +78,7 @@ from ._results import state_path_for
 from ._routing import ROUTINGS
 from ._spec import ToolSpec
 from ._terminal import shown
-from ._toolref import resolve_tool
+from ._toolref import resolve_tool, split_count
 from ._transport import LocalTransport
 from ._usage import Usage
 
@@ -371,6 +372,62 @@ def _collect_items(
     return items
 
 
+def _resolve_pools(values: Sequence[str], count: int) -> list[tuple[ToolSpec, int]]:
+    """Each ``--tool`` value's spec and instance count (*count* where it gives none).
+
+    :raises InputError: for a bad count, an unknown tool, or a tool named twice
+    """
+    chosen: list[tuple[ToolSpec, int]] = []
+    given: dict[str, str] = {}
+    for value in values:
+        reference, n = split_count(value, count)
+        spec = resolve_tool(reference)
+        if spec.name in given:
+            raise InputError(
+                f"--tool {value!r}: the tool {spec.name!r} is already given (--tool "
+                f"{given[spec.name]!r}); give each tool once, with its count ('{spec.name}=N'), "
+                "or a spec file with a name of its own"
+            )
+        if len(values) > 1:
+            try:
+                Pool(spec, n)
+            except ValueError as exc:
+                raise InputError(f"--tool {value!r}: {exc}") from None
+        given[spec.name] = value
+        chosen.append((spec, n))
+    return chosen
+
+
+def _failover_order(
+    value: str | None, names: Sequence[str], failover_after: float | None
+) -> tuple[str, ...]:
+    """The failover order --fallback gives (default with several tools: the --tool order).
+
+    :raises InputError: for a tool that is not one of *names*, or options that need several
+    """
+    if len(names) == 1:
+        if value is not None or failover_after is not None:
+            option = "--fallback" if value is not None else "--failover-after"
+            raise InputError(f"{option} needs several tools (--tool a=N --tool b=M)")
+        return ()
+    if value is None:
+        return tuple(names)
+    if value.strip().lower() == "none":
+        if failover_after is not None:
+            raise InputError("--failover-after needs a failover order, and --fallback is none")
+        return ()
+    order = tuple(name.strip() for name in value.split(","))
+    for name in order:
+        if name not in names:
+            raise InputError(
+                f"--fallback {value!r}: {name!r} is none of the tools; they are: {', '.join(names)}"
+            )
+    twice = next((name for name in order if order.count(name) > 1), None)
+    if twice is not None:
+        raise InputError(f"--fallback {value!r} names {twice!r} twice")
+    return order
+
+
 def _execute(
     ctx: click.Context,
     console: Console,
@@ -462,10 +519,13 @@ def _write_report(path: str, outcome: BatchOutcome, extra: dict[str, Any]) -> No
 @click.option(
     "-t",
     "--tool",
+    "tool_options",
     required=True,
-    metavar="TOOL",
+    multiple=True,
+    metavar="TOOL[=COUNT]",
     help=f"A built-in tool ({', '.join(tools.names())}), optionally with extra "
-    "arguments ('mock --delay 0.1'), or a .toml/.json ToolSpec file.",
+    "arguments ('mock --delay 0.1'), or a .toml/.json ToolSpec file; '=COUNT' runs COUNT "
+    "instances of it. Repeat for a cluster of several tools: any job runs on any of them.",
 )
 @click.option(
     "-n",
@@ -473,7 +533,22 @@ def _write_report(path: str, outcome: BatchOutcome, extra: dict[str, Any]) -> No
     type=click.IntRange(min=1),
     default=4,
     show_default=True,
-    help="Instances to run (never more than there are jobs).",
+    help="Instances of each --tool given without '=COUNT' (never more than there are jobs).",
+)
+@click.option(
+    "--fallback",
+    metavar="TOOL,TOOL,...",
+    help="With several --tool: the failover order. A job whose tool is rate-limited, has "
+    "failed, or (--failover-after) keeps it waiting moves to the next tool of the order; "
+    "'none': jobs never move [default: the --tool order].",
+)
+@click.option(
+    "--failover-after",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="With several --tool: a job that waited this long for its tool moves to the next "
+    "one of --fallback.",
 )
 @click.option(
     "--routing",
@@ -633,7 +708,7 @@ def run(
     jsonl: str | None,
     item_field: str,
     steps: tuple[str, ...],
-    tool: str,
+    tool_options: tuple[str, ...],
     count: int,
     routing: str | None,
     timeout: float | None,
@@ -659,6 +734,8 @@ def run(
     keep_worktrees: bool = False,
     max_cost: float | None = None,
     max_tokens: int | None = None,
+    fallback: str | None = None,
+    failover_after: float | None = None,
 ) -> int:
     """Run a job script (the --step prompts) for every item, on a cluster of TOOL.
 
@@ -672,6 +749,11 @@ def run(
     job's transcript ('aimcluster show ITEM'); a new run skips the items done by the same job
     (same steps, tool and checks) and runs the rest.
 
+    Several --tool options make one cluster of several tools ('--tool aider=4 --tool
+    claude=2'): each job runs, whole, on one instance of any of them, and moves to the next
+    tool of --fallback when its own is rate-limited or has failed (never run twice). The
+    summary, --report and the journal say which tool ran each job and which jobs moved.
+
     \b
     Example:
       aimcluster run --tool mock 'pkg/**/*.py' \\
@@ -682,7 +764,9 @@ def run(
     if isolation != "worktree" and (result_branch is not None or keep_worktrees):
         _fail("--result-branch and --keep-worktrees need --isolation worktree")
     try:
-        spec = resolve_tool(tool)
+        chosen = _resolve_pools(tool_options, count)
+        order = _failover_order(fallback, [each.name for each, _ in chosen], failover_after)
+        spec = chosen[0][0]
         root = Path(cwd).resolve()
         items = _collect_items(
             [*paths, *globs],
@@ -698,8 +782,12 @@ def run(
         jobs, duplicates = build_jobs(items, steps, sticky_by=sticky_by, verify=verify_argv)
     except InputError as exc:
         _fail(str(exc))
-    if max_tokens is not None and spec.usage is None:
-        _fail(f"--max-tokens needs a tool that reports the tokens it used; {spec.name} does not")
+    several = len(chosen) > 1
+    for each, _ in chosen:
+        if max_tokens is not None and each.usage is None:
+            _fail(
+                f"--max-tokens needs a tool that reports the tokens it used; {each.name} does not"
+            )
     patterns = (*fail_on, *(() if no_default_fail_on else spec.failure_replies))
     for pattern in fail_on:
         try:
@@ -707,10 +795,37 @@ def run(
         except re.error as exc:
             _fail(f"--fail-on {pattern!r} is not a valid regex: {exc}")
     # What makes two jobs on an item the same job, besides its rendered steps and verify.
-    setup = {"tool": list(spec.argv), "fail_on": list(patterns), "isolation": isolation}
+    setup: dict[str, Any] = {
+        "tool": list(spec.argv),
+        "fail_on": list(patterns),
+        "isolation": isolation,
+    }
+    if several:
+        # Each tool's own failure replies apply to its replies alone: --fail-on joins them in
+        # each pool's spec, and run_jobs asks the pool of each reply.
+        chosen = [
+            (
+                attrs.evolve(
+                    each,
+                    failure_replies=(
+                        *fail_on,
+                        *(() if no_default_fail_on else each.failure_replies),
+                    ),
+                ),
+                n,
+            )
+            for each, n in chosen
+        ]
+        # A job may run on any of the tools: all of them make it what it is.
+        setup = {
+            "tools": {each.name: list(each.argv) for each, _ in chosen},
+            "fail_on": {each.name: list(each.failure_replies) for each, _ in chosen},
+            "isolation": isolation,
+        }
     fingerprints = {job.item: fingerprint(job, setup) for job in jobs}
     if not dry_run:
-        _check_executable(spec)
+        for each, _ in chosen:
+            _check_executable(each)
         if report is not None:
             _check_report(report)
     if duplicates:
@@ -771,11 +886,14 @@ def run(
                 markup=False,
             )
             ctx.exit(EXIT_OK)
-        count = max(1, min(count, len(todo)))
+        # No tool gets more instances than there are jobs to run.
+        chosen = [(each, max(1, min(n, len(todo)))) for each, n in chosen]
+        count = sum(n for _, n in chosen)
         title = (
             f"aimcluster run: {_plural(len(todo), 'job')}"
             + (f" ({skipped} already done)" if skipped else "")
-            + f", {shown(spec.name)} x {count}"
+            + ", "
+            + " + ".join(f"{shown(each.name)} x {n}" for each, n in chosen)
             + ("" if writer is None else f", journal {shown(journal)}")
         )
         try:
@@ -796,17 +914,26 @@ def run(
                 batch = Batch(
                     spec=place.spec,
                     count=count,
+                    # Instances are numbered across the pools, so the working places
+                    # (instance-{instance}) are the same as for one tool of that many.
+                    pools=[Pool(attrs.evolve(each, cwd=place.spec.cwd), n) for each, n in chosen]
+                    if several
+                    else (),
+                    fallback=order,
+                    failover_after=failover_after,
                     routing=routing or ("sticky" if sticky_by else "least_busy"),
                     jobs=todo,
                     total=len(todo) + skipped + held_back,
                     skipped=skipped,
                     held_back=held_back,
-                    timeout=timeout or spec.reply_timeout or DEFAULT_RUN_TIMEOUT,
+                    # With several tools, the longest of theirs: none is cut short.
+                    timeout=timeout
+                    or max(each.reply_timeout or DEFAULT_RUN_TIMEOUT for each, _ in chosen),
                     retries=retries,
                     grace=grace,
                     journal=writer,
                     fingerprints=fingerprints,
-                    fail_on=patterns,
+                    fail_on=None if several else patterns,
                     restart=RestartPolicy(max_restarts=max_restarts, window=restart_window),
                     workspace=place.workspace,
                     max_cost=max_cost,
@@ -828,9 +955,10 @@ def run(
                 markup=False,
             )
         if max_cost is not None and outcome.summary.usage.cost_usd is None:
+            names = " or ".join(each.name for each, _ in chosen)
             click.echo(
                 f"aimcluster: note: --max-cost {max_cost:g} had no effect: no reply of "
-                f"{shown(spec.name)} reported a cost",
+                f"{shown(names)} reported a cost",
                 err=True,
             )
     except OSError:
@@ -862,6 +990,9 @@ def _show_record(console: Console, record: dict[str, Any], earlier: int) -> None
     row("status", f"{record.get('status')} (attempts: {record.get('attempts')})")
     row("run", f"{record.get('run')}, job {record.get('job') or '- (no fingerprint)'}")
     row("instance", f"{record.get('instance')}, in {record.get('cwd') or '-'}")
+    if record.get("tool") is not None:
+        moved = record.get("failovers") or []
+        row("tool", record["tool"] + (f" (moved from {', '.join(moved)})" if moved else ""))
     row("time", f"{record.get('started_at')} to {record.get('ended_at')}")
     if record.get("error"):
         row("error", _reason(record))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import tomllib
 from pathlib import Path
@@ -14,14 +15,40 @@ from . import tools
 from ._items import InputError
 from ._spec import Probe, ToolSpec
 
-__all__ = ["resolve_tool", "spec_fields"]
+__all__ = ["resolve_tool", "spec_fields", "split_count"]
 
 _SPEC_SUFFIXES = (".toml", ".json")
+# ``REF=COUNT`` at the end of a --tool value: the last word's '=' whose left side is not an
+# option of the tool's own ('mock --delay=5' is one argument, not mock times 5).
+_COUNT_SUFFIX = re.compile(r"(?:^|\s)(?!-)[^\s=]*=(?P<count>[^\s=]*)\s*\Z")
 
 
 def spec_fields() -> list[str]:
     """The ToolSpec fields a spec file may set."""
     return [field.name for field in attrs.fields(ToolSpec)]
+
+
+def split_count(value: str, default: int) -> tuple[str, int]:
+    """``aider=4`` -> ``("aider", 4)``; ``aider`` -> ``("aider", default)``.
+
+    The count is what follows the last ``=`` of the last word, unless that word is an option
+    of the tool's own (``'mock --delay=5'`` stays one reference). ``'mock --delay 5'=2`` is
+    the profile with its arguments, twice.
+
+    :raises InputError: for a count that is not an integer >= 1, or a reference left empty
+    """
+    match = _COUNT_SUFFIX.search(value)
+    if match is None or ("/" in value and Path(value).expanduser().is_file()):
+        return value, default
+    reference = value[: match.start("count") - 1]
+    text = match.group("count")
+    if not reference.strip():
+        raise InputError(f"--tool {value!r}: name a tool before '={text}'")
+    if not text.isdecimal() or int(text) < 1:
+        raise InputError(
+            f"--tool {value!r}: the count after '=' must be a whole number >= 1, got {text!r}"
+        )
+    return reference, int(text)
 
 
 def resolve_tool(reference: str) -> ToolSpec:
