@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from ._cluster import Cluster as Cluster
 from ._cluster import launch_cluster as launch_cluster
+from ._compare import CompareRun as CompareRun
+from ._compare import Comparison as Comparison
+from ._compare import ToolTotals as ToolTotals
+from ._compare import compare_jobs as compare_jobs
 from ._exceptions import AimclusterError as AimclusterError
 from ._exceptions import AutoAnswerLimitError as AutoAnswerLimitError
 from ._exceptions import ClusterClosedError as ClusterClosedError
@@ -46,6 +50,8 @@ __all__ = [
     "Cluster",
     "ClusterClosedError",
     "ClusterMetrics",
+    "CompareRun",
+    "Comparison",
     "DesyncError",
     "InstanceCrashedError",
     "InstanceMetrics",
@@ -75,7 +81,9 @@ __all__ = [
     "ToolError",
     "ToolNotFoundError",
     "ToolSpec",
+    "ToolTotals",
     "Usage",
+    "compare_jobs",
     "launch_cluster",
     "run_jobs",
 ]

@@ -300,6 +300,23 @@ class Worktrees:
     #: The commit the run last wrote to :attr:`result_branch` (``""``: none yet, the branch
     #: must not exist; ``None``: unknown, from a state file that did not record it).
     result_tip: str | None = ""
+    #: The index of the run's first instance: in a cluster of several pools, a pool's
+    #: instances are numbered after those of the pools before it (:attr:`branches` holds
+    #: names, never made, for the indices below it).
+    first: int = 0
+    #: Whether a later run may resume this one. If not (a compare run), the instance branches
+    #: are deleted once every commit they hold has landed, done or not every item is.
+    resumable: bool = True
+
+    @property
+    def instance_branches(self) -> list[str]:
+        """The branches of this run's instances (those from :attr:`first` on)."""
+        return self.branches[self.first :]
+
+    def _branches_needed(self, conflicts: bool) -> bool:
+        """Whether the instance branches hold something yet to land: a resume's commits, or
+        those of items that conflicted."""
+        return not self.complete and (self.resumable or conflicts)
 
     @property
     def home(self) -> Path:
@@ -465,7 +482,11 @@ class Worktrees:
             commits=tuple(landed),
             unchanged=tuple(unchanged),
             conflicts=tuple(conflicts),
-            kept_branches=tuple(self.branches) if self.keep or not self.complete else (),
+            kept_branches=(
+                tuple(self.instance_branches)
+                if self.keep or self._branches_needed(bool(conflicts))
+                else ()
+            ),
             kept_worktrees=tuple(str(p.path) for p in self.places.values()) if self.keep else (),
         )
         return replaced, reopened
@@ -582,19 +603,22 @@ class Worktrees:
 
     async def close(self) -> None:
         """Remove the worktrees (unless kept); drop the instance branches and the state once
-        the run is complete; say what is left."""
+        the run is complete (or, not resumable, once all they hold has landed); say what is
+        left."""
         if self.keep:
             self.notes.append(f"worktrees kept in {self.home} (--keep-worktrees)")
             return
         # Every instance the run ever had, not only this run's: a resume with fewer instances
         # than the run that began it would otherwise leave the others' worktrees, and with
         # them their branches (git keeps a branch that a worktree has checked out).
-        for index in range(len(self.branches)):
+        for index in range(self.first, len(self.branches)):
             await self._remove_worktree(self.home / f"instance-{index}")
-        if self.complete:
+        # A landing that failed (a git error) leaves everything for a look, or a resume.
+        landing = self.landing
+        if landing is not None and not self._branches_needed(bool(landing.conflicts)):
             left = [
                 branch
-                for branch in self.branches
+                for branch in self.instance_branches
                 if await self.git.ok(
                     "rev-parse", "-q", "--verify", f"refs/heads/{branch}", cwd=self.top
                 )
@@ -610,10 +634,15 @@ class Worktrees:
             if self.state_path is not None:
                 self.state_path.unlink(missing_ok=True)
             with_rmdir(self.home)
+        elif self.resumable:
+            self.notes.append(
+                f"the instance branches ({', '.join(self.instance_branches)}) are kept: they "
+                "hold the commits of a resume, and of any item that conflicted"
+            )
         else:
             self.notes.append(
-                f"the instance branches ({', '.join(self.branches)}) are kept: they hold the "
-                "commits of a resume, and of any item that conflicted"
+                f"the instance branches ({', '.join(self.instance_branches)}) are kept: they "
+                "hold the commits of the items that did not land"
             )
 
     # -- the state file -----------------------------------------------------------------------
@@ -737,9 +766,14 @@ async def open_worktrees(
     result_branch: str | None = None,
     keep: bool = False,
     fresh: bool = False,
+    first: int = 0,
+    resumable: bool = True,
 ) -> Worktrees:
     """Make (or, with the state of an earlier run of the same journal, reuse) one worktree for
     each of *count* instances, for the repository that holds *root*.
+
+    The instances are numbered from *first* (a pool of a cluster of several pools). A run that
+    is not *resumable* deletes its instance branches once all they hold has landed.
 
     :raises InputError: if git is missing, *root* is not in a repository with a commit, or
         *result_branch* is not a valid branch name or names a branch that is not this run's
@@ -820,13 +854,15 @@ async def open_worktrees(
         keep=keep,
         notes=notes,
         result_tip=result_tip,
+        first=first,
+        resumable=resumable,
     )
-    while len(branches) < count:
+    while len(branches) < first + count:
         branches.append(f"aimcluster/{key}/instance-{len(branches)}")
     # Saved before the first worktree is added: a run killed at any point is found again.
     worktrees.save()
     pruned = False
-    for index in range(count):
+    for index in range(first, first + count):
         path = worktrees.home / f"instance-{index}"
         place = _Place(path=path, branch=branches[index])
         if await anyio.Path(path / ".git").exists():

@@ -11,6 +11,8 @@ EXPECTED = {
     "AutoAnswerLimitError",
     "Cluster",
     "ClusterClosedError",
+    "CompareRun",
+    "Comparison",
     "DesyncError",
     "ClusterMetrics",
     "InstanceCrashedError",
@@ -41,7 +43,9 @@ EXPECTED = {
     "ToolError",
     "ToolNotFoundError",
     "ToolSpec",
+    "ToolTotals",
     "Usage",
+    "compare_jobs",
     "launch_cluster",
     "run_jobs",
 }
