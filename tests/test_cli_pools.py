@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import subprocess
 import sys
 import textwrap
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
-from aimcluster import tools
+from aimcluster import Pool, tools
+from aimcluster._batch import Batch, BatchOutcome, run_batch
+from aimcluster._cli import _logger
+from aimcluster._jobs import Job
 from aimcluster._journal import read_journal
+from aimcluster._progress import LiveDisplay, Tracker
+from aimcluster._toolref import resolve_tool
 from tests.test_cli import backends, invoke, records
 
 # Echoes '/echo TEXT' as TEXT, like the mock, until it has answered LIMIT prompts; from then
@@ -34,6 +44,19 @@ for line in sys.stdin:
     else:
         answered += 1
         sys.stdout.write(prompt.removeprefix("/echo ") + "\\n> ")
+    sys.stdout.flush()
+"""
+
+
+# Runs each line it reads with sh, in its working directory, and prints what it printed.
+_SHELL_TOOL = """
+import subprocess, sys
+
+sys.stdout.write("> ")
+sys.stdout.flush()
+for line in sys.stdin:
+    done = subprocess.run(["sh", "-c", line], capture_output=True, text=True)
+    sys.stdout.write(done.stdout + done.stderr + "> ")
     sys.stdout.flush()
 """
 
@@ -317,3 +340,115 @@ def test_records_from_before_several_tools_still_read_and_show(tmp_path: Path) -
     assert shown.exit_code == 0, shown.output
     assert "status   ok (attempts: 1)" in shown.stdout
     assert "tool " not in shown.stdout
+
+
+# -- worktrees and the live display -----------------------------------------------------------
+
+
+def test_several_tools_with_worktree_isolation_land_one_commit_per_item(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    names = [f"{letter}.txt" for letter in "abcdef"]
+    for name in names:
+        (repo / name).write_text(f"{name}\n")
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*git, "add", "."], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "start"], cwd=repo, check=True)
+    # A second tool: a shell of a script's own, which runs each line it reads.
+    script = tmp_path / "shell.py"
+    script.write_text(textwrap.dedent(_SHELL_TOOL))
+    other = tmp_path / "othershell.json"
+    other.write_text(
+        json.dumps({"name": "othershell", "argv": [sys.executable, str(script)], "ready": "> $"})
+    )
+
+    result = invoke(
+        "run",
+        "--tool",
+        "bash=1",
+        "--tool",
+        f"{other}=2",
+        "--cwd",
+        str(repo),
+        "--isolation",
+        "worktree",
+        "--journal",
+        str(tmp_path / "j.jsonl"),
+        "--progress",
+        "none",
+        "*.txt",
+        "-s",
+        "echo edited >> {item} && " + " ".join(git) + " commit -qam 'edit {item}' && pwd",
+    )
+
+    assert result.exit_code == 0, result.output
+    branch = next(
+        b
+        for b in subprocess.run(
+            ["git", "branch", "--format=%(refname:short)"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        if b.startswith("aimcluster/")
+    )
+    log = subprocess.run(
+        ["git", "log", "--reverse", "--format=%s", f"HEAD..{branch}"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert log == [f"aimcluster: {name}" for name in names]
+    journal = records(tmp_path / "j.jsonl")
+    for record in journal:
+        # Each instance (numbered across both tools) worked in a worktree of its own.
+        assert record["replies"][0].endswith(f"/instance-{record['instance']}")
+        assert record["tool"] == ("bash" if record["instance"] == 0 else "othershell")
+        assert record["changed"] is True
+
+
+@pytest.mark.anyio
+async def test_the_live_display_shows_each_instances_tool_and_the_per_tool_counts(
+    tmp_path: Path,
+) -> None:
+    echoer = resolve_tool(tool_file(tmp_path, "echoer", limit=1000))
+    jobs = [Job(item=f"i{n}", steps=[f"/echo i{n}"]) for n in range(4)]
+    console = Console(
+        file=io.StringIO(), force_terminal=True, width=120, height=40, color_system=None
+    )
+    tracker = Tracker(total=len(jobs))
+    batch = Batch(
+        spec=tools.mock(),
+        count=3,
+        pools=[Pool(tools.mock(), 2), Pool(echoer, 1)],
+        fallback=["mock", "echoer"],
+        routing="least_busy",
+        jobs=jobs,
+        total=len(jobs),
+        skipped=0,
+        timeout=30,
+        retries=0,
+        grace=1.0,
+        journal=None,
+    )
+
+    outcome = await run_batch(
+        batch,
+        tracker=tracker,
+        display=LiveDisplay(tracker, console, interval=0.001),
+        logger=_logger(0),
+    )
+
+    assert outcome.exit_code == 0
+    screen = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "tools: mock 0 ok, echoer 0 ok; 0 moved" in screen
+    assert re.search(r"^ *0 +mock +\d+ +(ready|busy) ", screen, re.MULTILINE)
+    assert re.search(r"^ *2 +echoer +\d+ +(ready|busy) ", screen, re.MULTILINE)
+    assert tracker.per_tool_ok + tracker.per_tool_failed == outcome_counts(outcome)
+
+
+def outcome_counts(outcome: BatchOutcome) -> Counter[str]:
+    return Counter(result.tool for result in outcome.results if result.tool is not None)
