@@ -133,7 +133,7 @@ async def test_send_by_pool_name_or_tag_reaches_only_that_pool(vendors: Vendors)
         assert all(r.text == f"{r.tool}: {r.prompt}" for r in replies)
         ticket = await cluster.submit("one", tool="c")
         assert (await ticket).instance == 4
-        with pytest.raises(ValueError, match="no pool is named or tagged 'd'.*a, b, c, cheap"):
+        with pytest.raises(ValueError, match=r"no pool is named or tagged 'd'.*a, b, c, cheap"):
             await cluster.send("x", tool="d")
         with pytest.raises(ValueError, match="instance 0 is in pool 'a', not 'c'"):
             await cluster.send("x", tool="c", instance=0)
