@@ -41,6 +41,7 @@ from rich.console import Console
 from . import tools
 from ._batch import Batch, BatchOutcome, run_batch
 from ._cluster import launch_cluster
+from ._compare import CompareSetup, compare_command
 from ._demo import (
     DEMO_STEPS,
     Verification,
@@ -673,6 +674,14 @@ def _write_report(path: str, outcome: BatchOutcome, extra: dict[str, Any]) -> No
     "instance branches.",
 )
 @click.option(
+    "--compare",
+    is_flag=True,
+    help="Run every job once on each --tool, each tool in git worktrees of its own with its "
+    "results on a branch of its own (aimcluster/run-<run id>-<tool>), and show the results "
+    "side by side: passed or which check failed, time, attempts, cost. Keeps no journal. "
+    "Exit code 0 if every job passed on every tool.",
+)
+@click.option(
     "--journal",
     default="aimcluster-journal.jsonl",
     show_default=True,
@@ -736,6 +745,7 @@ def run(
     max_tokens: int | None = None,
     fallback: str | None = None,
     failover_after: float | None = None,
+    compare: bool = False,
 ) -> int:
     """Run a job script (the --step prompts) for every item, on a cluster of TOOL.
 
@@ -830,6 +840,48 @@ def run(
             _check_report(report)
     if duplicates:
         click.echo(f"aimcluster: note: {duplicates} duplicate item(s) ignored", err=True)
+    if compare:
+        refused = {
+            "--isolation dir": isolation == "dir",
+            "--fallback": fallback is not None,
+            "--failover-after": failover_after is not None,
+            "--limit": limit is not None,
+            "--dry-run": dry_run,
+            "--fresh": fresh,
+            "--max-cost": max_cost is not None,
+            "--max-tokens": max_tokens is not None,
+        }
+        compared = CompareSetup(
+            pools=[Pool(each, n) for each, n in chosen],
+            jobs=jobs,
+            root=root,
+            run=_run_id(),
+            timeout=timeout,
+            default_timeout=DEFAULT_RUN_TIMEOUT,
+            retries=retries,
+            grace=grace,
+            # With several tools, each spec's failure replies already hold --fail-on.
+            fail_on={
+                each.name: each.failure_replies if several else patterns for each, _ in chosen
+            },
+            restart=RestartPolicy(max_restarts=max_restarts, window=restart_window),
+            result_branch=result_branch,
+            keep=keep_worktrees,
+            routing=routing or ("sticky" if sticky_by else "least_busy"),
+        )
+        try:
+            code = compare_command(
+                compared,
+                console=console,
+                backend=ctx.find_root().params.get("backend") or "asyncio",
+                report=report,
+                progress=progress != "none",
+                logger=_logger(ctx.find_root().params.get("verbose", 0)),
+                refused=refused,
+            )
+        except InputError as exc:
+            _fail(str(exc))
+        ctx.exit(code)
     run_id = _run_id()
     with contextlib.ExitStack() as stack:
         writer = None

@@ -246,11 +246,12 @@ class CompareRun:
         jobs: Iterable[Job],
         tools: Iterable[str] | None,
         *,
-        timeout: float | None,
+        timeout: float | Mapping[str, float | None] | None,
         retries: int,
         fail_on: Iterable[str] | Mapping[str, Iterable[str] | None] | None,
         workspaces: Mapping[str, Workspace] | None,
     ) -> None:
+        # timeout and fail_on may be given per tool (a mapping), as the command line does.
         self._tools = _compared(cluster, tools)
         self._jobs: tuple[Job, ...] = tuple(jobs)
         for job in self._jobs:
@@ -280,7 +281,7 @@ class CompareRun:
             self._runs[tool] = JobRun(
                 cluster,
                 copies,
-                timeout=timeout,
+                timeout=timeout.get(tool) if isinstance(timeout, Mapping) else timeout,
                 retries=retries,
                 # As many at a time as the pool has instances: a job waiting for a busy
                 # tool's instance never holds a slot another tool's job could use.
@@ -426,7 +427,8 @@ def compare_jobs(
     Each tool runs the jobs as :func:`run_jobs` would, as many at a time as its pool has
     instances; the tools run side by side. A job never moves to another tool.
 
-    :param timeout: seconds each step's reply (and ``verify``) may take
+    :param timeout: seconds each step's reply (and ``verify``) may take (default: each
+        tool's ``reply_timeout``; the verify command, unbounded)
     :param retries: run a failed job again, on the same tool, up to this many times
     :param fail_on: regexes that fail a step whose reply matches (default: each tool's own
         ``ToolSpec.failure_replies``)
@@ -459,7 +461,10 @@ class CompareSetup:
     #: Where the repository is (``--cwd``), and the run's id.
     root: Path
     run: str
+    #: Seconds each step's reply (and verify) may take: *timeout*, else the tool's own
+    #: ``reply_timeout``, else *default_timeout*.
     timeout: float | None
+    default_timeout: float = 600.0
     retries: int
     #: On Ctrl-C: how long jobs in flight may take to finish.
     grace: float
@@ -604,7 +609,12 @@ async def _run_comparison(
                         cluster,
                         setup.jobs,
                         None,
-                        timeout=setup.timeout,
+                        timeout={
+                            pool.name: setup.timeout
+                            or pool.tool.reply_timeout
+                            or setup.default_timeout
+                            for pool in pools
+                        },
                         retries=setup.retries,
                         fail_on=setup.fail_on,
                         workspaces=worktrees,
@@ -706,7 +716,8 @@ def render_comparison(comparison: Comparison) -> Table:
     table = Table(title="Compare", title_justify="left", show_lines=False)
     table.add_column("item", overflow="fold")
     for tool in comparison.tools:
-        table.add_column(tool, overflow="fold")
+        # A verdict is read across a row: it is never broken over two lines.
+        table.add_column(tool, no_wrap=True)
     for job, row in zip(comparison.jobs, comparison.rows, strict=True):
         table.add_row(Text(job.item), *(_cell_text(row.get(tool)) for tool in comparison.tools))
     totals = comparison.totals()
@@ -727,8 +738,6 @@ def render_comparison(comparison: Comparison) -> Table:
     table.add_row(
         "cost", *(_usage_text(totals[t].usage) or "not reported" for t in comparison.tools)
     )
-    if comparison.branches:
-        table.add_row("branch", *(Text(comparison.branches.get(t, "-")) for t in comparison.tools))
     return table
 
 
@@ -740,12 +749,20 @@ def compare_command(
     report: str | None,
     progress: bool,
     logger: structlog.typing.FilteringBoundLogger | None = None,
+    refused: Mapping[str, bool] | None = None,
 ) -> int:
     """``aimcluster run --compare``: run, print the side-by-side table, write the report;
     return the exit code.
 
-    :raises InputError: if the worktrees cannot be set up
+    :param refused: the options given that a compare run cannot honour, by name
+    :raises InputError: for an option in *refused*, or if the worktrees cannot be set up
     """
+    given = [name for name, present in (refused or {}).items() if present]
+    if given:
+        raise InputError(
+            f"--compare runs every job once on each tool, in worktrees, and keeps no journal: "
+            f"{', '.join(given)} cannot be used with it"
+        )
     import click
     from rich.text import Text
 
@@ -807,6 +824,9 @@ def compare_command(
                 err=True,
             )
     console.print(render_comparison(outcome.comparison))
+    # Below the table, whole: a branch name is copied from here.
+    for tool, branch in outcome.comparison.branches.items():
+        console.print(f"{tool}: results on {branch}", markup=False)
     for note in outcome.notes:
         console.print(f"note: {shown(note)}", markup=False)
     return outcome.exit_code
