@@ -580,14 +580,22 @@ class JobRun:
             try:
                 if self._workspace is not None:
                     await self._workspace.prepare(job, session.instance)
-                for number, step in enumerate(job.steps, start=1):
-                    reply = await session.send(step, timeout=self._timeout)
-                    attempt.replies.append(reply.text)
-                    attempt.timings.append(reply.elapsed)
-                    if reply.usage is not None:
-                        attempt.usage = (attempt.usage or Usage()) + reply.usage
-                        self._spent += reply.usage
-                    self._check_reply(self._patterns(session.tool, spec), number, step, reply.text)
+                try:
+                    for number, step in enumerate(job.steps, start=1):
+                        reply = await session.send(step, timeout=self._timeout)
+                        attempt.replies.append(reply.text)
+                        attempt.timings.append(reply.elapsed)
+                        if reply.usage is not None:
+                            attempt.usage = (attempt.usage or Usage()) + reply.usage
+                            self._spent += reply.usage
+                        patterns = self._patterns(session.tool, spec)
+                        self._check_reply(patterns, number, step, reply.text)
+                except BaseException:
+                    if len(attempt.replies) < len(job.steps):
+                        # Its last steps (a /drop, say) will not be sent: what the job left
+                        # in the tool must not reach the next job on this instance.
+                        session.recycle()
+                    raise
                 if job.verify is not None:
                     attempt.verify = await _run_verify(job.verify, attempt.cwd, self._timeout)
                     if not attempt.verify.ok:

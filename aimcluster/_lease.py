@@ -138,6 +138,13 @@ class Session:
         """The spec the held instance runs."""
         return self._cluster.spec_of(self.instance)
 
+    def recycle(self) -> None:
+        """Restart the held instance once the lease ends: gracefully, and not counted
+        against its restart budget. Nothing this lease built up in the tool (files added to
+        an agent's chat, a REPL's variables) then reaches the next work it takes, which is
+        what a job that stopped half-way (before its ``/drop``) needs."""
+        self._cluster._instance(self.instance).request_restart()
+
     async def send(self, prompt: str, *, timeout: float | None = None) -> Reply:
         """Send *prompt* to the held instance and return its reply.
 

@@ -336,3 +336,21 @@ async def test_a_verify_command_is_done_when_it_exits_not_when_its_output_closes
     assert result.verify is not None
     assert result.verify.exit_code == 0
     assert result.verify.output == "checked\n"
+
+
+async def test_a_job_stopped_half_way_leaves_nothing_in_the_tool_for_the_next_job(
+    tmp_path: Path,
+) -> None:
+    # The first job fails at its second step, so its /drop is never sent. Before, its file
+    # stayed in the agent's chat, and the next job on that instance edited it too.
+    (tmp_path / "a.txt").write_text("a\n")
+    jobs = [
+        Job(item="a.txt", steps=["/add a.txt", "fail now", "/drop a.txt"]),
+        Job(item="b", steps=["/ls"]),
+    ]
+    async with launch_cluster(fast_mock(tmp_path), 1) as cluster:
+        results = [r async for r in run_jobs(cluster, jobs, fail_on=[r"^echo: fail"])]
+        restarts = cluster.metrics().restarts
+    assert [r.status for r in results] == ["failed", "ok"]
+    assert results[1].replies == ("No files in the chat",)
+    assert restarts == 1
