@@ -55,6 +55,9 @@ class LoopbackServer(Generic[RequestT, FaultT]):
         self._thread_name = thread_name
         self._requests: list[RequestT] = []
         self._faults: list[FaultT] = []
+        #: From the n-th fault lookup on, this fault whenever the queue is empty (for good).
+        self._from: tuple[int, FaultT] | None = None
+        self._lookups = 0
         self._lock = threading.Lock()
         #: Set when the server stops: what stalled or slow answers wait on.
         self._stopping = threading.Event()
@@ -105,10 +108,22 @@ class LoopbackServer(Generic[RequestT, FaultT]):
         with self._lock:
             self._faults.extend(faults)
 
-    def _next_fault(self, default: FaultT | None = None) -> FaultT | None:
-        """The oldest fault queued, taken off the queue; *default* when there is none."""
+    def _fail_from(self, number: int, fault: FaultT) -> None:
+        """Answer with *fault*, for good, from the *number*-th fault lookup on (counting from
+        1, those made so far included), whenever no queued fault comes first."""
         with self._lock:
-            return self._faults.pop(0) if self._faults else default
+            self._from = (number, fault)
+
+    def _next_fault(self, default: FaultT | None = None) -> FaultT | None:
+        """The oldest fault queued, taken off the queue; else the fault of :meth:`_fail_from`
+        once it is due; else *default*."""
+        with self._lock:
+            self._lookups += 1
+            if self._faults:
+                return self._faults.pop(0)
+            if self._from is not None and self._lookups >= self._from[0]:
+                return self._from[1]
+            return default
 
     # -- called by the handler threads ------------------------------------------------------
 

@@ -18,7 +18,9 @@ Faults, for the next requests to ``/v1/messages`` (in the order they were asked 
 :meth:`~FakeAnthropic.fail_next` answers with an error status and the API's error body (429:
 ``rate_limit_error``); :meth:`~FakeAnthropic.stall_next` sends ``message_start`` and a first
 piece of text, then holds the connection open, silent, until the server stops.
-:attr:`~FakeAnthropic.delay` waits before each answer.
+:meth:`~FakeAnthropic.fail_from` answers every request from the n-th on with an error status,
+for good (a vendor that starts throttling partway through a run). :attr:`~FakeAnthropic.delay`
+waits before each answer.
 """
 
 from __future__ import annotations
@@ -143,12 +145,14 @@ class FakeAnthropic(LoopbackServer[RecordedRequest, _Fault]):
     ) -> None:
         """Answer the next *count* message requests with an API error *status* (429:
         ``rate_limit_error``, 500: ``api_error``, 529: ``overloaded_error``, ...)."""
-        default = {
-            429: "Number of request tokens has exceeded your per-minute rate limit",
-            529: "Overloaded",
-        }
-        message = message or default.get(status) or HTTPStatus(status).phrase
+        message = message or _message_of(status)
         self._add_faults(*[_Fault("status", status, message)] * count)
+
+    def fail_from(self, number: int, status: int = 429, message: str = "") -> None:
+        """Answer every message request from the *number*-th on (counting from 1, those
+        received so far included) with *status*, for good; :meth:`fail_next` faults come
+        first."""
+        self._fail_from(number, _Fault("status", status, message or _message_of(status)))
 
     def stall_next(self, count: int = 1) -> None:
         """Start the next *count* answers, then send nothing more until the server stops."""
@@ -157,6 +161,15 @@ class FakeAnthropic(LoopbackServer[RecordedRequest, _Fault]):
     def wait_stalled(self, timeout: float) -> bool:
         """Block until an answer has stalled (from a worker thread: ``anyio.to_thread``)."""
         return self._stalled.wait(timeout)
+
+
+def _message_of(status: int) -> str:
+    """The error message the API gives with *status*."""
+    default = {
+        429: "Number of request tokens has exceeded your per-minute rate limit",
+        529: "Overloaded",
+    }
+    return default.get(status) or HTTPStatus(status).phrase
 
 
 def _is_messages(path: str) -> bool:
