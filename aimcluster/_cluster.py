@@ -452,8 +452,15 @@ class Cluster:
             return pool
         selected = self._select(tool)
         candidates = [pool for pool in selected if pool.healthy]
-        # A job moving on stays off the pools it left, if it can.
-        candidates = [p for p in candidates if p.name not in item.failovers] or candidates
+        if item.failovers and candidates:
+            # A job moving on stays off the pools it left: among those it may go to, or, if
+            # it left them all, on the next pool of the failover order (a job for one tool
+            # whose pool is rate-limited for good must not go back to it forever).
+            fresh = [pool for pool in candidates if pool.name not in item.failovers]
+            if not fresh:
+                onward = [self._next_pool(item, pool) for pool in candidates]
+                fresh = [next((p for p in onward if p is not None), candidates[0])]
+            candidates = fresh
         if not candidates:
             for pool in selected:
                 following = self._next_pool(item, pool)

@@ -574,6 +574,8 @@ class JobRun:
         lease = self._cluster._lease(job.key, instance=None, tool=job.tool, avoid=attempt.failovers)
         async with lease as session:
             attempt.instance, attempt.tool = session.instance, session.tool
+            # The pools the job left, and those its lease moved away from while queued.
+            attempt.failovers = session.failovers
             spec = session.spec
             attempt.cwd = _child_cwd(spec, session.instance) or os.getcwd()
             self._active[session.instance] = job

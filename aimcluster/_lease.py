@@ -128,6 +128,11 @@ class Session:
         return self._lease.key
 
     @property
+    def failovers(self) -> tuple[str, ...]:
+        """The pools the lease moved away from before it was granted (or its job left)."""
+        return self._lease.failovers
+
+    @property
     def tool(self) -> str:
         """The name of the held instance's pool."""
         assert self._lease.pool is not None

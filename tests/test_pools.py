@@ -377,3 +377,34 @@ def test_the_readme_example_of_several_tools_runs_as_printed() -> None:
     assert ran.stdout.splitlines() == printed
     # What the README's comments say it prints.
     assert all(f"# {line}" in code for line in printed)
+
+
+async def test_a_job_for_one_pool_moves_on_when_that_pool_is_rate_limited_for_good(
+    vendors: Vendors,
+) -> None:
+    # Before, every new lease of the job went back to the pool it named (the only one it
+    # could go to), failed with RateLimitedError, and so on, without end.
+    pools = [Pool(vendors.spec("a"), 1), Pool(vendors.spec("b"), 1)]
+    vendors.throttle("a")
+    jobs = [Job(item=f"i{n}", steps=[f"i{n} one", f"i{n} two"], tool="a") for n in range(3)]
+    async with aimcluster.launch_cluster(pools, fallback=["a", "b"]) as cluster:
+        with anyio.fail_after(30):
+            results = [r async for r in run_jobs(cluster, jobs)]
+        metrics = cluster.metrics()
+    assert all(r.ok and (r.tool, r.failovers) == ("b", ("a",)) for r in results)
+    assert vendors.answered() == Counter(s for job in jobs for s in job.steps)
+    pools_now = {p.name: p for p in metrics.pools}
+    assert pools_now["a"].failovers_out == pools_now["b"].failovers_in == 3
+
+
+async def test_a_job_whose_lease_moved_while_queued_says_so(vendors: Vendors) -> None:
+    pools = [Pool(vendors.spec("a"), 1), Pool(vendors.spec("b"), 1)]
+    async with aimcluster.launch_cluster(
+        pools, fallback=["a", "b"], failover_after=0.2
+    ) as cluster:
+        busy = await cluster.submit("sleep 30", tool="a")
+        with anyio.fail_after(30):
+            results = [r async for r in run_jobs(cluster, [Job(item="x", steps=["x"], tool="a")])]
+        busy.cancel()
+    ((result,),) = [results]
+    assert (result.tool, result.failovers, result.replies) == ("b", ("a",), ("b: x",))

@@ -304,13 +304,6 @@ async def test_a_jobs_move_is_counted_in_the_pool_metrics_and_logged(
     assert [(e["pool"], e["to"]) for e in logs if e["event"] == "failover"] == [("claude", "aider")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="engine: a Job with tool= whose pool is rate-limited for good never moves: each "
-    "new lease goes back to that pool (_place keeps the pools the job left when tool= "
-    "selects no other), fails with RateLimitedError, and so on",
-)
 @pytest.mark.timeout(300)
 async def test_a_job_for_one_tool_moves_on_when_that_tool_is_rate_limited_for_good(
     claude: aimcluster.ToolSpec,
