@@ -1,17 +1,13 @@
 """The cluster: supervised instances of one or more tools behind one routed, async API.
 
-A cluster is one pool of instances per tool (see :mod:`aimcluster._pool`). A prompt names a
-pool (``tool=``, by name or tag) or lets the routing pick among every healthy instance; with a
-failover order (``fallback=``) a prompt its pool cannot serve (rate-limited, failed, or
-queued past ``failover_after``) moves to the next pool in that order, each pool at most once.
-Only prompts nothing was written for yet, or whose provider refused them (a rate limit), ever
-move: a prompt never runs on two tools.
+A cluster is one pool of instances per tool (see :mod:`aimcluster._pool`); where each piece of
+work goes, and when it moves to another pool, is the fleet's business (:mod:`aimcluster._fleet`).
+The cluster is the public face: it checks what callers give it, starts and stops the
+instances, and hands work to the fleet.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -25,22 +21,16 @@ import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._dispatch import Dispatcher, Queued
-from ._exceptions import (
-    AimclusterError,
-    ClusterClosedError,
-    NoHealthyInstancesError,
-    RateLimitedError,
-    StartupError,
-    single_error,
-)
+from ._dispatch import Dispatcher
+from ._exceptions import AimclusterError, ClusterClosedError, StartupError, single_error
+from ._fleet import Fleet, Item
 from ._instance import Instance, InstanceState
 from ._lease import LeaseRequest, Session
 from ._logging import library_logger
 from ._metrics import ClusterMetrics, PoolMetrics
 from ._policy import RestartPolicy
 from ._pool import Pool, PoolInfo, PoolState, check_prompt
-from ._request import Reply, Request, RequestState, Ticket
+from ._request import Reply, Request, Ticket
 from ._routing import make_router
 from ._spec import ToolSpec
 from ._state import StateDirectory, uses_state
@@ -49,8 +39,6 @@ from ._transport import LocalTransport
 from .abc import Transport
 
 __all__ = ["Cluster", "launch_cluster"]
-
-_Item = Request | LeaseRequest
 
 
 class Cluster:
@@ -78,19 +66,18 @@ class Cluster:
     ) -> None:
         self._pool_specs = tuple(pools)
         self._count = sum(pool.count for pool in pools)
-        self._router = make_router(routing)
         self._restart = restart
         self._max_pending = max_pending
         self._transport = transport
         self._log = logger if len(pools) > 1 else logger.bind(tool=pools[0].tool.name)
-        self._fallback = tuple(fallback)
-        self._failover_after = failover_after
+        self._fleet = Fleet(
+            router=make_router(routing),
+            log=self._log,
+            fallback=tuple(fallback),
+            failover_after=failover_after,
+        )
         self._stack: AsyncExitStack | None = None
         self._closing = False
-        # Event loop objects; created on entry, since launch_cluster() itself is synchronous.
-        self._pools: dict[str, PoolState] = {}
-        # Every instance by index; an index is never reused, so a removed one leaves a gap.
-        self._by_index: dict[int, Instance] = {}
         self._next_index = 0
         self._task_group: anyio.abc.TaskGroup
         self._closed: anyio.Event
@@ -104,11 +91,6 @@ class Cluster:
         self._owner_loop: object = None
         self._current_loop: Callable[[], object] = _no_loop
         self._clock: Callable[[], float] = anyio.current_time
-        # Items queued with a failover wait: (due, order, item, pool name), earliest first,
-        # and the event that wakes the task that moves them.
-        self._saturation: list[tuple[float, int, _Item, str]] = []
-        self._saturation_order = itertools.count()
-        self._saturation_changed: anyio.Event | None = None
 
     def _new_instance(self, pool: PoolState, slot: int) -> Instance:
         index, self._next_index = self._next_index, self._next_index + 1
@@ -125,18 +107,30 @@ class Cluster:
             policy=pool.policy,
             log=self._log.bind(tool=pool.name) if len(self._pool_specs) > 1 else self._log,
             on_state=self._on_state,
-            requeue=self._requeue,
+            requeue=self._fleet.requeue,
             limiter=pool.limiter,
             clock=self._clock,
-            failover=self._on_failover if pool.name in self._fallback else None,
+            failover=self._fleet.on_failover if pool.name in self._fleet.fallback else None,
         )
-        self._by_index[index] = instance
+        self._fleet.by_index[index] = instance
         return instance
+
+    def _on_state(self, instance: Instance) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+        if instance.state not in (InstanceState.READY, InstanceState.BUSY):
+            # Not the per-prompt flip, which cannot change which instances are healthy.
+            self._fleet.state_changed(instance)
+
+    def _instance(self, index: int) -> Instance:
+        return self._fleet.instance(index)
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def __aenter__(self) -> Cluster:
-        if self._pools:
+        pools = self._fleet.pools
+        if pools:
             raise RuntimeError("a Cluster can be entered only once")
         for described in self._pool_specs:
             self._transport.check(described.tool)
@@ -151,15 +145,15 @@ class Cluster:
         )
         # anyio.current_time() without looking the backend up at every call: a prompt reads
         # the clock three times.
-        self._clock = token.backend_class.current_time
+        self._clock = self._fleet.clock = token.backend_class.current_time
         async with AsyncExitStack() as stack:
             for described in self._pool_specs:
-                pool = self._pools[described.name] = self._new_pool(described)
+                pool = pools[described.name] = self._new_pool(described)
                 if uses_state(pool.spec):
                     pool.state = StateDirectory.create(pool.spec.name)
                     # Removed last, once every process that used it has stopped.
                     stack.callback(pool.state.remove)
-            for pool in self._pools.values():
+            for pool in pools.values():
                 count = next(p.count for p in self._pool_specs if p.name == pool.name)
                 pool.instances = [self._new_instance(pool, slot) for slot in range(count)]
                 pool.refresh_healthy()
@@ -168,15 +162,15 @@ class Cluster:
             launch = _Launch(self._count)
             for instance in self._instances:
                 self._task_group.start_soon(self._host, instance, launch)
-            if self._fallback and self._failover_after is not None:
-                self._task_group.start_soon(self._move_saturated)
+            if self._fleet.fallback and self._fleet.failover_after is not None:
+                self._task_group.start_soon(self._fleet.move_saturated)
             await launch.done.wait()
             if launch.error is None:
                 self._log.info(
                     "cluster_started",
                     size=self.size,
-                    routing=self._router.name,
-                    pools={name: len(p.instances) for name, p in self._pools.items()},
+                    routing=self._fleet.router.name,
+                    pools={name: len(p.instances) for name, p in pools.items()},
                 )
                 self._stack = stack.pop_all()
         # Raised once the stack has shut the other instances down, and outside the task group,
@@ -206,7 +200,7 @@ class Cluster:
 
     @property
     def _instances(self) -> list[Instance]:
-        return [self._by_index[index] for index in sorted(self._by_index)]
+        return self._fleet.instances()
 
     async def _host(self, instance: Instance, launch: _Launch) -> None:
         """Run one instance, reporting its first start (or failure to start) to *launch*."""
@@ -245,10 +239,9 @@ class Cluster:
             await self._closed.wait()
             return
         self._closing = True
-        for pool in self._pools.values():
+        self._fleet.close()
+        for pool in self._fleet.pools.values():
             pool.dispatcher.close()
-        if self._saturation_changed is not None:
-            self._saturation_changed.set()
         instances = self._instances
         for instance in instances:
             instance.stop()
@@ -313,309 +306,27 @@ class Cluster:
     @property
     def pools(self) -> Mapping[str, PoolInfo]:
         """Each pool by name, in the order they were given: spec, tags, instance indices."""
-        if not self._pools:
+        if not self._fleet.pools:
             return {
                 p.name: PoolInfo(name=p.name, spec=p.tool, tags=p.tags, instances=(), paused=False)
                 for p in self._pool_specs
             }
-        return {name: pool.info() for name, pool in self._pools.items()}
+        return {name: pool.info() for name, pool in self._fleet.pools.items()}
 
     def spec_of(self, instance: int) -> ToolSpec:
         """The spec instance *instance* runs (its pool's, with ``{state}`` filled in)."""
-        return self._instance(instance).spec
+        return self._fleet.instance(instance).spec
 
     def tool_of(self, instance: int) -> str:
         """The name of instance *instance*'s pool."""
-        return self._instance(instance).tool
+        return self._fleet.instance(instance).tool
 
     @property
     def fallback(self) -> tuple[str, ...]:
         """The failover order: pool names (empty: no failover)."""
-        return self._fallback
-
-    def _instance(self, index: int) -> Instance:
-        try:
-            return self._by_index[index]
-        except KeyError:
-            indices = sorted(self._by_index)
-            where = (
-                f"in range(0, {len(indices)})"
-                if indices == list(range(len(indices)))
-                else f"one of the cluster's instances ({_ranges(indices)})"
-            )
-            raise ValueError(f"instance must be {where}, got {index!r}") from None
-
-    def _select(self, tool: str | None) -> list[PoolState]:
-        """The pools a prompt for *tool* (a pool name, a tag or ``None``: any) may go to."""
-        if tool is None:
-            return list(self._pools.values())
-        pool = self._pools.get(tool)
-        if pool is not None:
-            return [pool]
-        tagged = [pool for pool in self._pools.values() if tool in pool.tags]
-        if not tagged:
-            tags = sorted({tag for pool in self._pools.values() for tag in pool.tags})
-            known = ", ".join(list(self._pools) + tags)
-            raise ValueError(f"no pool is named or tagged {tool!r}; the cluster has: {known}")
-        return tagged
+        return self._fleet.fallback
 
     # -- routing ----------------------------------------------------------------------------
-
-    def _on_state(self, instance: Instance) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
-        if instance.state in (InstanceState.READY, InstanceState.BUSY):
-            return  # the per-prompt flip: it cannot change which instances are healthy
-        pool = self._pools[instance.tool]
-        self._refresh_healthy(pool)
-        if instance.state is InstanceState.FAILED and not self._closing:
-            self._reroute_from(pool, instance.slot, why="has failed (restart budget spent)")
-
-    def _refresh_healthy(self, pool: PoolState) -> None:
-        pool.refresh_healthy()
-
-    def _reroute_from(self, pool: PoolState, slot: int, *, why: str) -> None:
-        """Slot *slot* of *pool* is gone for good: move its queued work to the healthy
-        instances, of its pool or, failing that, of the next pool in the failover order."""
-        index = pool.instances[slot].index
-        for item in map(_item, pool.dispatcher.take_private(slot)):
-            if item.pinned:
-                item.resolve(self._no_healthy(pool, index, why=why))
-            else:
-                self._requeue_in(pool, item)
-        if not pool.healthy:
-            for item in map(_item, pool.dispatcher.take_movable()):
-                self._requeue_in(pool, item)
-            pool.dispatcher.fail_shared(self._no_healthy(pool, None))
-
-    def _requeue_in(self, pool: PoolState, item: _Item) -> None:
-        """Queue *item* again: in *pool* if it has a healthy instance, else in the next pool
-        of the failover order, else fail it."""
-        if pool.healthy:
-            item.target = self._target_in(pool, item.key)
-            pool.dispatcher.put_nowait(item)
-            return
-        following = self._next_pool(item, pool)
-        if following is None:
-            item.resolve(self._no_healthy(pool, None))
-        else:
-            self._move(item, pool, following, reason="failed")
-
-    def _no_healthy(
-        self, pool: PoolState, index: int | None, *, why: str = "has failed (restart budget spent)"
-    ) -> NoHealthyInstancesError:
-        if index is not None:
-            return NoHealthyInstancesError(
-                f"instance {index} {why} and the prompt was pinned to it"
-            )
-        count = len(pool.instances)
-        return NoHealthyInstancesError(
-            f"all {count} instances of {pool.name!r} have failed (restart budget spent)"
-        )
-
-    def _requeue(self, request: Request) -> None:
-        """An attempt failed and may be retried: queue the request again."""
-        assert request.pool is not None
-        pool = self._pools[request.pool]
-        if request.pinned:
-            if request.target not in pool.healthy:
-                index = None if request.target is None else pool.instances[request.target].index
-                request.resolve(self._no_healthy(pool, index))
-            else:
-                pool.dispatcher.put_nowait(request)
-            return
-        # Any instance may take the retry; the one that failed is restarting, so another
-        # ready instance normally gets there first.
-        request.target = None
-        if pool.healthy:
-            pool.dispatcher.put_nowait(request)
-        else:
-            self._requeue_in(pool, request)
-
-    def _target_in(self, pool: PoolState, key: str | None) -> int | None:
-        """The slot of *pool* the routing picks for *key* (``None``: the pool's shared queue)."""
-        if len(self._pools) == 1:
-            return self._router.route(key, pool.healthy)
-        index = self._router.route(key, pool.healthy_indices())
-        return None if index is None else self._by_index[index].slot
-
-    def _place(self, item: _Item, tool: str | None) -> PoolState:
-        """Decide where a new, unpinned *item* goes; set its pool and target slot."""
-        if len(self._pools) == 1 and tool is None:
-            # One pool (the common case, on every prompt): its prompt was checked already.
-            (pool,) = self._pools.values()
-            if not pool.healthy:
-                raise self._no_healthy(pool, None)
-            item.target = self._router.route(item.key, pool.healthy)
-            item.pool = pool.name
-            return pool
-        selected = self._select(tool)
-        candidates = [pool for pool in selected if pool.healthy]
-        if item.failovers and candidates:
-            # A job moving on stays off the pools it left: among those it may go to, or, if
-            # it left them all, on the next pool of the failover order (a job for one tool
-            # whose pool is rate-limited for good must not go back to it forever).
-            fresh = [pool for pool in candidates if pool.name not in item.failovers]
-            if not fresh:
-                onward = [self._next_pool(item, pool) for pool in candidates]
-                fresh = [next((p for p in onward if p is not None), candidates[0])]
-            candidates = fresh
-        if not candidates:
-            for pool in selected:
-                following = self._next_pool(item, pool)
-                if following is not None:
-                    self._moved(item, pool, following, reason="failed")
-                    candidates = [following]
-                    break
-            else:
-                raise self._all_failed(selected)
-        if isinstance(item, Request):
-            candidates = self._taking(candidates, item.prompt)
-        if len(candidates) == 1:
-            pool = candidates[0]
-            item.target = self._target_in(pool, item.key)
-        else:
-            # Across pools: a rate-limited pool only if every one is.
-            open_pools = [pool for pool in candidates if not pool.limiter.paused] or candidates
-            healthy = sorted(i for pool in open_pools for i in pool.healthy_indices())
-            index = self._router.route(item.key, healthy)
-            if index is None:
-                pool = min(open_pools, key=PoolState.load)  # the first of the least busy
-                item.target = None
-            else:
-                instance = self._by_index[index]
-                pool, item.target = self._pools[instance.tool], instance.slot
-        item.pool = pool.name
-        return pool
-
-    def _all_failed(self, pools: list[PoolState]) -> NoHealthyInstancesError:
-        if len(pools) == 1:
-            return self._no_healthy(pools[0], None)
-        names = ", ".join(repr(pool.name) for pool in pools)
-        return NoHealthyInstancesError(
-            f"every instance of {names} has failed (restart budget spent)"
-        )
-
-    @staticmethod
-    def _taking(pools: list[PoolState], prompt: str) -> list[PoolState]:
-        """The pools whose tool can take *prompt*; if none can, the first one's error."""
-        taking = [pool for pool in pools if pool.accepts(prompt)]
-        if not taking:
-            check_prompt(pools[0].spec, prompt)
-        return taking
-
-    # -- failover ---------------------------------------------------------------------------
-
-    def _next_pool(self, item: _Item, pool: PoolState, *, leased: bool = False) -> PoolState | None:
-        """The pool *item* moves to from *pool* (``None``: it stays): the next in the failover
-        order that it has not left before, that has a healthy instance and that can take its
-        prompt, preferring one that is not rate-limited itself. Pinned items never move; a
-        lease's prompt (*leased*) does not either, but its lease's work may."""
-        if (item.pinned and not leased) or pool.name not in self._fallback:
-            return None
-        at = self._fallback.index(pool.name)
-        order = self._fallback[at + 1 :] + self._fallback[:at]
-        prompt = item.prompt if isinstance(item, Request) else None
-        fits = [
-            self._pools[name]
-            for name in order
-            if name not in item.failovers
-            and self._pools[name].healthy
-            and (prompt is None or self._pools[name].accepts(prompt))
-        ]
-        if not fits:
-            return None
-        for following in fits:
-            if not following.limiter.paused:
-                return following
-        # Every one is rate-limited too: waiting out the pause here is as good as there,
-        # unless this pool has nobody left to wait.
-        return None if pool.healthy else fits[0]
-
-    def _moved(self, item: _Item, pool: PoolState, to: PoolState, *, reason: str) -> None:
-        """Book *item*'s move from *pool* to *to*."""
-        item.failovers += (pool.name,)
-        pool.failovers_out += 1
-        to.failovers_in += 1
-        self._log.info(
-            "failover",
-            pool=pool.name,
-            to=to.name,
-            reason=reason,
-            key=item.key,
-            lease=isinstance(item, LeaseRequest),
-        )
-
-    def _move(self, item: _Item, pool: PoolState, to: PoolState, *, reason: str) -> None:
-        """Queue *item*, taken off *pool*'s queues (or never written), in pool *to*."""
-        self._moved(item, pool, to, reason=reason)
-        item.pool = to.name
-        if isinstance(item, Request):
-            item.state = RequestState.QUEUED
-        item.target = self._target_in(to, item.key)
-        to.dispatcher.put_nowait(item)
-        self._watch_saturation(item, to)
-
-    def _on_failover(self, request: Request, leased: bool) -> bool:
-        """An instance's prompt was rate-limited, or its pool is paused: move it on (a lease's
-        prompt cannot move alone: it fails, for its job to move); also move the pool's other
-        queued work. Return whether the prompt was taken over."""
-        assert request.pool is not None
-        pool = self._pools[request.pool]
-        following = self._next_pool(request, pool, leased=leased)
-        if following is None:
-            return False
-        if leased:
-            request.resolve(
-                RateLimitedError(
-                    f"the provider of {pool.name!r} rate-limited the prompt "
-                    f"{request.prompt[:60]!r}, sent in a lease; its work may move to "
-                    f"{following.name!r}",
-                    tool=pool.name,
-                    instance=pool.instances[request.target or 0].index,
-                    prompt=request.prompt,
-                )
-            )
-        else:
-            self._move(request, pool, following, reason="rate_limited")
-        for item in map(_item, pool.dispatcher.take_movable()):
-            self._fail_over_queued(item, pool, reason="rate_limited")
-        return True
-
-    def _fail_over_queued(self, item: _Item, pool: PoolState, *, reason: str) -> None:
-        following = self._next_pool(item, pool)
-        if following is None:
-            pool.dispatcher.put_nowait(item)  # back where it was (at the end of its queue)
-        else:
-            self._move(item, pool, following, reason=reason)
-
-    def _watch_saturation(self, item: _Item, pool: PoolState) -> None:
-        """Move *item* on if it is still queued in *pool* ``failover_after`` seconds from now."""
-        if self._failover_after is None or item.pinned or pool.name not in self._fallback:
-            return
-        due = self._clock() + self._failover_after
-        entry = (due, next(self._saturation_order), item, pool.name)
-        heapq.heappush(self._saturation, entry)
-        if self._saturation[0] is entry and self._saturation_changed is not None:
-            self._saturation_changed.set()
-
-    async def _move_saturated(self) -> None:
-        """The task that moves items queued past ``failover_after`` (sleeping until the next
-        one is due: nothing polls)."""
-        while not self._closing:
-            self._saturation_changed = anyio.Event()
-            with anyio.move_on_at(self._saturation[0][0] if self._saturation else math.inf):
-                await self._saturation_changed.wait()
-            now = self._clock()
-            while self._saturation and self._saturation[0][0] <= now and not self._closing:
-                _, _, item, name = heapq.heappop(self._saturation)
-                pool = self._pools[name]
-                if not item.live or item.pool != name:
-                    continue
-                following = self._next_pool(item, pool)
-                if following is not None and pool.dispatcher.withdraw(item):
-                    self._move(item, pool, following, reason="saturated")
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -645,32 +356,27 @@ class Cluster:
         )
         if instance is not None:
             held = self._instance(instance)
-            if tool is not None and held.tool not in {p.name for p in self._select(tool)}:
+            if tool is not None and held.tool not in {p.name for p in self._fleet.select(tool)}:
                 raise ValueError(f"instance {instance} is in pool {held.tool!r}, not {tool!r}")
-            check_prompt(self._pools[held.tool].spec, prompt)
+            check_prompt(self._fleet.pools[held.tool].spec, prompt)
             request.pool, request.target = held.tool, held.slot
-            spec = held.spec
+            default = held.spec.reply_timeout
         else:
-            pools = self._select(tool)
-            self._taking(pools, prompt)
-            spec = pools[0].spec
-        timeout = spec.reply_timeout if timeout is None else timeout
+            pools = self._fleet.select(tool)
+            self._fleet.taking(pools, prompt)
+            # It may go to any of them: the longest of their reply timeouts cuts none short.
+            timeouts = [pool.spec.reply_timeout for pool in pools]
+            default = None if None in timeouts else max(t for t in timeouts if t is not None)
+        timeout = default if timeout is None else timeout
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout!r}")
         request.deadline = None if timeout is None else self._clock() + timeout
         return request
 
-    async def _enqueue(self, item: _Item, tool: str | None = None) -> None:
-        if item.pinned:
-            assert item.pool is not None
-            assert item.target is not None
-            pool = self._pools[item.pool]
-            if item.target not in pool.healthy:
-                raise self._no_healthy(pool, pool.instances[item.target].index)
-        else:
-            pool = self._place(item, tool)
+    async def _enqueue(self, item: Item, tool: str | None = None) -> None:
+        pool = self._fleet.check_pinned(item) if item.pinned else self._fleet.place(item, tool)
         await pool.dispatcher.put(item)
-        self._watch_saturation(item, pool)
+        self._fleet.watch_saturation(item, pool)
 
     async def send(
         self,
@@ -689,7 +395,8 @@ class Cluster:
         :param tool: send to this pool, by name or tag (default: any pool; see
             ``launch_cluster(fallback=...)`` for when a prompt moves to another)
         :param timeout: seconds until :class:`ReplyTimeoutError` (default
-            ``ToolSpec.reply_timeout``), counted from now, queueing included
+            ``ToolSpec.reply_timeout``; the longest of those of the pools it may go to),
+            counted from now, queueing included
         :param retries: re-send up to this many times if the instance crashes or stalls
             before the reply is complete (prompts to agents are not idempotent: opt in)
         """
@@ -864,27 +571,14 @@ class Cluster:
         lease.failovers = avoid
         if instance is not None:
             held = self._instance(instance)
-            if tool is not None and held.tool not in {p.name for p in self._select(tool)}:
+            if tool is not None and held.tool not in {p.name for p in self._fleet.select(tool)}:
                 raise ValueError(f"instance {instance} is in pool {held.tool!r}, not {tool!r}")
             lease.pool, lease.target = held.tool, held.slot
         try:
             await self._enqueue(lease, tool)
             await lease.wait_granted()
-            assert lease.pool is not None
             if avoid and lease.pool not in avoid:
-                # A job moving on from the pool that rate-limited it.
-                left, to = self._pools[avoid[-1]], self._pools[lease.pool]
-                left.failovers_out += 1
-                to.failovers_in += 1
-                self._log.info(
-                    "failover",
-                    pool=left.name,
-                    to=to.name,
-                    reason="rate_limited",
-                    key=key,
-                    lease=True,
-                    job=True,
-                )
+                self._fleet.job_moved(lease, avoid[-1])
             yield Session(self, lease)
         finally:
             lease.release()
@@ -900,7 +594,7 @@ class Cluster:
             self._check_caller()
         return ClusterMetrics(
             instances=tuple(instance.metrics() for instance in self._instances),
-            queued=sum(pool.dispatcher.queued(None) for pool in self._pools.values()),
+            queued=sum(pool.dispatcher.queued(None) for pool in self._fleet.pools.values()),
             pools=tuple(
                 PoolMetrics(
                     name=pool.name,
@@ -911,7 +605,7 @@ class Cluster:
                     failovers_out=pool.failovers_out,
                     failovers_in=pool.failovers_in,
                 )
-                for pool in self._pools.values()
+                for pool in self._fleet.pools.values()
             ),
         )
 
@@ -965,11 +659,11 @@ class Cluster:
         if self._closing:
             raise ClusterClosedError("the cluster is shut down")
         if tool is None:
-            if len(self._pools) > 1:
+            if len(self._fleet.pools) > 1:
                 raise ValueError(f"this cluster has several pools ({self._names()}): name one")
-            pool = next(iter(self._pools.values()))
-        elif tool in self._pools:
-            pool = self._pools[tool]
+            pool = next(iter(self._fleet.pools.values()))
+        elif tool in self._fleet.pools:
+            pool = self._fleet.pools[tool]
         else:
             raise ValueError(f"no pool is named {tool!r}; the cluster has: {self._names()}")
         while len(pool.instances) < count:
@@ -989,28 +683,28 @@ class Cluster:
         if launch.error is not None:
             await instance.stopped.wait()
             pool.instances.pop()
-            del self._by_index[instance.index]
+            del self._fleet.by_index[instance.index]
             pool.dispatcher.remove_slots(slot)
             self._count -= 1
-            self._refresh_healthy(pool)
+            pool.refresh_healthy()
             raise launch.error
-        self._refresh_healthy(pool)
+        pool.refresh_healthy()
 
     async def _shrink(self, pool: PoolState, count: int) -> None:
         leaving = pool.instances[count:]
         for instance in leaving:
             instance.retire()
-        self._refresh_healthy(pool)  # they are no longer healthy: nothing new is routed there
+        pool.refresh_healthy()  # they are no longer healthy: nothing new is routed there
         for instance in leaving:
-            self._reroute_from(pool, instance.slot, why="was removed by scale()")
+            self._fleet.reroute_from(pool, instance.slot, why="was removed by scale()")
         for instance in leaving:
             await instance.stopped.wait()
         del pool.instances[count:]
         for instance in leaving:
-            del self._by_index[instance.index]
+            del self._fleet.by_index[instance.index]
         pool.dispatcher.remove_slots(count)
         self._count -= len(leaving)
-        self._refresh_healthy(pool)
+        pool.refresh_healthy()
 
     def restart_instance(self, index: int) -> None:
         """Kill instance *index*'s process now; the supervisor restarts it (budget applies)."""
@@ -1043,12 +737,6 @@ class _Launch(TaskStatus[None]):
         self.done.set()
 
 
-def _item(queued: Queued) -> _Item:
-    """A dispatcher's item, as what the cluster queued: a prompt or a lease."""
-    assert isinstance(queued, Request | LeaseRequest)
-    return queued
-
-
 def _no_loop() -> object:
     raise RuntimeError("not entered")
 
@@ -1059,17 +747,6 @@ def _result_or_error(request: Request) -> Reply | AimclusterError:
         return request.result()
     assert isinstance(error, AimclusterError)
     return error
-
-
-def _ranges(indices: list[int]) -> str:
-    """``0-3, 6`` for ``[0, 1, 2, 3, 6]``."""
-    runs: list[list[int]] = []
-    for index in indices:
-        if runs and runs[-1][-1] == index - 1:
-            runs[-1].append(index)
-        else:
-            runs.append([index])
-    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs) or "none"
 
 
 def _pools_of(

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import anyio
+import attrs
 import pytest
 import structlog
 
@@ -408,3 +409,18 @@ async def test_a_job_whose_lease_moved_while_queued_says_so(vendors: Vendors) ->
         busy.cancel()
     ((result,),) = [results]
     assert (result.tool, result.failovers, result.replies) == ("b", ("a",), ("b: x",))
+
+
+async def test_a_prompt_for_any_pool_gets_the_longest_of_their_reply_timeouts(
+    vendors: Vendors,
+) -> None:
+    quick = attrs.evolve(vendors.spec("a"), reply_timeout=0.5)
+    slow = attrs.evolve(vendors.spec("b"), reply_timeout=30)
+    async with aimcluster.launch_cluster([Pool(quick, 1), Pool(slow, 1)]) as cluster:
+        # "sleep 1" on b outlives a's timeout; without tool= it may go to b, so b's applies.
+        reply = await cluster.send("sleep 1", tool="b")
+        assert reply.tool == "b"
+        with pytest.raises(aimcluster.ReplyTimeoutError):
+            await cluster.send("sleep 1", tool="a")
+        replies = await cluster.map(["sleep 1", "sleep 1"])
+        assert {r.tool for r in replies} == {"a", "b"}
