@@ -2,9 +2,10 @@
 
 The data path of a prompt, in order: the dispatcher hands it to the instance's task
 (:meth:`Instance._serve`), which writes it to the process; the process's reader task
-(:meth:`Instance._pump`) feeds output to the framer and resolves the request the moment its
-reply is complete, then tells the instance's task through the frame queue; the task, in
-:meth:`Instance._exchange`, goes on to the next prompt or deals with what went wrong.
+(:meth:`Instance._pump`) feeds output to the instance's :class:`~._exchange.Exchange`, which
+resolves the request the moment its reply is complete, and tells the instance's task through
+the frame queue; the task, in :meth:`Instance._send_prompt`, goes on to the next prompt or
+deals with what went wrong.
 
 A plain prompt (no deadline, no stall watchdog, no lease) takes two short cuts past the task
 (:meth:`Instance._try_begin`): a put that finds the instance idle writes it at once, and the
@@ -20,8 +21,7 @@ import math
 import random
 import re
 import signal
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
@@ -33,31 +33,27 @@ from anyio.abc import TaskStatus
 from ._channel import Channel
 from ._exceptions import (
     AimclusterError,
-    AutoAnswerLimitError,
     ClusterClosedError,
-    DesyncError,
     InstanceCrashedError,
     ReplyTimeoutError,
-    ReplyTooLargeError,
     StartupError,
-    ToolError,
 )
-from ._framing import (
-    Frame,
-    FrameDesync,
-    FrameOverflow,
-    Framer,
-    JsonlFramer,
-    PromptFraming,
-    clean_reply,
-    compile_ready,
+from ._exchange import (
+    BREAKDOWNS,
+    Answer,
+    Breakdown,
+    Exchange,
+    Outcome,
+    Overflow,
+    Unsolicited,
 )
+from ._exchange import InstanceStalledError as InstanceStalledError
+from ._framing import Frame, clean_reply
 from ._metrics import InstanceMetrics, percentile
 from ._policy import RestartBudget, RestartPolicy
 from ._ratelimit import RateLimiter
 from ._redact import redact_argv
-from ._request import Reply, Request, RequestState
-from ._usage import Usage
+from ._request import Request, RequestState
 
 if TYPE_CHECKING:
     import structlog
@@ -81,9 +77,8 @@ async def _wait_all(events: Iterable[anyio.Event], *, timeout: float) -> None:
 
 
 # Events the reader may queue for the instance's task. Frames a tool prints at start-up,
-# before its first input, are dropped past that; later ones restart it (see _hand_over).
+# before its first input, are dropped past that; later ones restart it (Exchange.feed).
 _FRAME_BUFFER = 16
-_LATENCY_SAMPLES = 1024
 
 
 class InstanceState(enum.StrEnum):
@@ -97,16 +92,6 @@ class InstanceState(enum.StrEnum):
     STOPPED = "stopped"
 
 
-class InstanceStalledError(InstanceCrashedError):
-    """The instance printed nothing for ``stall_timeout`` seconds mid-reply and was restarted."""
-
-
-@attrs.frozen
-class _Overflow:
-    size: int
-    partial: str
-
-
 class _Signal(enum.Enum):
     #: Put on the frame queue by the exit watcher, after every frame read before EOF.
     EXITED = "exited"
@@ -115,26 +100,8 @@ class _Signal(enum.Enum):
     WAKE = "wake"
 
 
-@attrs.frozen
-class _TooManyQuestions:
-    """The reader answered ``max_auto_answers`` questions and the tool asked one more."""
-
-    pattern: str
-    partial: str
-
-
-@attrs.frozen
-class _Desync:
-    """The output stopped lining up with the prompts: a ready prompt that cannot end the
-    reply in flight (see FrameDesync), or one while no prompt is in flight."""
-
-    why: str
-    partial: str
-
-
 _EXITED, _WAKE = _Signal.EXITED, _Signal.WAKE
-_Breakdown = _Overflow | _TooManyQuestions | _Desync
-_Event = Frame | _Breakdown | _Signal
+_Event = Frame | Breakdown | _Signal
 
 
 class _Ended(enum.Enum):
@@ -176,21 +143,11 @@ class Instance:
     state: InstanceState = attrs.field(init=False, default=InstanceState.STARTING)
     pid: int | None = attrs.field(init=False, default=None)
     node: str | None = attrs.field(init=False, default=None)
-    sent: int = attrs.field(init=False, default=0)
-    completed: int = attrs.field(init=False, default=0)
-    failed: int = attrs.field(init=False, default=0)
-    timeouts: int = attrs.field(init=False, default=0)
     restarts: int = attrs.field(init=False, default=0)
-    in_flight: int = attrs.field(init=False, default=0)
-    rate_limited: int = attrs.field(init=False, default=0)
-    #: Tokens and cost of every turn, and model requests the tool retried on its own.
-    usage: Usage = attrs.field(init=False, factory=Usage)
-    tool_retries: int = attrs.field(init=False, default=0)
     stopped: anyio.Event = attrs.field(init=False, factory=anyio.Event)
 
-    _latencies: deque[float] = attrs.field(
-        init=False, factory=lambda: deque(maxlen=_LATENCY_SAMPLES)
-    )
+    #: The prompt in flight and what the output means for it; the reply counters.
+    _exchange: Exchange = attrs.field(init=False)
     _budget: RestartBudget | None = attrs.field(init=False, default=None)
     _life_scope: anyio.CancelScope = attrs.field(init=False, factory=anyio.CancelScope)
     _stopping: bool = attrs.field(init=False, default=False)
@@ -199,28 +156,16 @@ class Instance:
     _plog: structlog.typing.FilteringBoundLogger = attrs.field(init=False)
     # Per-process state, reset by _spawn.
     _handle: ProcessHandle | None = attrs.field(init=False, default=None)
-    _framer: Framer | JsonlFramer | None = attrs.field(init=False, default=None)
     _exit_code: int | None = attrs.field(init=False, default=None)
-    #: Set by the reader when the framer gave up while no prompt was in flight (see
-    #: _break_down): the process must be restarted before anything else is written to it.
-    _broken: InstanceCrashedError | None = attrs.field(init=False, default=None)
     _wait_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
     #: Set while a lease holds the instance: its prompts are never requeued, as they need the
     #: state built up in this process. The scope is its wait for the next prompt.
     _leased: bool = attrs.field(init=False, default=False)
     _lease_wait: anyio.CancelScope | None = attrs.field(init=False, default=None)
-    #: The scope of the reply being awaited, and the request's deadline (see _exchange).
+    #: The scope of the reply being awaited, when it has a deadline or a watchdog (see
+    #: _send_prompt).
     _reply_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
-    _reply_deadline: float = attrs.field(init=False, default=math.inf)
-    #: The request whose reply is awaited, when it was written, and whether it is counted.
-    _current: Request | None = attrs.field(init=False, default=None)
-    _started: float = attrs.field(init=False, default=0.0)
-    _counted: bool = attrs.field(init=False, default=True)
     _stderr_tail: bytearray = attrs.field(init=False, factory=bytearray)
-    #: Questions answered automatically since the prompt was written (or the process started).
-    _answers: int = attrs.field(init=False, default=0)
-    #: A request that was rate-limited: send it again once the pause is over.
-    _resend: Request | None = attrs.field(init=False, default=None)
     #: The reader's frames to this instance's task (None between processes).
     _frames: Channel[_Event] | None = attrs.field(init=False, default=None)
     #: The task waits for a plain reply (no deadline, no watchdog, no lease, not a probe): the
@@ -233,15 +178,6 @@ class Instance:
     #: Held while the task or the reader waits to write: one waiter per fd at a time.
     _write_lock: anyio.Lock | None = attrs.field(init=False, default=None)
     _served: int = attrs.field(init=False, default=0)
-    #: Inputs written to this process: the number its next ready prompt must show, where the
-    #: profile numbers them (PromptFraming.encode).
-    _inputs: int = attrs.field(init=False, default=0)
-    #: A prompt is written as it is: a line-reading tool whose prompt names no input and
-    #: echoes nothing to skip (the prompt was checked for line breaks when it was sent).
-    _plain_input: bool = attrs.field(init=False, default=False)
-    #: What the input _wire made tells the framer once it is written: its echo, and how many
-    #: times the tool repeats its prompt for it.
-    _expected: tuple[str, int] | None = attrs.field(init=False, default=None)
     _recycle_after: int | None = attrs.field(init=False, default=None)
     _recycle_at: float = attrs.field(init=False, default=math.inf)
     _next_probe_at: float = attrs.field(init=False, default=math.inf)
@@ -250,14 +186,14 @@ class Instance:
         self._plog = self.log.bind(instance=self.index, pid=None)
         if self.policy is not None:
             self._budget = RestartBudget(self.policy)
-        spec, framing = self.spec, self.spec.framing
-        self._plain_input = (
-            isinstance(framing, PromptFraming)
-            and framing.encode is None
-            and not framing.prompt_per_line
-            and not (spec.pty and spec.echo)
-            and spec.ready is not None
-            and "seq" not in compile_ready(spec.ready).groupindex
+        self._exchange = Exchange(
+            spec=self.spec,
+            index=self.index,
+            tool=self.tool,
+            clock=self.clock,
+            limiter=self.limiter,
+            log=self._plog,
+            failover=None if self.failover is None else self._fail_over,
         )
 
     # -- public surface for the cluster -----------------------------------------------------
@@ -295,23 +231,24 @@ class Instance:
         )
 
     def metrics(self) -> InstanceMetrics:
+        exchange = self._exchange
         return InstanceMetrics(
             index=self.index,
             pid=self.pid,
             state=self.state.value,
             node=self.node,
-            sent=self.sent,
-            completed=self.completed,
-            failed=self.failed,
-            timeouts=self.timeouts,
+            sent=exchange.sent,
+            completed=exchange.completed,
+            failed=exchange.failed,
+            timeouts=exchange.timeouts,
             restarts=self.restarts,
-            in_flight=self.in_flight,
+            in_flight=exchange.in_flight,
             queued=self.dispatcher.queued(self.slot),
-            latency_p50=percentile(self._latencies, 50),
-            latency_p95=percentile(self._latencies, 95),
-            rate_limited=self.rate_limited,
-            usage=self.usage,
-            tool_retries=self.tool_retries,
+            latency_p50=percentile(exchange.latencies, 50),
+            latency_p95=percentile(exchange.latencies, 95),
+            rate_limited=exchange.rate_limited,
+            usage=exchange.usage,
+            tool_retries=exchange.tool_retries,
             tool=self.tool,
         )
 
@@ -418,7 +355,7 @@ class Instance:
     async def _run_slot(self, task_status: TaskStatus[None] | None) -> _Ended:
         """A one-shot tool's slot: no process between prompts, one process per prompt."""
         self._exit_code = None
-        self._framer = self._new_framer()
+        self._exchange.reset(self._plog)
         self._served = 0
         self._recycle_after, self._recycle_at = None, math.inf
         self._next_probe_at = (
@@ -430,48 +367,6 @@ class Instance:
             task_status.started()
         ended = await self._serve(None, Channel[_Event](0, senders=0))
         return _Ended.RETIRE if ended is _Ended.RETIRE else _Ended.RECYCLE
-
-    def _rate_limited(self, request: Request, frame: Frame) -> bool:
-        """Whether the reply says the provider rate-limited the prompt; if so, pause the
-        cluster and mark the prompt to be sent again (not a failure)."""
-        pattern = self.spec.rate_limit
-        if pattern is None or not self._counted:
-            return False
-        # A failed turn's message; a reply's text only for tools without events (a JSON
-        # tool's successful answer may well talk about rate limits).
-        if frame.failure is not None:
-            text = frame.failure
-        elif self.spec.events is None:
-            text = frame.text
-        else:
-            return False
-        match = re.search(pattern, text)
-        if match is None:
-            return False
-        # With a failover order the prompt leaves this pool, whatever its retries left.
-        moving = self.failover is not None
-        if not moving and request.rate_limited >= self.spec.rate_limit_retries:
-            return False
-        request.rate_limited += 1
-        self.rate_limited += 1
-        pause = self.limiter.pause(
-            base=self.spec.rate_limit_backoff, cap=self.spec.rate_limit_max_backoff
-        )
-        self._plog.warning(
-            "rate_limited",
-            pause=round(pause, 3),
-            streak=self.limiter.streak,
-            match=match.group()[:200],
-            key=request.key,
-        )
-        request.state = RequestState.QUEUED
-        if self._fail_over(request):
-            return True
-        if request.rate_limited > self.spec.rate_limit_retries:
-            request.state = RequestState.SENT
-            return False
-        self._resend = request
-        return True
 
     def _fail_over(self, request: Request) -> bool:
         """Hand a prompt that this pool cannot serve now (rate-limited) to the cluster's
@@ -494,21 +389,16 @@ class Instance:
         if self._expired_in_queue(request):
             return None
         spec = self.spec.for_prompt(request.prompt)
+        exchange = self._exchange
         try:
             handle = await self._spawn(spec)
         except StartupError as exc:
             self._plog.warning("instance_start_failed", error=str(exc).splitlines()[0])
-            counted = 0 if internal else 1
-            self.sent += counted
-            self.failed += counted
-            request.resolve(exc)
+            exchange.refused(request, exc, counted=not internal)
             return None
-        framer = self._framer = self._new_framer()
         counted = self._mark_sent(request, internal=internal)
-        started, stall, wake_at = self._started, self.spec.stall_timeout, self._wake_at()
-        raw = bytearray()
-        frames: list[Frame] = []
-        overflow: FrameOverflow | None = None
+        stall = self.spec.stall_timeout
+        overflow: Overflow | None = None
         code: int | None = None
         eof = anyio.Event()
 
@@ -522,7 +412,7 @@ class Instance:
             tg.cancel_scope.cancel()
 
         try:
-            with anyio.CancelScope(deadline=wake_at) as scope:
+            with anyio.CancelScope(deadline=exchange.wake_at()) as scope:
                 self._reply_scope = scope
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(watch_exit, tg, self._start_stderr_pump(tg, handle))
@@ -536,23 +426,19 @@ class Instance:
                         ):
                             break
                         if stall is not None:
-                            scope.deadline = min(self.clock() + stall, self._reply_deadline)
-                        try:
-                            if isinstance(framer, JsonlFramer):
-                                frames += framer.feed(data)
-                            elif len(raw) + len(data) > spec.max_reply_bytes:
-                                raise FrameOverflow(
-                                    len(raw) + len(data), raw.decode(spec.encoding, "replace")
-                                )
-                        except FrameOverflow as exc:
-                            overflow = exc
+                            scope.deadline = exchange.watchdog()
+                        # The reply is judged at the exit: output means something only if
+                        # there is too much of it.
+                        for outcome in exchange.feed(data):
+                            assert isinstance(outcome, Overflow)
+                            overflow = outcome
+                        if overflow is not None:
                             break
-                        raw += data
                     eof.set()
                     if overflow is not None:
                         tg.cancel_scope.cancel()
-                    elif isinstance(framer, JsonlFramer):
-                        frames += framer.finish()
+                    else:
+                        exchange.eof()
                     # Otherwise the exit watcher ends the task group once the process is gone.
             self._reply_scope = None
             self._exit_code = code
@@ -562,10 +448,7 @@ class Instance:
             self._reply_scope = None
             with anyio.move_on_after(self.spec.shutdown_grace + _EOF_GRACE, shield=True):
                 await self._terminate(handle, graceful=False, reason=_Ended.EXITED)
-            if self._current is request:
-                self._current = None
-                self.in_flight = 0
-                self.failed += counted
+            exchange.abandon(counted=counted)
             request.resolve(
                 ClusterClosedError("the cluster was shut down while the prompt was in flight")
             )
@@ -573,54 +456,17 @@ class Instance:
         finally:
             self._exit_code = None
             self.pid = None
-        output = raw.decode(spec.encoding, "replace")
         if code is not None:
             self._plog.debug("oneshot_exited", exit_code=code)
-        frame: Frame | None = None
-        if frames and code is not None and (code == 0 or frames[-1].failure is not None):
-            # A tool that reports its failure in an event (and exits non-zero) gets a ToolError
-            # carrying the event; one that exits without its terminal event crashed.
-            frame = frames[-1]
-        elif code is not None and code >= 0 and not isinstance(framer, JsonlFramer):
-            if code > 0:
-                output += self._stderr_tail.decode(spec.encoding, "replace")
-                failure = f"exit code {code}: {output.strip()[-500:]}"
-                frame = Frame(output, failure=failure)
-            else:
-                frame = Frame(output)
-        if frame is not None:
-            self._complete(frame, exit_code=code)
-            resend, self._resend = self._resend, None
-            if resend is not None and resend.live:  # not withdrawn meanwhile
-                await self._wait_out_rate_limit(resend)
-                return await self._exchange_oneshot(resend, internal=internal)
+        stderr = self._stderr_tail.decode(spec.encoding, "replace")
+        failure = exchange.conclude(code, stderr=stderr, overflow=overflow)
+        if failure is not None:
+            self._fail(failure.request, failure.error, retry=failure.retry)
             return None
-        self._current = None
-        self.in_flight = 0
-        self.failed += counted
-        elapsed = self.clock() - started
-        if overflow is not None:
-            error: AimclusterError = ReplyTooLargeError(
-                f"instance {self.index} ({self.spec.name}) printed more than "
-                f"{spec.max_reply_bytes} bytes for one prompt; killed it",
-                instance=self.index,
-                exit_code=None,
-                partial_output=overflow.partial[-65536:],
-                prompt=request.prompt,
-            )
-            self._fail(request, error, retry=False)
-        elif code is None and self.clock() < self._reply_deadline:
-            self._fail_stalled(request, output, internal=internal, then="killed it")
-        elif code is None:
-            self._fail_timed_out(
-                request, output, counted=counted, elapsed=elapsed, then="killed it"
-            )
-        else:
-            # Killed by a signal, or no terminal event before the exit: it crashed mid-turn.
-            self._exit_code = code
-            error = self._crash_error(request, "exited", output)
-            self._exit_code = None
-            self._fail(request, error, retry=not internal)
+        resend = exchange.take_resend()
+        if resend is not None and resend.live:  # not withdrawn meanwhile
+            await self._wait_out_rate_limit(resend)
+            return await self._exchange_oneshot(resend, internal=internal)
         return None
 
     async def _spawn(self, spec: ToolSpec | None = None) -> ProcessHandle:
@@ -635,18 +481,14 @@ class Instance:
                 f"could not start {redact_argv(spec.argv)!r}: {exc}", instance=self.index, output=""
             ) from exc
         self._handle = handle
-        self._framer = self._new_framer()
         self._exit_code = None
-        self._broken = None
         self._unsent = b""
-        self._resend = None
         self._write_lock = anyio.Lock(fast_acquire=True)  # no pass of the loop when free
         self._stderr_tail.clear()
-        self._answers = 0
-        self._inputs = 0
         self.pid = handle.pid
         self.node = handle.node
         self._plog = self.log.bind(instance=self.index, pid=handle.pid)
+        self._exchange.reset(self._plog)
         self._plog.info("instance_started", argv=redact_argv(spec.argv), node=handle.node)
         if spec is not self.spec:
             return handle  # one process for one prompt: the slot's counters carry on
@@ -669,50 +511,22 @@ class Instance:
         )
         return handle
 
-    def _new_framer(self) -> Framer | JsonlFramer | None:
-        spec = self.spec
-        events = spec.events
-        if spec.oneshot and events is None:
-            return None  # the whole output, up to the exit, is the reply
-        if events is not None:
-            return JsonlFramer(
-                events,
-                max_bytes=spec.max_reply_bytes,
-                encoding=spec.encoding,
-                on_junk=self._log_junk,
-            )
-        assert spec.ready is not None  # ToolSpec insists on it with the prompt framing
-        framing = spec.framing
-        return Framer(
-            spec.ready,
-            window=spec.ready_window,
-            max_bytes=spec.max_reply_bytes,
-            encoding=spec.encoding,
-            settle=isinstance(framing, PromptFraming) and framing.settle is not None,
-            responders=spec.responders,
-        )
-
-    def _log_junk(self, line: str) -> None:
-        self._plog.info("output_not_json", line=line[:500])
-
     async def _pump(
         self,
         handle: ProcessHandle,
         frames: Channel[_Event],
         eof: anyio.Event,
     ) -> None:
-        """The reader: output -> framer -> frame queue. Waits for the consumer only with the
+        """The reader: output -> exchange -> frame queue. Waits for the consumer only with the
         queue full and a reply or a breakdown to hand over."""
-        framer = self._framer
-        assert framer is not None
+        exchange = self._exchange
         stall = self.spec.stall_timeout
-        framing = self.spec.framing
-        settle = framing.settle if isinstance(framing, PromptFraming) else None
+        settle = exchange.settle
         try:
             while True:
                 data = b""
                 try:
-                    if settle is not None and isinstance(framer, Framer) and framer.pending:
+                    if settle is not None and exchange.pending:
                         # The output ends with the prompt: the reply is complete unless more
                         # output arrives within `settle` (each chunk starts the timer over).
                         with anyio.move_on_after(settle):
@@ -720,36 +534,17 @@ class Instance:
                     else:
                         data = await handle.receive()
                 except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    if isinstance(framer, JsonlFramer):
-                        await self._hand_over(frames, framer.finish())
+                    await self._hand_over(handle, frames, exchange.eof())
                     return
                 if not data:
-                    assert isinstance(framer, Framer)
-                    text = framer.commit()
-                    if text is not None:
-                        await self._hand_over(frames, [Frame(text)])
+                    await self._hand_over(handle, frames, exchange.quiet())
                     continue
                 scope = self._reply_scope
                 if stall is not None and scope is not None:
                     # Output is a sign of life: push the watchdog back, never past the deadline.
-                    scope.deadline = min(self.clock() + stall, self._reply_deadline)
-                try:
-                    if isinstance(framer, JsonlFramer):
-                        done = framer.feed(data)
-                    else:
-                        text = framer.feed(data)
-                        done = [] if text is None else [Frame(text)]
-                        question = framer.take_question()
-                        if question is not None:
-                            await self._answer(handle, frames, framer, *question)
-                except FrameOverflow as exc:
-                    await self._break_down(frames, _Overflow(exc.size, exc.partial))
-                    continue
-                except FrameDesync as exc:
-                    await self._break_down(frames, _Desync(exc.why, exc.partial))
-                    continue
-                await self._hand_over(frames, done)
-                if done:
+                    scope.deadline = exchange.watchdog()
+                outcomes = exchange.feed(data)
+                if outcomes and await self._hand_over(handle, frames, outcomes):
                     # Let whoever a reply went to run before this looks for more output (as
                     # trio's own pipe streams do before every read): the caller sends its next
                     # prompt, the other readers do their work, and by then the next reply is
@@ -759,46 +554,49 @@ class Instance:
             eof.set()
             frames.close_sender()
 
-    async def _answer(
-        self,
-        handle: ProcessHandle,
-        frames: Channel[_Event],
-        framer: Framer,
-        pattern: str,
-        answer: str,
-    ) -> None:
-        """Answer a question the tool asked on its own (a ``responders`` match)."""
-        self._answers += 1
-        if self._answers > self.spec.max_auto_answers:
-            partial = framer.partial()
-            framer.discard()
-            self._plog.warning(
-                "auto_answers_exhausted", pattern=pattern, limit=self.spec.max_auto_answers
-            )
-            await self._break_down(frames, _TooManyQuestions(pattern, partial))
-            return
-        self._plog.info("prompt_answered", pattern=pattern, answer=answer, count=self._answers)
-        try:
-            await self._write(handle, (answer + self.spec.newline).encode(self.spec.encoding))
-        except anyio.BrokenResourceError:
-            pass  # it exited; the exit watcher reports that
+    async def _hand_over(
+        self, handle: ProcessHandle, frames: Channel[_Event], outcomes: Sequence[Outcome]
+    ) -> bool:
+        """Act on what the output meant; return whether it completed a reply."""
+        replied = False
+        for outcome in outcomes:
+            if type(outcome) is Frame:
+                # The exchange resolved the request already: the caller is awake.
+                replied = True
+                if self._pipeline and outcome is outcomes[-1] and self._carry_on(frames):
+                    continue  # the task does not need to wake
+                # The instance's task learns from the queue that the exchange is over.
+                # Hand over without a checkpoint when there is room.
+                try:
+                    frames.send_nowait(outcome)
+                except anyio.WouldBlock:
+                    await frames.send(outcome)
+            elif isinstance(outcome, Answer):
+                try:
+                    await self._write(handle, outcome.data)
+                except anyio.BrokenResourceError:
+                    pass  # it exited; the exit watcher reports that
+            elif isinstance(outcome, Unsolicited):
+                # Start-up: for _await_ready. With the queue full, drop it rather than stop
+                # reading (the task discards it before the first prompt).
+                try:
+                    frames.send_nowait(outcome.frame)
+                except anyio.WouldBlock:
+                    self._plog.debug("unsolicited_output_dropped", text=outcome.frame.text[-200:])
+            else:
+                assert isinstance(outcome, BREAKDOWNS)
+                await self._break_down(frames, outcome)
+        return replied
 
-    async def _break_down(self, frames: Channel[_Event], event: _Breakdown) -> None:
+    async def _break_down(self, frames: Channel[_Event], event: Breakdown) -> None:
         """The framer gave up: a flood past the reply cap, more questions than allowed, or
         output that no longer lines up with the prompts.
 
-        With a prompt in flight, that prompt fails (see _await_reply). With none, no prompt
-        is to blame, and the process is restarted at once: ``_broken`` says so before this
-        waits for room in the frame queue, and the task is woken wherever it waits.
+        With a prompt in flight, that prompt fails (see _await_reply). With none (``idle``),
+        no prompt is to blame: the exchange is broken, and the process is restarted at once.
+        The task is woken wherever it waits.
         """
-        if self._current is None and self._broken is None:
-            self._broken = self._breakdown_error(event, None)
-            if isinstance(event, _Overflow):
-                self._plog.warning("output_overflow_while_idle", size=event.size)
-            elif isinstance(event, _TooManyQuestions):
-                self._plog.warning("auto_answers_exhausted_while_idle", pattern=event.pattern)
-            else:
-                self._plog.warning("output_desynchronised", why=event.why)
+        if event.idle:
             # For work, for a lease's next prompt, or parked on the frame queue (the
             # dispatcher wakes it with _WAKE). If it waits elsewhere (writing a prompt, say),
             # the interrupt stays pending for this slot's next get, which then returns None
@@ -808,37 +606,6 @@ class Instance:
                 self._lease_wait.cancel()
         # Also through the queue, for a task waiting on it for a reply.
         await frames.send(event)
-
-    async def _hand_over(self, frames: Channel[_Event], done: list[Frame]) -> None:
-        if self._broken is not None:
-            return  # whatever it prints now is garbage, until the process is replaced
-        for frame in done:
-            if self._current is None:
-                if self._inputs:
-                    # A reply nobody asked for: the tool answered one input twice, or showed
-                    # a prompt inside a reply. Whatever it prints next may end a later
-                    # prompt's reply, so the process is replaced before anything else is
-                    # written to it.
-                    why = "a reply ended while no prompt was in flight"
-                    await self._break_down(frames, _Desync(why, frame.raw or frame.text))
-                    return
-                # Start-up (nothing written to it yet): a tool that shows its prompt twice. With
-                # the queue full, drop it rather than stop reading (the task discards it before
-                # the first prompt).
-                try:
-                    frames.send_nowait(frame)
-                except anyio.WouldBlock:
-                    self._plog.debug("unsolicited_output_dropped", text=frame.text[-200:])
-                continue
-            self._complete(frame)
-            if self._pipeline and frame is done[-1] and self._carry_on(frames):
-                continue  # the task does not need to wake
-            # The instance's task learns from the queue that the exchange is over.
-            # Hand over without a checkpoint when there is room.
-            try:
-                frames.send_nowait(frame)
-            except anyio.WouldBlock:
-                await frames.send(frame)
 
     def _carry_on(self, frames: Channel[_Event]) -> bool:
         """Having just completed the reply the task waits for, write the next queued prompt
@@ -853,7 +620,7 @@ class Instance:
             self.dispatcher.remove(self.slot, item)
             return True
         if (
-            self._resend is not None
+            self._exchange.resend is not None
             or self._exit_code is not None
             or frames.pending
             or min(self._recycle_at, self._next_probe_at) != math.inf  # waits with a timer
@@ -926,7 +693,6 @@ class Instance:
             frames.close_sender()
 
     async def _await_ready(self, frames: Channel[_Event]) -> None:
-        assert self._framer is not None
         events = self.spec.events
         if events is not None and events.ready is None:
             # It prints nothing until its first input: ready as soon as it runs.
@@ -945,15 +711,15 @@ class Instance:
             self._set_state(InstanceState.READY)
             self._plog.info("instance_ready", banner=clean_reply(event.text)[-200:])
             return
-        output = self._framer.partial() + self._stderr_tail.decode(self.spec.encoding, "replace")
-        if isinstance(event, _Overflow):
+        output = self._exchange.partial() + self._stderr_tail.decode(self.spec.encoding, "replace")
+        if isinstance(event, Overflow):
             message = (
                 f"printed more than {self.spec.max_reply_bytes} bytes without a ready prompt "
                 f"matching {self.spec.ready!r}"
             )
             output = event.partial
-        elif isinstance(event, _TooManyQuestions | _Desync):
-            message = str(self._breakdown_error(event, None))
+        elif isinstance(event, BREAKDOWNS):
+            message = str(self._exchange.breakdown_error(event, None))
             output = event.partial
         elif self._exit_code is not None:
             message = (
@@ -977,7 +743,7 @@ class Instance:
             due = self._due()
             if due is not None:
                 return due
-            if self._broken is not None:
+            if self._exchange.broken is not None:
                 return _Ended.KILL
             item = None
             wake_at = min(self._next_probe_at, self._recycle_at)
@@ -1006,7 +772,7 @@ class Instance:
             else:
                 assert isinstance(item, Request)
                 begun, self._offered = item is self._offered, None
-                ended = await self._exchange(item, handle, frames, pipeline=True, begun=begun)
+                ended = await self._send_prompt(item, handle, frames, pipeline=True, begun=begun)
             if ended is not None:
                 return ended
             self._set_state(InstanceState.READY)
@@ -1040,7 +806,7 @@ class Instance:
             pinned=True,
             deadline=self.clock() + probe.timeout,
         )
-        ended = await self._exchange(request, handle, frames, internal=True)
+        ended = await self._send_prompt(request, handle, frames, internal=True)
         self._next_probe_at = self.clock() + probe.interval
         self._set_state(InstanceState.READY)
         if ended is not None:
@@ -1069,7 +835,8 @@ class Instance:
         try:
             while True:
                 request = None
-                if self._exit_code is None and self._broken is None:
+                broken = self._exchange.broken
+                if self._exit_code is None and broken is None:
                     with anyio.CancelScope() as scope:
                         self._wait_scope = self._lease_wait = scope
                         request = await lease.next()
@@ -1078,12 +845,13 @@ class Instance:
                         return None  # released: back to the pool
                 if request is None:
                     # Woken by the exit watcher, or by the reader: the tool broke down.
-                    if self._broken is not None:
-                        lease.lose(self._broken)
+                    broken = self._exchange.broken
+                    if broken is not None:
+                        lease.lose(broken)
                         return _Ended.KILL
                     lease.lose(self._crash_error(None, "exited while leased"))
                     return _Ended.EXITED
-                ended = await self._exchange(request, handle, frames)
+                ended = await self._send_prompt(request, handle, frames)
                 if ended is not None:
                     lease.lose(request.exception() or self._crash_error(None, "was restarted"))
                     return ended
@@ -1094,7 +862,7 @@ class Instance:
             self._leased = False
             lease.finish()
 
-    async def _exchange(
+    async def _send_prompt(
         self,
         request: Request,
         handle: ProcessHandle | None,
@@ -1123,8 +891,7 @@ class Instance:
             )
         if not request.live:
             return None  # withdrawn (a lease's prompt cancelled before we got to it): unsent
-        if self._resend is request:
-            self._resend = None
+        self._exchange.drop_resend(request)
         if self.limiter.paused and not internal and self._fail_over(request):
             return None
         await self._wait_out_rate_limit(request)
@@ -1137,10 +904,10 @@ class Instance:
             return _Ended.KILL
         if self._expired_in_queue(request):
             return None
-        data = self._wire(request)
+        data = self._exchange.wire(request)
         delivered = False
         if self._exit_code is None:
-            self._begin_input()
+            self._exchange.begin_input()
             try:
                 await self._write(handle, data)
                 delivered = True
@@ -1175,12 +942,11 @@ class Instance:
         internal: bool,
         pipeline: bool,
     ) -> _Ended | None:
-        framer = self._framer
-        assert framer is not None
+        exchange = self._exchange
         # The exit watcher wakes this wait through the frame queue. A cancel scope is needed
         # only for a deadline or the stall watchdog (the reader pushes the scope's deadline
         # back on output); which of the two fired is sorted out below.
-        wake_at = self._wake_at()
+        wake_at = exchange.wake_at()
         event: _Event | None = None
         try:
             if self._exit_code is not None:
@@ -1189,7 +955,7 @@ class Instance:
                 self._pipeline = pipeline and not internal
                 try:
                     event = await self._next_event(frames)
-                    while event is _WAKE and self._current is not None:
+                    while event is _WAKE and exchange.current is not None:
                         # A prompt went out since, maybe not all of it.
                         await self._send_unsent()
                         event = await self._next_event(frames)
@@ -1212,57 +978,39 @@ class Instance:
                     event = None
         except BaseException:
             self._reply_scope = None
-            self._abandon_in_flight(counted=counted)
+            exchange.abandon(counted=counted)
             request.resolve(
                 ClusterClosedError("the cluster was shut down while the prompt was in flight")
             )
             raise
-        if self._current is None and event is not _WAKE and not isinstance(event, Frame):
+        if exchange.current is None and event is not _WAKE and not isinstance(event, Frame):
             # Every prompt of ours is answered (the reader completed them and parked the
             # instance): what woke us happened while it was idle, and no prompt is charged.
-            if self._broken is not None:
+            if exchange.broken is not None:
                 return _Ended.KILL
             if self._exit_code is not None:
                 return _Ended.EXITED
-        if isinstance(event, Frame) or (event is _WAKE and self._current is None):
-            if self._current is not None:  # normally the reader completed it already
+        if isinstance(event, Frame) or (event is _WAKE and exchange.current is None):
+            if exchange.current is not None:  # normally the reader completed it already
                 assert isinstance(event, Frame)
-                self._complete(event)
+                exchange.complete(event)
             # Answered before all of it was written (a multi-line prompt to a REPL): the rest
             # still goes, as a blocking write would have sent it.
             await self._send_unsent()
-            resend, self._resend = self._resend, None
+            resend = exchange.take_resend()
             if resend is not None and resend.live:  # not withdrawn meanwhile
-                return await self._exchange(
+                return await self._send_prompt(
                     resend, self._handle, frames, internal=internal, pipeline=pipeline
                 )
             return None
-        if self._current is not None:
-            request = self._current  # the reader wrote it after the one we were given
-        self._current = None
-        self.in_flight = 0
-        elapsed = self.clock() - self._started
-
-        self.failed += counted
-        partial = framer.partial()
-        if self._broken is not None:
-            # It broke down before the prompt was all written: the prompt is not to blame.
-            self._not_sent(request, self._broken, internal=internal)
+        breakdown = event if isinstance(event, BREAKDOWNS) else None
+        failure = exchange.give_up(request, breakdown, exit_code=self._exit_code, counted=counted)
+        if failure.unsent:
+            assert isinstance(failure.error, InstanceCrashedError)
+            self._not_sent(failure.request, failure.error, internal=internal)
             return _Ended.KILL
-        breakdown = None if event is None else self._breakdown_error(event, request)
-        if breakdown is not None:
-            self._fail(request, breakdown, retry=False)
-            return _Ended.KILL
-        if self._exit_code is not None:
-            self._fail(request, self._crash_error(request, "exited", partial), retry=not internal)
-            return _Ended.EXITED
-        if self.clock() < self._reply_deadline:  # the scope fired before the deadline: stall
-            self._fail_stalled(request, partial, internal=internal, then="restarting it")
-            return _Ended.KILL
-        self._fail_timed_out(
-            request, partial, counted=counted, elapsed=elapsed, then="restarting it"
-        )
-        return _Ended.KILL
+        self._fail(failure.request, failure.error, retry=failure.retry)
+        return _Ended.EXITED if failure.exited else _Ended.KILL
 
     @staticmethod
     async def _next_event(frames: Channel[_Event]) -> _Event:
@@ -1298,59 +1046,31 @@ class Instance:
             not isinstance(item, Request)
             or item.deadline is not None
             or not item.live
-            or self._current is not None
-            or self._resend is not None
+            or not self._exchange.idle()
             or self._exit_code is not None
-            or self._broken is not None
             or self._frames is None
             or self._frames.pending
             or self.spec.stall_timeout is not None
         ):
             return False
-        handle, framer = self._handle, self._framer
-        if handle is None or framer is None or framer.buffered_bytes or self._replacement_due():
+        handle = self._handle
+        if handle is None or self._replacement_due():
             return False
         if self._unsent or self.limiter.paused:
             return False
         if self._write_lock is None or self._write_lock.locked():
             return False  # someone waits to write (the task, or the reader answering)
-        data = self._wire(item)
+        data = self._exchange.wire(item)
         written = handle.try_send(data)
         if not written:
             return False
-        self._begin_input()
+        self._exchange.begin_input()
         self._mark_sent(item, internal=False)
         if written < len(data):
             # The rest waits for room: the task writes it, woken here if it is parked.
             self._unsent = data[written:]
             self._wake_task()
         return True
-
-    def _wire(self, request: Request) -> bytes:
-        """The bytes that send *request*'s prompt as this process's next input (see
-        ToolSpec.input_for), with the newline, encoded. Nothing changes until
-        :meth:`_begin_input` says they are being written."""
-        spec = self.spec
-        if self._plain_input:
-            return (request.prompt + spec.newline).encode(spec.encoding)
-        line = spec.input_for(request.prompt, self._inputs + 1)
-        text = line + spec.newline
-        framing = spec.framing
-        if isinstance(self._framer, Framer):
-            assert isinstance(framing, PromptFraming)
-            echo = text if spec.pty and spec.echo else ""
-            self._expected = (echo, line.count("\n") if framing.prompt_per_line else 0)
-        return text.encode(spec.encoding)
-
-    def _begin_input(self) -> None:
-        """The input :meth:`_wire` made is being written, before any of its output can be
-        read: count it, and tell the framer what its reply starts with and which number the
-        ready prompt after it must show."""
-        self._inputs += 1
-        expected, self._expected = self._expected, None
-        if expected is not None:
-            assert isinstance(self._framer, Framer)
-            self._framer.begin(seq=self._inputs, echo=expected[0], repeats=expected[1])
 
     def _take_offer(self, item: Queued) -> bool:
         """The dispatcher's offer while the task waits in get: see _try_begin."""
@@ -1379,8 +1099,6 @@ class Instance:
     def _clear_stray(self, frames: Channel[_Event]) -> InstanceCrashedError | None:
         """Drop what the tool printed while idle (stray prompts, notices): it belongs to no
         prompt. Returns why the process must be restarted if it broke down meanwhile."""
-        framer = self._framer
-        assert framer is not None
         stray_frames = 0
         while True:
             try:
@@ -1388,40 +1106,7 @@ class Instance:
             except (anyio.WouldBlock, anyio.EndOfStream):
                 break
             stray_frames += isinstance(stray, Frame)
-        if self._broken is None and (stray_frames or framer.buffered_bytes):
-            self._plog.debug(
-                "unsolicited_output", frames=stray_frames, text=framer.partial()[-200:]
-            )
-            framer.discard()
-        return self._broken
-
-    def _breakdown_error(
-        self, event: _Event, request: Request | None
-    ) -> InstanceCrashedError | None:
-        """The error for *event* if it means the framer gave up (see _break_down): the
-        process must be restarted."""
-        error: type[InstanceCrashedError]
-        if isinstance(event, _Overflow):
-            error = ReplyTooLargeError
-            what = f"printed more than {self.spec.max_reply_bytes} bytes without a ready prompt"
-        elif isinstance(event, _TooManyQuestions):
-            error = AutoAnswerLimitError
-            what = (
-                f"({self.spec.name}) asked more than {self.spec.max_auto_answers} questions "
-                f"matching {event.pattern!r}"
-            )
-        elif isinstance(event, _Desync):
-            error = DesyncError
-            what = f"({self.spec.name}) lost track of its prompts: {event.why}"
-        else:
-            return None
-        return error(
-            f"instance {self.index} {what}; restarting it",
-            instance=self.index,
-            exit_code=None,
-            partial_output=event.partial[-65536:],
-            prompt=None if request is None else request.prompt,
-        )
+        return self._exchange.discard_stray(stray_frames)
 
     def _replacement_due(self) -> bool:
         """Whether the task has something to do before the next prompt (see _due)."""
@@ -1437,133 +1122,16 @@ class Instance:
 
     def _abandon_in_flight(self, *, counted: int) -> None:
         """The task is leaving (cancelled) with a prompt in flight: that prompt fails."""
-        current, self._current = self._current, None
-        if current is not None:
-            self.in_flight = 0
-            self.failed += counted
-            current.resolve(
-                ClusterClosedError("the cluster was shut down while the prompt was in flight")
-            )
+        self._exchange.abandon(counted=counted)
 
     def _mark_sent(self, request: Request, *, internal: bool) -> int:
         """Book *request* as written and in flight; returns 1 if it counts in the metrics
         (0 for internal prompts such as probes)."""
-        request.state = RequestState.SENT
-        request.attempts += 1
         counted = 0 if internal else 1
         self._served += counted
-        self.sent += counted
-        self.in_flight = 1
-        self._answers = 0
-        self._current, self._counted = request, bool(counted)
+        self._exchange.written(request, counted=not internal)
         self._set_state(InstanceState.BUSY)
-        self._plog.debug("prompt_sent", key=request.key, attempt=request.attempts)
-        self._started = self.clock()
-        self._reply_deadline = math.inf if request.deadline is None else request.deadline
         return counted
-
-    def _wake_at(self) -> float:
-        """When the reply wait must wake without a reply: the deadline or the stall watchdog."""
-        stall = self.spec.stall_timeout
-        if stall is None:
-            return self._reply_deadline
-        return min(self._started + stall, self._reply_deadline)
-
-    def _complete(self, frame: Frame, *, exit_code: int | None = None) -> None:
-        """Turn a framed reply into the in-flight request's Reply. Called by the reader the
-        moment the ready prompt arrives, so the caller wakes without waiting for this
-        instance's task to run."""
-        request = self._current
-        assert request is not None
-        self._current = None
-        self.in_flight = 0
-        elapsed = self.clock() - self._started
-        # Before the outcome is judged: a failed or rate-limited turn was paid for too.
-        usage = self._account(frame)
-        if self._rate_limited(request, frame):
-            return
-        if frame.failure is not None:
-            if self._counted:
-                self.failed += 1
-            self._plog.info("tool_failed", error=frame.failure[:500], key=request.key)
-            request.resolve(
-                ToolError(
-                    f"instance {self.index} ({self.spec.name}) reported a failed turn for "
-                    f"{request.prompt[:60]!r}: {frame.failure}",
-                    instance=self.index,
-                    prompt=request.prompt,
-                    exit_code=exit_code,
-                    output=frame.raw or frame.text,
-                    events=frame.events,
-                )
-            )
-            return
-        text = frame.text
-        if self.spec.events is None:
-            text = clean_reply(text)
-        reply = Reply(
-            text=text,
-            instance=self.index,
-            prompt=request.prompt,
-            key=request.key,
-            elapsed=elapsed,
-            attempts=request.attempts,
-            events=frame.events,
-            usage=usage,
-            tool=self.tool,
-            failovers=request.failovers,
-        )
-        if self._counted:
-            self.completed += 1
-            self._latencies.append(elapsed)
-        self.limiter.succeeded()
-        self._plog.debug("reply_received", elapsed=elapsed, key=request.key)
-        request.resolve(reply)
-
-    def _account(self, frame: Frame) -> Usage | None:
-        """Count the turn's retry events and add up what it cost; return its usage."""
-        retried, extract = self.spec.retry_event, self.spec.usage
-        try:
-            retries = 0 if retried is None else sum(1 for e in frame.events if retried(e))
-            usage = None if extract is None else extract(frame.text, frame.events)
-            if usage is not None and not isinstance(usage, Usage):
-                raise TypeError(f"ToolSpec.usage returned {usage!r}, not a Usage or None")
-        except Exception as exc:  # a broken reader costs the count, not the reply
-            self._plog.warning("usage_not_read", error=repr(exc))
-            return None
-        if retries:
-            self.tool_retries += retries
-            self._plog.info("tool_retried", retries=retries, total=self.tool_retries)
-        if usage is not None:
-            self.usage += usage
-        return usage
-
-    def _fail_stalled(self, request: Request, partial: str, *, internal: bool, then: str) -> None:
-        stall = self.spec.stall_timeout
-        self._plog.warning("instance_stalled", stall_timeout=stall)
-        error = InstanceStalledError(
-            f"instance {self.index} printed nothing for {stall} s while replying to "
-            f"{request.prompt[:60]!r}; {then}",
-            instance=self.index,
-            exit_code=None,
-            partial_output=partial,
-            prompt=request.prompt,
-        )
-        self._fail(request, error, retry=not internal)
-
-    def _fail_timed_out(
-        self, request: Request, partial: str, *, counted: int, elapsed: float, then: str
-    ) -> None:
-        self.timeouts += counted
-        self._plog.warning("reply_timed_out", elapsed=elapsed)
-        error = ReplyTimeoutError(
-            f"instance {self.index} did not finish replying to {request.prompt[:60]!r} "
-            f"in time; {then}",
-            prompt=request.prompt,
-            instance=self.index,
-            partial_output=partial,
-        )
-        self._fail(request, error, retry=False)
 
     async def _wait_exited(self) -> None:
         """Wait until the exit watcher has seen the process go."""
@@ -1573,17 +1141,8 @@ class Instance:
                 await anyio.sleep_forever()
         self._wait_scope = None
 
-    def _crash_error(
-        self, request: Request | None, what: str, partial: str = ""
-    ) -> InstanceCrashedError:
-        about = f" while replying to {request.prompt[:60]!r}" if request is not None else ""
-        return InstanceCrashedError(
-            f"instance {self.index} ({self.spec.name}) {what} with code {self._exit_code}{about}",
-            instance=self.index,
-            exit_code=self._exit_code,
-            partial_output=partial,
-            prompt=request.prompt if request is not None else None,
-        )
+    def _crash_error(self, request: Request | None, what: str) -> InstanceCrashedError:
+        return self._exchange.crash_error(request, what, self._exit_code)
 
     def _fail(self, request: Request, error: AimclusterError, *, retry: bool) -> None:
         if retry and not request.done and request.attempts <= request.retries:

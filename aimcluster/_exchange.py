@@ -1,0 +1,776 @@
+"""The prompt-to-reply state machine of one instance: bytes and a clock in, outcomes out.
+
+An :class:`Exchange` does no I/O and never awaits. The instance feeds it what the process
+prints (:meth:`Exchange.feed`, :meth:`Exchange.quiet`, :meth:`Exchange.eof`), tells it what it
+writes (:meth:`Exchange.wire`, :meth:`Exchange.begin_input`, :meth:`Exchange.written`) and asks it
+what an ending means (:meth:`Exchange.give_up`, :meth:`Exchange.conclude`). It acts on the
+outcomes: it writes an :class:`Answer`, hands a reply's :class:`Frame` to whoever waits, and
+restarts the process after a :class:`Failure` or a breakdown (:class:`Overflow`,
+:class:`TooManyQuestions`, :class:`Desync`).
+
+Everything about the prompt in flight lives here: the framer (one interface for the prompt,
+JSON-lines and one-shot framings), the request, when it was written and its deadline, the
+numbering of the inputs and what their output must start with, the questions answered
+automatically, the prompt to send again after a rate limit, and the counters the instance's
+metrics report. A reply is resolved here, the moment the framer completes it, so that the
+caller wakes without waiting for the instance's task.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final
+
+import attrs
+
+from ._exceptions import (
+    AimclusterError,
+    AutoAnswerLimitError,
+    ClusterClosedError,
+    DesyncError,
+    InstanceCrashedError,
+    ReplyTimeoutError,
+    ReplyTooLargeError,
+    ToolError,
+)
+from ._framing import (
+    Frame,
+    FrameDesync,
+    FrameOverflow,
+    Framer,
+    JsonlFramer,
+    PromptFraming,
+    clean_reply,
+    compile_ready,
+)
+from ._request import Reply, Request, RequestState
+from ._usage import Usage
+
+if TYPE_CHECKING:
+    import structlog
+
+    from ._ratelimit import RateLimiter
+    from ._spec import ToolSpec
+
+__all__ = [
+    "Answer",
+    "Breakdown",
+    "Desync",
+    "Exchange",
+    "Failure",
+    "InstanceStalledError",
+    "Outcome",
+    "Overflow",
+    "TooManyQuestions",
+    "Unsolicited",
+]
+
+_LATENCY_SAMPLES = 1024
+
+
+class InstanceStalledError(InstanceCrashedError):
+    """The instance printed nothing for ``stall_timeout`` seconds mid-reply and was restarted."""
+
+
+# -- outcomes -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Overflow:
+    """More than ``max_reply_bytes`` of output without the end of a reply."""
+
+    size: int
+    partial: str
+    #: No prompt was in flight: the process is :attr:`Exchange.broken` from now on.
+    idle: bool = False
+
+
+@attrs.frozen
+class TooManyQuestions:
+    """The tool asked one question more than ``max_auto_answers`` for one prompt."""
+
+    pattern: str
+    partial: str
+    idle: bool = False
+
+
+@attrs.frozen
+class Desync:
+    """The output stopped lining up with the prompts: a ready prompt that cannot end the
+    reply in flight (see :class:`FrameDesync`), or a reply while no prompt is in flight."""
+
+    why: str
+    partial: str
+    idle: bool = False
+
+
+#: The framer gave up: the process must be restarted.
+Breakdown = Overflow | TooManyQuestions | Desync
+BREAKDOWNS: Final = (Overflow, TooManyQuestions, Desync)
+
+
+@attrs.frozen
+class Answer:
+    """Write :attr:`data` to the process: the answer to a question it asked (``responders``)."""
+
+    data: bytes
+
+
+@attrs.frozen
+class Unsolicited:
+    """A frame while nothing was ever written to the process (a start-up banner, a ready
+    event): for the instance waiting for its process to be ready."""
+
+    frame: Frame
+
+
+#: What output means. A :class:`Frame` is the reply of the prompt in flight, already
+#: resolved (or marked to be sent again, see :attr:`Exchange.resend`).
+Outcome = Frame | Answer | Unsolicited | Overflow | TooManyQuestions | Desync
+
+
+@attrs.frozen
+class Failure:
+    """The prompt in flight got no reply: what to do with it and with the process."""
+
+    request: Request
+    error: AimclusterError
+    #: It may be attempted again (requeued within its retries): nothing says it is to blame.
+    retry: bool
+    #: The process had broken down before the prompt got through: the prompt is not lost
+    #: but requeued (see :attr:`Exchange.broken`).
+    unsent: bool = False
+    #: The process exited (else it is alive and must be killed).
+    exited: bool = False
+
+
+_NOTHING: Final[Sequence[Outcome]] = ()
+
+
+@attrs.define(eq=False)
+class Exchange:
+    """One instance's prompts and replies, across its processes (see the module docstring).
+
+    The counters (:attr:`sent`, :attr:`completed`, ...) are the instance's metrics; the rest
+    is reset for each process by :meth:`reset`.
+    """
+
+    spec: ToolSpec
+    #: The instance's index, for replies and errors.
+    index: int
+    #: The pool's name (:attr:`Reply.tool`).
+    tool: str
+    clock: Callable[[], float]
+    #: The pool's rate-limit pause.
+    limiter: RateLimiter
+    log: structlog.typing.FilteringBoundLogger
+    #: With a failover order: called with a rate-limited prompt, returns whether it took it
+    #: over (then it is no longer this instance's, whatever its retries left).
+    failover: Callable[[Request], bool] | None = None
+
+    sent: int = attrs.field(init=False, default=0)
+    completed: int = attrs.field(init=False, default=0)
+    failed: int = attrs.field(init=False, default=0)
+    timeouts: int = attrs.field(init=False, default=0)
+    rate_limited: int = attrs.field(init=False, default=0)
+    #: Tokens and cost of every turn, and model requests the tool retried on its own.
+    usage: Usage = attrs.field(init=False, factory=Usage)
+    tool_retries: int = attrs.field(init=False, default=0)
+    latencies: deque[float] = attrs.field(
+        init=False, factory=lambda: deque(maxlen=_LATENCY_SAMPLES)
+    )
+
+    # Per process, reset by reset().
+    _framer: Framer | JsonlFramer | None = attrs.field(init=False, default=None)
+    _jsonl: bool = attrs.field(init=False, default=False)
+    #: The framer gave up while no prompt was in flight: no prompt is to blame, and the
+    #: process must be restarted before anything else is written to it.
+    _broken: InstanceCrashedError | None = attrs.field(init=False, default=None)
+    #: The request whose reply is awaited, when it was written, whether it is counted, and
+    #: its deadline.
+    _current: Request | None = attrs.field(init=False, default=None)
+    _started: float = attrs.field(init=False, default=0.0)
+    _counted: bool = attrs.field(init=False, default=True)
+    _reply_deadline: float = attrs.field(init=False, default=math.inf)
+    #: Questions answered automatically since the prompt was written (or the process started).
+    _answers: int = attrs.field(init=False, default=0)
+    #: A request that was rate-limited: send it again once the pause is over.
+    _resend: Request | None = attrs.field(init=False, default=None)
+    #: Inputs written to this process: the number its next ready prompt must show, where the
+    #: profile numbers them (PromptFraming.encode).
+    _inputs: int = attrs.field(init=False, default=0)
+    #: A prompt is written as it is: a line-reading tool whose prompt names no input and
+    #: echoes nothing to skip (the prompt was checked for line breaks when it was sent).
+    _plain_input: bool = attrs.field(init=False, default=False)
+    #: What the input wire() made tells the framer once it is written: its echo, and how many
+    #: times the tool repeats its prompt for it.
+    _expected: tuple[str, int] | None = attrs.field(init=False, default=None)
+    #: One-shot: the whole output, and the last frame of a JSON-lines one.
+    _oneshot: bool = attrs.field(init=False, default=False)
+    _raw: bytearray = attrs.field(init=False, factory=bytearray)
+    _last: Frame | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        spec, framing = self.spec, self.spec.framing
+        self._oneshot = spec.oneshot
+        self._jsonl = spec.events is not None
+        self._plain_input = (
+            isinstance(framing, PromptFraming)
+            and framing.encode is None
+            and not framing.prompt_per_line
+            and not (spec.pty and spec.echo)
+            and spec.ready is not None
+            and "seq" not in compile_ready(spec.ready).groupindex
+        )
+
+    # -- a new process -------------------------------------------------------------------------
+
+    def reset(self, log: structlog.typing.FilteringBoundLogger) -> None:
+        """A new process starts (its events are logged to *log*): nothing of the last one's
+        output, inputs or questions carries over."""
+        self.log = log
+        self._framer = self._new_framer()
+        self._broken = None
+        self._resend = None
+        self._answers = 0
+        self._inputs = 0
+        self._expected = None
+        self._raw.clear()
+        self._last = None
+
+    def _new_framer(self) -> Framer | JsonlFramer | None:
+        spec = self.spec
+        events = spec.events
+        if events is not None:
+            return JsonlFramer(
+                events,
+                max_bytes=spec.max_reply_bytes,
+                encoding=spec.encoding,
+                on_junk=self._log_junk,
+            )
+        if spec.oneshot:
+            return None  # the whole output, up to the exit, is the reply
+        assert spec.ready is not None  # ToolSpec insists on it with the prompt framing
+        framing = spec.framing
+        return Framer(
+            spec.ready,
+            window=spec.ready_window,
+            max_bytes=spec.max_reply_bytes,
+            encoding=spec.encoding,
+            settle=isinstance(framing, PromptFraming) and framing.settle is not None,
+            responders=spec.responders,
+        )
+
+    def _log_junk(self, line: str) -> None:
+        self.log.info("output_not_json", line=line[:500])
+
+    # -- what the instance asks -----------------------------------------------------------------
+
+    @property
+    def current(self) -> Request | None:
+        """The request whose reply is awaited."""
+        return self._current
+
+    @property
+    def in_flight(self) -> int:
+        return 0 if self._current is None else 1
+
+    @property
+    def broken(self) -> InstanceCrashedError | None:
+        """Why the process must be restarted before anything else is written to it: its
+        output broke down while no prompt was in flight."""
+        return self._broken
+
+    @property
+    def resend(self) -> Request | None:
+        """A rate-limited request to send again once the pause is over."""
+        return self._resend
+
+    def take_resend(self) -> Request | None:
+        resend, self._resend = self._resend, None
+        return resend
+
+    def drop_resend(self, request: Request) -> None:
+        """*request* is being sent (again): it is no longer waiting to be."""
+        if self._resend is request:
+            self._resend = None
+
+    @property
+    def settle(self) -> float | None:
+        """How long output must stay quiet after a ready prompt before the reply counts as
+        complete (see :meth:`quiet`), for a framing with ``settle``."""
+        framing = self.spec.framing
+        return framing.settle if isinstance(framing, PromptFraming) else None
+
+    @property
+    def pending(self) -> bool:
+        """Whether the output ends with a ready prompt that :meth:`quiet` would commit."""
+        framer = self._framer
+        return isinstance(framer, Framer) and framer.pending
+
+    def idle(self) -> bool:
+        """Whether a prompt may be written with nothing to sort out first: none in flight or
+        to be sent again, no breakdown, no output nobody claimed."""
+        framer = self._framer
+        return (
+            self._current is None
+            and self._resend is None
+            and self._broken is None
+            and (framer is None or not framer.buffered_bytes)
+        )
+
+    def partial(self) -> str:
+        """The output since the last reply (for error reports)."""
+        if self._oneshot:
+            return self._raw.decode(self.spec.encoding, "replace")
+        return "" if self._framer is None else self._framer.partial()
+
+    def wake_at(self) -> float:
+        """When the reply wait must wake without a reply: the deadline or the stall watchdog."""
+        stall = self.spec.stall_timeout
+        if stall is None:
+            return self._reply_deadline
+        return min(self._started + stall, self._reply_deadline)
+
+    def watchdog(self) -> float:
+        """The stall watchdog pushed back by output just read, never past the deadline."""
+        stall = self.spec.stall_timeout
+        assert stall is not None
+        return min(self.clock() + stall, self._reply_deadline)
+
+    # -- what the instance writes ---------------------------------------------------------------
+
+    def wire(self, request: Request) -> bytes:
+        """The bytes that send *request*'s prompt as this process's next input (see
+        ToolSpec.input_for), with the newline, encoded. Nothing changes until
+        :meth:`begin_input` says they are being written."""
+        spec = self.spec
+        if self._plain_input:
+            return (request.prompt + spec.newline).encode(spec.encoding)
+        line = spec.input_for(request.prompt, self._inputs + 1)
+        text = line + spec.newline
+        framing = spec.framing
+        if isinstance(self._framer, Framer):
+            assert isinstance(framing, PromptFraming)
+            echo = text if spec.pty and spec.echo else ""
+            self._expected = (echo, line.count("\n") if framing.prompt_per_line else 0)
+        return text.encode(spec.encoding)
+
+    def begin_input(self) -> None:
+        """The input :meth:`wire` made is being written, before any of its output can be
+        read: count it, and tell the framer what its reply starts with and which number the
+        ready prompt after it must show."""
+        self._inputs += 1
+        expected, self._expected = self._expected, None
+        if expected is not None:
+            assert isinstance(self._framer, Framer)
+            self._framer.begin(seq=self._inputs, echo=expected[0], repeats=expected[1])
+
+    def written(self, request: Request, *, counted: bool) -> None:
+        """*request* was written: its reply is awaited from now on. Not *counted*: an internal
+        prompt (a probe), left out of the metrics and never attempted again."""
+        request.state = RequestState.SENT
+        request.attempts += 1
+        if counted:
+            self.sent += 1
+        self._answers = 0
+        self._current, self._counted = request, counted
+        self.log.debug("prompt_sent", key=request.key, attempt=request.attempts)
+        self._started = self.clock()
+        self._reply_deadline = math.inf if request.deadline is None else request.deadline
+
+    def refused(self, request: Request, error: AimclusterError, *, counted: bool) -> None:
+        """*request*'s process (one-shot) could not be started: it fails with *error*."""
+        if counted:
+            self.sent += 1
+            self.failed += 1
+        request.resolve(error)
+
+    def discard_stray(self, frames: int) -> InstanceCrashedError | None:
+        """Drop what the process printed while idle (*frames* frames the instance dropped,
+        and what is buffered): it belongs to no prompt. Returns :attr:`broken`."""
+        framer = self._framer
+        if self._broken is None and framer is not None and (frames or framer.buffered_bytes):
+            self.log.debug("unsolicited_output", frames=frames, text=framer.partial()[-200:])
+            framer.discard()
+        return self._broken
+
+    # -- what the process prints ----------------------------------------------------------------
+
+    def feed(self, data: bytes) -> Sequence[Outcome]:
+        """What *data*, output just read, means: usually nothing, or the reply of the prompt
+        in flight (resolved already)."""
+        framer = self._framer
+        try:
+            if self._oneshot:
+                return self._feed_oneshot(framer, data)
+            if isinstance(framer, JsonlFramer):
+                return self._replies(framer.feed(data))
+            assert framer is not None
+            text = framer.feed(data)
+            if text is not None:
+                return self._replies([Frame(text)])
+            question = framer.take_question()
+            if question is None:
+                return _NOTHING
+            return (self._answer(framer, *question),)
+        except FrameOverflow as exc:
+            return (self._break(Overflow(exc.size, exc.partial)),)
+        except FrameDesync as exc:
+            return (self._break(Desync(exc.why, exc.partial)),)
+
+    def quiet(self) -> Sequence[Outcome]:
+        """No output came for :attr:`settle` seconds after a ready prompt: the reply is
+        complete."""
+        framer = self._framer
+        assert isinstance(framer, Framer)
+        text = framer.commit()
+        return _NOTHING if text is None else self._replies([Frame(text)])
+
+    def eof(self) -> Sequence[Outcome]:
+        """The output ended: a last JSON line without a newline is complete."""
+        framer = self._framer
+        if not isinstance(framer, JsonlFramer):
+            return _NOTHING
+        frames = framer.finish()
+        if self._oneshot:
+            if frames:
+                self._last = frames[-1]
+            return _NOTHING
+        return self._replies(frames)
+
+    def _feed_oneshot(self, framer: Framer | JsonlFramer | None, data: bytes) -> Sequence[Outcome]:
+        # A one-shot process's reply is judged when it exits (see conclude).
+        if isinstance(framer, JsonlFramer):
+            frames = framer.feed(data)
+            if frames:
+                self._last = frames[-1]
+        elif len(self._raw) + len(data) > self.spec.max_reply_bytes:
+            size = len(self._raw) + len(data)
+            return (Overflow(size, self._raw.decode(self.spec.encoding, "replace")),)
+        self._raw += data
+        return _NOTHING
+
+    def _replies(self, done: list[Frame]) -> Sequence[Outcome]:
+        if not done or self._broken is not None:
+            return _NOTHING  # whatever it prints now is garbage, until the process is replaced
+        if len(done) == 1 and self._current is not None:
+            self.complete(done[0])  # the usual case
+            return done
+        outcomes: list[Outcome] = []
+        for frame in done:
+            if self._current is not None:
+                self.complete(frame)
+                outcomes.append(frame)
+            elif self._inputs:
+                # A reply nobody asked for: the tool answered one input twice, or showed a
+                # prompt inside a reply. Whatever it prints next may end a later prompt's
+                # reply, so the process is replaced before anything else is written to it.
+                why = "a reply ended while no prompt was in flight"
+                outcomes.append(self._break(Desync(why, frame.raw or frame.text)))
+                break
+            else:
+                # Start-up (nothing written to it yet): a banner, or a tool that shows its
+                # prompt twice.
+                outcomes.append(Unsolicited(frame))
+        return outcomes
+
+    def _answer(self, framer: Framer, pattern: str, answer: str) -> Outcome:
+        """A question the tool asked on its own (a ``responders`` match)."""
+        self._answers += 1
+        if self._answers > self.spec.max_auto_answers:
+            partial = framer.partial()
+            framer.discard()
+            self.log.warning(
+                "auto_answers_exhausted", pattern=pattern, limit=self.spec.max_auto_answers
+            )
+            return self._break(TooManyQuestions(pattern, partial))
+        self.log.info("prompt_answered", pattern=pattern, answer=answer, count=self._answers)
+        return Answer((answer + self.spec.newline).encode(self.spec.encoding))
+
+    def _break(self, event: Breakdown) -> Breakdown:
+        """The framer gave up. With a prompt in flight, that prompt fails (see give_up). With
+        none, no prompt is to blame: the process is :attr:`broken`, and the event says so
+        (``idle``) the first time."""
+        if self._current is not None or self._broken is not None:
+            return event
+        self._broken = self.breakdown_error(event, None)
+        if isinstance(event, Overflow):
+            self.log.warning("output_overflow_while_idle", size=event.size)
+        elif isinstance(event, TooManyQuestions):
+            self.log.warning("auto_answers_exhausted_while_idle", pattern=event.pattern)
+        else:
+            self.log.warning("output_desynchronised", why=event.why)
+        return attrs.evolve(event, idle=True)
+
+    # -- replies --------------------------------------------------------------------------------
+
+    def complete(self, frame: Frame, *, exit_code: int | None = None) -> None:
+        """Turn a framed reply into the in-flight request's Reply (or its ToolError, or a
+        resend after a rate limit)."""
+        request = self._current
+        assert request is not None
+        self._current = None
+        elapsed = self.clock() - self._started
+        # Before the outcome is judged: a failed or rate-limited turn was paid for too.
+        usage = self._account(frame)
+        if self._rate_limited(request, frame):
+            return
+        if frame.failure is not None:
+            if self._counted:
+                self.failed += 1
+            self.log.info("tool_failed", error=frame.failure[:500], key=request.key)
+            request.resolve(
+                ToolError(
+                    f"instance {self.index} ({self.spec.name}) reported a failed turn for "
+                    f"{request.prompt[:60]!r}: {frame.failure}",
+                    instance=self.index,
+                    prompt=request.prompt,
+                    exit_code=exit_code,
+                    output=frame.raw or frame.text,
+                    events=frame.events,
+                )
+            )
+            return
+        text = frame.text
+        if not self._jsonl:
+            text = clean_reply(text)
+        reply = Reply(
+            text=text,
+            instance=self.index,
+            prompt=request.prompt,
+            key=request.key,
+            elapsed=elapsed,
+            attempts=request.attempts,
+            events=frame.events,
+            usage=usage,
+            tool=self.tool,
+            failovers=request.failovers,
+        )
+        if self._counted:
+            self.completed += 1
+            self.latencies.append(elapsed)
+        self.limiter.succeeded()
+        self.log.debug("reply_received", elapsed=elapsed, key=request.key)
+        request.resolve(reply)
+
+    def _account(self, frame: Frame) -> Usage | None:
+        """Count the turn's retry events and add up what it cost; return its usage."""
+        retried, extract = self.spec.retry_event, self.spec.usage
+        try:
+            retries = 0 if retried is None else sum(1 for e in frame.events if retried(e))
+            usage = None if extract is None else extract(frame.text, frame.events)
+            if usage is not None and not isinstance(usage, Usage):
+                raise TypeError(f"ToolSpec.usage returned {usage!r}, not a Usage or None")
+        except Exception as exc:  # a broken reader costs the count, not the reply
+            self.log.warning("usage_not_read", error=repr(exc))
+            return None
+        if retries:
+            self.tool_retries += retries
+            self.log.info("tool_retried", retries=retries, total=self.tool_retries)
+        if usage is not None:
+            self.usage += usage
+        return usage
+
+    def _rate_limited(self, request: Request, frame: Frame) -> bool:
+        """Whether the reply says the provider rate-limited the prompt; if so, pause the
+        pool and have the prompt sent again (not a failure), here or by the failover."""
+        pattern = self.spec.rate_limit
+        if pattern is None or not self._counted:
+            return False
+        # A failed turn's message; a reply's text only for tools without events (a JSON
+        # tool's successful answer may well talk about rate limits).
+        if frame.failure is not None:
+            text = frame.failure
+        elif not self._jsonl:
+            text = frame.text
+        else:
+            return False
+        match = re.search(pattern, text)
+        if match is None:
+            return False
+        # With a failover order the prompt leaves this pool, whatever its retries left.
+        moving = self.failover is not None
+        if not moving and request.rate_limited >= self.spec.rate_limit_retries:
+            return False
+        request.rate_limited += 1
+        self.rate_limited += 1
+        pause = self.limiter.pause(
+            base=self.spec.rate_limit_backoff, cap=self.spec.rate_limit_max_backoff
+        )
+        self.log.warning(
+            "rate_limited",
+            pause=round(pause, 3),
+            streak=self.limiter.streak,
+            match=match.group()[:200],
+            key=request.key,
+        )
+        request.state = RequestState.QUEUED
+        if self.failover is not None and self.failover(request):
+            return True
+        if request.rate_limited > self.spec.rate_limit_retries:
+            request.state = RequestState.SENT
+            return False
+        self._resend = request
+        return True
+
+    # -- endings --------------------------------------------------------------------------------
+
+    def abandon(self, *, counted: int) -> None:
+        """The instance is leaving (cancelled) with a prompt in flight: that prompt fails."""
+        current, self._current = self._current, None
+        if current is not None:
+            self.failed += counted
+            current.resolve(
+                ClusterClosedError("the cluster was shut down while the prompt was in flight")
+            )
+
+    def give_up(
+        self,
+        request: Request,
+        breakdown: Breakdown | None,
+        *,
+        exit_code: int | None,
+        counted: int,
+    ) -> Failure:
+        """The wait for *request*'s reply ended without one: because of *breakdown*, because
+        the process exited (*exit_code*), or because the wait timed out (a stall before the
+        deadline). An uncounted (internal) prompt is never attempted again."""
+        if self._current is not None:
+            request = self._current  # the reader wrote it after the one we were given
+        self._current = None
+        elapsed = self.clock() - self._started
+        self.failed += counted
+        partial = self.partial()
+        retry = bool(counted)
+        if self._broken is not None:
+            # It broke down before the prompt was all written: the prompt is not to blame.
+            return Failure(request, self._broken, retry=retry, unsent=True)
+        if breakdown is not None:
+            return Failure(request, self.breakdown_error(breakdown, request), retry=False)
+        if exit_code is not None:
+            crash = self.crash_error(request, "exited", exit_code, partial)
+            return Failure(request, crash, retry=retry, exited=True)
+        if self.clock() < self._reply_deadline:  # woken before the deadline: a stall
+            return Failure(request, self._stalled(request, partial, "restarting it"), retry=retry)
+        timeout = self._timed_out(request, partial, counted, elapsed, "restarting it")
+        return Failure(request, timeout, retry=False)
+
+    def conclude(
+        self, exit_code: int | None, *, stderr: str, overflow: Overflow | None
+    ) -> Failure | None:
+        """A one-shot process is gone: its output is the reply of the prompt in flight, or
+        tells why there is none. *exit_code* is ``None`` if it was killed for running out of
+        time or printing too much (*overflow*); *stderr* is the tail of a separate stderr."""
+        request = self._current
+        assert request is not None
+        spec = self.spec
+        output = self._raw.decode(spec.encoding, "replace")
+        last = self._last
+        frame: Frame | None = None
+        if (
+            last is not None
+            and exit_code is not None
+            and (exit_code == 0 or last.failure is not None)
+        ):
+            # A tool that reports its failure in an event (and exits non-zero) gets a ToolError
+            # carrying the event; one that exits without its terminal event crashed.
+            frame = last
+        elif exit_code is not None and exit_code >= 0 and not self._jsonl:
+            if exit_code > 0:
+                output += stderr
+                failure = f"exit code {exit_code}: {output.strip()[-500:]}"
+                frame = Frame(output, failure=failure)
+            else:
+                frame = Frame(output)
+        if frame is not None:
+            self.complete(frame, exit_code=exit_code)
+            return None
+        self._current = None
+        counted = int(self._counted)
+        self.failed += counted
+        elapsed = self.clock() - self._started
+        retry = bool(counted)
+        if overflow is not None:
+            error: AimclusterError = ReplyTooLargeError(
+                f"instance {self.index} ({spec.name}) printed more than "
+                f"{spec.max_reply_bytes} bytes for one prompt; killed it",
+                instance=self.index,
+                exit_code=None,
+                partial_output=overflow.partial[-65536:],
+                prompt=request.prompt,
+            )
+            return Failure(request, error, retry=False)
+        if exit_code is None and self.clock() < self._reply_deadline:
+            return Failure(request, self._stalled(request, output, "killed it"), retry=retry)
+        if exit_code is None:
+            error = self._timed_out(request, output, counted, elapsed, "killed it")
+            return Failure(request, error, retry=False)
+        # Killed by a signal, or no terminal event before the exit: it crashed mid-turn.
+        error = self.crash_error(request, "exited", exit_code, output)
+        return Failure(request, error, retry=retry, exited=True)
+
+    # -- errors ---------------------------------------------------------------------------------
+
+    def breakdown_error(self, event: Breakdown, request: Request | None) -> InstanceCrashedError:
+        """The error for a breakdown: the process must be restarted."""
+        error: type[InstanceCrashedError]
+        if isinstance(event, Overflow):
+            error = ReplyTooLargeError
+            what = f"printed more than {self.spec.max_reply_bytes} bytes without a ready prompt"
+        elif isinstance(event, TooManyQuestions):
+            error = AutoAnswerLimitError
+            what = (
+                f"({self.spec.name}) asked more than {self.spec.max_auto_answers} questions "
+                f"matching {event.pattern!r}"
+            )
+        else:
+            error = DesyncError
+            what = f"({self.spec.name}) lost track of its prompts: {event.why}"
+        return error(
+            f"instance {self.index} {what}; restarting it",
+            instance=self.index,
+            exit_code=None,
+            partial_output=event.partial[-65536:],
+            prompt=None if request is None else request.prompt,
+        )
+
+    def crash_error(
+        self, request: Request | None, what: str, exit_code: int | None, partial: str = ""
+    ) -> InstanceCrashedError:
+        about = f" while replying to {request.prompt[:60]!r}" if request is not None else ""
+        return InstanceCrashedError(
+            f"instance {self.index} ({self.spec.name}) {what} with code {exit_code}{about}",
+            instance=self.index,
+            exit_code=exit_code,
+            partial_output=partial,
+            prompt=request.prompt if request is not None else None,
+        )
+
+    def _stalled(self, request: Request, partial: str, then: str) -> InstanceStalledError:
+        stall = self.spec.stall_timeout
+        self.log.warning("instance_stalled", stall_timeout=stall)
+        return InstanceStalledError(
+            f"instance {self.index} printed nothing for {stall} s while replying to "
+            f"{request.prompt[:60]!r}; {then}",
+            instance=self.index,
+            exit_code=None,
+            partial_output=partial,
+            prompt=request.prompt,
+        )
+
+    def _timed_out(
+        self, request: Request, partial: str, counted: int, elapsed: float, then: str
+    ) -> ReplyTimeoutError:
+        self.timeouts += counted
+        self.log.warning("reply_timed_out", elapsed=elapsed)
+        return ReplyTimeoutError(
+            f"instance {self.index} did not finish replying to {request.prompt[:60]!r} "
+            f"in time; {then}",
+            prompt=request.prompt,
+            instance=self.index,
+            partial_output=partial,
+        )
