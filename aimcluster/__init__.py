@@ -21,6 +21,7 @@ from ._exceptions import ReplyTooLargeError as ReplyTooLargeError
 from ._exceptions import StartupError as StartupError
 from ._exceptions import ToolError as ToolError
 from ._exceptions import ToolNotFoundError as ToolNotFoundError
+from ._exceptions import single_error as single_error
 from ._framing import JsonlFraming as JsonlFraming
 from ._framing import OneshotFraming as OneshotFraming
 from ._framing import PromptFraming as PromptFraming
@@ -29,6 +30,7 @@ from ._instance import InstanceState as InstanceState
 from ._jobs import Job as Job
 from ._jobs import JobResult as JobResult
 from ._jobs import JobRun as JobRun
+from ._jobs import Workspace as Workspace
 from ._jobs import run_jobs as run_jobs
 from ._lease import Session as Session
 from ._metrics import ClusterMetrics as ClusterMetrics
@@ -37,14 +39,17 @@ from ._metrics import PoolMetrics as PoolMetrics
 from ._policy import RestartPolicy as RestartPolicy
 from ._pool import Pool as Pool
 from ._pool import PoolInfo as PoolInfo
+from ._redact import redact_argv as redact_argv
 from ._request import Reply as Reply
 from ._request import Ticket as Ticket
+from ._routing import ROUTINGS as ROUTINGS
 from ._spec import Probe as Probe
 from ._spec import ToolSpec as ToolSpec
 from ._transport import LocalTransport as LocalTransport
 from ._usage import Usage as Usage
 
 __all__ = [
+    "ROUTINGS",
     "AimclusterError",
     "AutoAnswerLimitError",
     "Cluster",
@@ -83,7 +88,10 @@ __all__ = [
     "ToolSpec",
     "ToolTotals",
     "Usage",
+    "Workspace",
     "compare_jobs",
     "launch_cluster",
+    "redact_argv",
     "run_jobs",
+    "single_error",
 ]

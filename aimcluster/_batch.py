@@ -21,17 +21,23 @@ import attrs
 import structlog
 from anyio.abc import TaskStatus
 
-from ._cluster import launch_cluster
-from ._exceptions import single_error
-from ._jobs import Job, JobResult, JobRun, run_jobs
+from aimcluster import (
+    ClusterMetrics,
+    Job,
+    JobResult,
+    JobRun,
+    Pool,
+    RestartPolicy,
+    ToolSpec,
+    launch_cluster,
+    run_jobs,
+    single_error,
+)
+
 from ._journal import Journal
-from ._metrics import ClusterMetrics
-from ._policy import RestartPolicy
-from ._pool import Pool
 from ._progress import Display, Tracker
 from ._report import RunSummary, summarize
 from ._results import Worktrees
-from ._spec import ToolSpec
 
 __all__ = ["Batch", "BatchOutcome", "run_batch"]
 

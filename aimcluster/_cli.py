@@ -38,10 +38,24 @@ import click
 import structlog
 from rich.console import Console
 
-from . import tools
+from aimcluster import (
+    ROUTINGS,
+    AimclusterError,
+    Job,
+    LocalTransport,
+    Pool,
+    RestartPolicy,
+    StartupError,
+    ToolNotFoundError,
+    ToolSpec,
+    Usage,
+    launch_cluster,
+    redact_argv,
+    tools,
+)
+
 from ._batch import Batch, BatchOutcome, run_batch
-from ._cluster import launch_cluster
-from ._compare import CompareSetup, compare_command
+from ._compare_cli import CompareSetup, compare_command
 from ._demo import (
     DEMO_STEPS,
     Verification,
@@ -50,7 +64,6 @@ from ._demo import (
     unified_diff,
     verify_project,
 )
-from ._exceptions import AimclusterError, StartupError, ToolNotFoundError
 from ._isolation import ISOLATIONS, IsolationName, WorktreeOptions, isolate
 from ._items import (
     InputError,
@@ -61,7 +74,6 @@ from ._items import (
     items_from_jsonl,
     items_from_paths,
 )
-from ._jobs import Job
 from ._journal import (
     Journal,
     JournalContents,
@@ -70,18 +82,11 @@ from ._journal import (
     fingerprint,
     read_journal,
 )
-from ._policy import RestartPolicy
-from ._pool import Pool
 from ._progress import Display, LiveDisplay, NullDisplay, PlainDisplay, Tracker
-from ._redact import redact_argv
 from ._report import last_lines, render_summary, seconds
 from ._results import state_path_for
-from ._routing import ROUTINGS
-from ._spec import ToolSpec
 from ._terminal import shown
 from ._toolref import resolve_tool, split_count
-from ._transport import LocalTransport
-from ._usage import Usage
 
 __all__ = ["cli", "main"]
 

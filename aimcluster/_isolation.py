@@ -24,10 +24,10 @@ from typing import Any, Literal
 import anyio
 import attrs
 
+from aimcluster import Job, ToolSpec
+
 from ._items import InputError
-from ._jobs import Job
 from ._results import GitError, Worktrees, open_worktrees
-from ._spec import ToolSpec
 
 __all__ = ["ISOLATIONS", "Isolation", "IsolationName", "WorktreeOptions", "isolate"]
 

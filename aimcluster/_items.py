@@ -19,7 +19,7 @@ from pathlib import Path
 
 import attrs
 
-from ._jobs import Job
+from aimcluster import Job
 
 __all__ = [
     "InputError",

@@ -31,8 +31,7 @@ from typing import Any
 import anyio
 import attrs
 
-from ._exceptions import AimclusterError
-from ._jobs import Job, JobResult
+from aimcluster import AimclusterError, Job, JobResult
 
 __all__ = [
     "FORMAT_VERSION",

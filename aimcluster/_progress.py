@@ -29,8 +29,7 @@ from ._report import seconds
 from ._terminal import shown
 
 if TYPE_CHECKING:
-    from ._cluster import Cluster
-    from ._jobs import JobResult, JobRun
+    from aimcluster import Cluster, JobResult, JobRun
 
 __all__ = ["Display", "LiveDisplay", "NullDisplay", "PlainDisplay", "Tracker", "format_eta"]
 

@@ -8,8 +8,9 @@ rendered as rich tables for people (:func:`render_summary`) and as JSON for prog
 from __future__ import annotations
 
 import itertools
+import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -18,14 +19,13 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ._metrics import percentile
+from aimcluster import Usage
+
 from ._terminal import shown
-from ._usage import Usage
-from ._usage import total as total_usage
 
 if TYPE_CHECKING:
-    from ._jobs import JobResult
-    from ._metrics import ClusterMetrics, InstanceMetrics
+    from aimcluster import ClusterMetrics, InstanceMetrics, JobResult
+
     from ._results import Landing
 
 __all__ = [
@@ -309,15 +309,15 @@ def summarize(
         not_started=not_started,
         startup_time=startup_time,
         wall_time=wall_time,
-        job_p50=percentile(times, 50),
-        job_p95=percentile(times, 95),
+        job_p50=_percentile(times, 50),
+        job_p95=_percentile(times, 95),
         instances=tuple(instances),
         failures=failures,
         interrupted=interrupted,
         journal=journal,
         landing=landing,
         # The cluster's count holds turns no job result does (a failed step's, a probe's).
-        usage=metrics.usage if metrics is not None else total_usage(r.usage for r in results),
+        usage=metrics.usage if metrics is not None else _total_usage(r.usage for r in results),
         tool_retries=metrics.tool_retries if metrics is not None else 0,
         items=tuple(
             ItemUsage(item=result.item, status=result.status, usage=result.usage)
@@ -339,6 +339,20 @@ def summarize(
             if result.failovers
         ),
     )
+
+
+def _percentile(samples: Sequence[float], q: int) -> float | None:
+    """The *q*-th percentile (1 <= q <= 99), interpolated between the closest ranks as the
+    cluster's own latency percentiles are (numpy's default, ``statistics``' inclusive method);
+    ``None`` with no samples."""
+    if len(samples) < 2:
+        return samples[0] if samples else None
+    return statistics.quantiles(samples, n=100, method="inclusive")[q - 1]
+
+
+def _total_usage(usages: Iterable[Usage | None]) -> Usage:
+    """The sum of *usages*: a turn that reported nothing (``None``) adds nothing."""
+    return sum((usage for usage in usages if usage is not None), Usage())
 
 
 def _instance_metrics(metrics: ClusterMetrics | None, index: int) -> InstanceMetrics | None:
@@ -374,15 +388,15 @@ def _pool_summaries(
                 instances=tuple(m.index for m in mine),
                 jobs_ok=sum(1 for result in ended if result.ok),
                 jobs_failed=sum(1 for result in ended if not result.ok),
-                job_p50=percentile(times, 50),
-                job_p95=percentile(times, 95),
+                job_p50=_percentile(times, 50),
+                job_p95=_percentile(times, 95),
                 job_time=sum(result.elapsed for result in ended),
                 prompts=sum(m.prompts for m in mine),
                 restarts=sum(m.restarts for m in mine),
                 rate_limited=0
                 if metrics is None
                 else sum(m.rate_limited for m in metrics.instances if m.tool == name),
-                usage=total_usage(m.usage for m in mine),
+                usage=_total_usage(m.usage for m in mine),
                 failovers_out=pool.failovers_out if pool is not None else 0,
                 failovers_in=pool.failovers_in if pool is not None else 0,
                 jobs_moved_out=sum(1 for result in results if name in result.failovers),

@@ -51,9 +51,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
-from ._exceptions import AimclusterError
+from aimcluster import AimclusterError, Job, JobResult
+
 from ._items import InputError
-from ._jobs import Job, JobResult
 
 if TYPE_CHECKING:
     from ._journal import Journal

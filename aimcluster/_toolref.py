@@ -11,9 +11,9 @@ from typing import Any
 
 import attrs
 
-from . import tools
+from aimcluster import Probe, ToolSpec, tools
+
 from ._items import InputError
-from ._spec import Probe, ToolSpec
 
 __all__ = ["resolve_tool", "spec_fields", "split_count"]
 

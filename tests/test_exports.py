@@ -7,6 +7,7 @@ import aimcluster.abc
 import aimcluster.tools
 
 EXPECTED = {
+    "ROUTINGS",
     "AimclusterError",
     "AutoAnswerLimitError",
     "Cluster",
@@ -45,10 +46,15 @@ EXPECTED = {
     "ToolSpec",
     "ToolTotals",
     "Usage",
+    "Workspace",
     "compare_jobs",
     "launch_cluster",
+    "redact_argv",
     "run_jobs",
+    "single_error",
 }
+#: Public values that are neither classes nor functions (they have no ``__module__``).
+CONSTANTS = {"ROUTINGS"}
 
 
 def test_all_lists_exactly_the_public_names() -> None:
@@ -56,7 +62,7 @@ def test_all_lists_exactly_the_public_names() -> None:
 
 
 def test_every_public_name_is_importable_and_reports_the_package_as_home() -> None:
-    for name in aimcluster.__all__:
+    for name in set(aimcluster.__all__) - CONSTANTS:
         obj = getattr(aimcluster, name)
         assert obj.__module__.startswith("aimcluster"), name
 
@@ -99,3 +105,7 @@ def test_instance_states_are_the_documented_strings() -> None:
         "failed",
         "stopped",
     ]
+
+
+def test_routings_are_the_documented_names() -> None:
+    assert aimcluster.ROUTINGS == ("round_robin", "least_busy", "sticky")
