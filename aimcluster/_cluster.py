@@ -126,6 +126,15 @@ class Cluster:
     def _instance(self, index: int) -> Instance:
         return self._fleet.instance(index)
 
+    # What a Session asks of its cluster (see SessionHost).
+
+    def _session_request(self, prompt: str, instance: int, timeout: float | None) -> Request:
+        self._check_caller()
+        return self._new_request(prompt, key=None, instance=instance, timeout=timeout, retries=0)
+
+    def _recycle(self, instance: int) -> None:
+        self._fleet.instance(instance).request_restart()
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def __aenter__(self) -> Cluster:

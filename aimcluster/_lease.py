@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import attrs
@@ -12,11 +12,25 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._exceptions import ClusterClosedError
 
 if TYPE_CHECKING:
-    from ._cluster import Cluster
     from ._request import Reply, Request
     from ._spec import ToolSpec
 
-__all__ = ["LeaseRequest", "Session"]
+__all__ = ["LeaseRequest", "Session", "SessionHost"]
+
+
+class SessionHost(Protocol):
+    """What a session needs of its cluster (the cluster is one; the protocol keeps this
+    module from importing it)."""
+
+    def spec_of(self, instance: int) -> ToolSpec: ...
+
+    def _session_request(self, prompt: str, instance: int, timeout: float | None) -> Request:
+        """A prompt for the held *instance*, checked and ready to submit."""
+        ...
+
+    def _recycle(self, instance: int) -> None:
+        """Restart *instance* once its current lease ends."""
+        ...
 
 
 @attrs.define(eq=False)
@@ -114,7 +128,7 @@ class LeaseRequest:
 class Session:
     """An instance held exclusively. Every prompt sent through it goes to that one instance."""
 
-    _cluster: Cluster
+    _cluster: SessionHost
     _lease: LeaseRequest
 
     @property
@@ -148,7 +162,7 @@ class Session:
         against its restart budget. Nothing this lease built up in the tool (files added to
         an agent's chat, a REPL's variables) then reaches the next work it takes, which is
         what a job that stopped half-way (before its ``/drop``) needs."""
-        self._cluster._instance(self.instance).request_restart()
+        self._cluster._recycle(self.instance)
 
     async def send(self, prompt: str, *, timeout: float | None = None) -> Reply:
         """Send *prompt* to the held instance and return its reply.
@@ -156,11 +170,8 @@ class Session:
         :raises InstanceCrashedError: if the instance crashed during the lease (its state,
             such as the files added to an agent's chat, is gone, so later sends fail too)
         """
-        self._cluster._check_caller()
-        request = self._cluster._new_request(
-            prompt, key=self._lease.key, instance=self.instance, timeout=timeout, retries=0
-        )
-        request.failovers = self._lease.failovers
+        request = self._cluster._session_request(prompt, self.instance, timeout)
+        request.key, request.failovers = self._lease.key, self._lease.failovers
         self._lease.submit(request)
         try:
             return await request.wait()

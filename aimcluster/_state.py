@@ -18,57 +18,14 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING
 
 import attrs
 
-if TYPE_CHECKING:
-    from ._spec import ToolSpec
+from ._spec import ToolSpec
 
-__all__ = ["Files", "StateDirectory", "uses_state"]
+__all__ = ["StateDirectory", "resolve", "uses_state"]
 
 PLACEHOLDER = "{state}"
-
-
-class Files(Mapping[str, str]):
-    """A tool's files, ``{path: content}``: a read-only, hashable mapping whose repr shows
-    each file's size, not its content (a configuration file may hold a key)."""
-
-    __slots__ = ("_files",)
-
-    def __init__(self, files: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
-        checked: dict[str, str] = {}
-        for path, content in dict(files).items():
-            if not isinstance(path, str) or not path:
-                raise ValueError(f"files: a path must be a non-empty str, got {path!r}")
-            if not isinstance(content, str):
-                raise ValueError(
-                    f"files: the content of {path!r} must be a str, got {type(content).__name__}"
-                )
-            checked[path] = content
-        self._files = checked
-
-    def __getitem__(self, path: str) -> str:
-        return self._files[path]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._files)
-
-    def __len__(self) -> int:
-        return len(self._files)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):
-            return self._files == dict(other)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(frozenset(self._files.items()))
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{path!r}: <{len(text)} chars>" for path, text in self._files.items())
-        return f"Files({{{shown}}})"
 
 
 def uses_state(spec: ToolSpec) -> bool:

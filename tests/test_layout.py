@@ -10,8 +10,6 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "aimcluster"
 
 #: The command line's modules. Once they move into a package of their own this becomes
@@ -189,15 +187,6 @@ def test_the_engine_never_imports_the_command_line() -> None:
     assert wrong == [], "\n".join(wrong)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the engine's modules import each other today, both cycles under TYPE_CHECKING: "
-        "_cluster -> _lease -> _cluster (_lease's Session names Cluster; also through _fleet, "
-        "_pool and _instance, which import _lease) and _spec -> _state -> _spec (_state's "
-        "helpers take a ToolSpec)"
-    ),
-)
 def test_the_import_graph_of_the_whole_package_has_no_cycle() -> None:
     cycles = _cycles()
     assert cycles == [], "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
