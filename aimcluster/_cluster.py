@@ -8,6 +8,7 @@ instances, and hands work to the fleet.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -78,7 +79,6 @@ class Cluster:
         )
         self._stack: AsyncExitStack | None = None
         self._closing = False
-        self._next_index = 0
         self._task_group: anyio.abc.TaskGroup
         self._closed: anyio.Event
         # Set (and dropped) at the next instance state change; created only when awaited.
@@ -93,7 +93,9 @@ class Cluster:
         self._clock: Callable[[], float] = anyio.current_time
 
     def _new_instance(self, pool: PoolState, slot: int) -> Instance:
-        index, self._next_index = self._next_index, self._next_index + 1
+        # The lowest index free: a cluster of one pool keeps its indices 0 to N-1 through
+        # scale(), as metrics().instances and sticky keys expect.
+        index = next(i for i in itertools.count() if i not in self._fleet.by_index)
         spec = pool.spec
         if pool.state is not None:
             spec = resolve_state(spec, pool.state.for_instance(index))
@@ -175,11 +177,12 @@ class Cluster:
                 self._task_group.start_soon(self._fleet.move_saturated)
             await launch.done.wait()
             if launch.error is None:
+                several = {name: len(p.instances) for name, p in pools.items()}
                 self._log.info(
                     "cluster_started",
                     size=self.size,
                     routing=self._fleet.router.name,
-                    pools={name: len(p.instances) for name, p in pools.items()},
+                    **({"pools": several} if len(several) > 1 else {}),
                 )
                 self._stack = stack.pop_all()
         # Raised once the stack has shut the other instances down, and outside the task group,
@@ -656,8 +659,9 @@ class Cluster:
         """Grow or shrink pool *tool* (the only pool if the cluster has one) to *count*
         instances.
 
-        New instances are ready when this returns; they get new indices, after every index
-        used so far. Shrinking removes the pool's last instances: they take no new work,
+        New instances are ready when this returns; each gets the lowest index no instance
+        has (in a cluster of one pool: N to count-1). Shrinking removes the pool's last
+        instances: they take no new work,
         finish their current prompt or lease, then stop gracefully; work queued for them
         moves to the others. With sticky routing only the keys of removed instances move
         (rendezvous hashing).

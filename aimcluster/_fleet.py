@@ -49,7 +49,8 @@ class Fleet:
     failover_after: float | None = None
     clock: Callable[[], float] = anyio.current_time
     pools: dict[str, PoolState] = attrs.field(factory=dict)
-    #: Every instance by index; an index is never reused, so a removed one leaves a gap.
+    #: Every instance by index (a pool shrunk by scale() may leave a gap in a cluster of
+    #: several pools, until another instance takes that index).
     by_index: dict[int, Instance] = attrs.field(factory=dict)
     #: The cluster is shutting down: nothing is moved any more.
     closing: bool = False

@@ -91,7 +91,7 @@ class PoolMetrics:
     failovers_in: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        return {**attrs.asdict(self), "instances": list(self.instances)}
 
 
 @attrs.frozen(kw_only=True)
