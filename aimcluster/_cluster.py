@@ -8,7 +8,6 @@ instances, and hands work to the fleet.
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -22,20 +21,18 @@ import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._dispatch import Dispatcher
 from ._exceptions import AimclusterError, ClusterClosedError, StartupError, single_error
 from ._fleet import Fleet, Item
 from ._instance import Instance, InstanceState
 from ._lease import LeaseRequest, Session
 from ._logging import library_logger
-from ._metrics import ClusterMetrics, PoolMetrics
+from ._metrics import ClusterMetrics
 from ._policy import RestartPolicy
-from ._pool import Pool, PoolInfo, PoolState, check_prompt
+from ._pool import Pool, PoolInfo, PoolState, check_prompt, pools_of
 from ._request import Reply, Request, Ticket
 from ._routing import make_router
 from ._spec import ToolSpec
 from ._state import StateDirectory, uses_state
-from ._state import resolve as resolve_state
 from ._transport import LocalTransport
 from .abc import Transport
 
@@ -73,6 +70,8 @@ class Cluster:
         self._log = logger if len(pools) > 1 else logger.bind(tool=pools[0].tool.name)
         self._fleet = Fleet(
             router=make_router(routing),
+            transport=transport,
+            on_state=self._on_state,
             log=self._log,
             fallback=tuple(fallback),
             failover_after=failover_after,
@@ -91,31 +90,6 @@ class Cluster:
         self._owner_loop: object = None
         self._current_loop: Callable[[], object] = _no_loop
         self._clock: Callable[[], float] = anyio.current_time
-
-    def _new_instance(self, pool: PoolState, slot: int) -> Instance:
-        # The lowest index free: a cluster of one pool keeps its indices 0 to N-1 through
-        # scale(), as metrics().instances and sticky keys expect.
-        index = next(i for i in itertools.count() if i not in self._fleet.by_index)
-        spec = pool.spec
-        if pool.state is not None:
-            spec = resolve_state(spec, pool.state.for_instance(index))
-        instance = Instance(
-            index=index,
-            slot=slot,
-            tool=pool.name,
-            spec=spec,
-            transport=self._transport,
-            dispatcher=pool.dispatcher,
-            policy=pool.policy,
-            log=self._log.bind(tool=pool.name) if len(self._pool_specs) > 1 else self._log,
-            on_state=self._on_state,
-            requeue=self._fleet.requeue,
-            limiter=pool.limiter,
-            clock=self._clock,
-            failover=self._fleet.on_failover if pool.name in self._fleet.fallback else None,
-        )
-        self._fleet.by_index[index] = instance
-        return instance
 
     def _on_state(self, instance: Instance) -> None:
         if self._changed is not None:
@@ -159,14 +133,16 @@ class Cluster:
         self._clock = self._fleet.clock = token.backend_class.current_time
         async with AsyncExitStack() as stack:
             for described in self._pool_specs:
-                pool = pools[described.name] = self._new_pool(described)
+                pool = pools[described.name] = PoolState.create(
+                    described, self._restart, max_pending=self._max_pending, clock=self._clock
+                )
                 if uses_state(pool.spec):
                     pool.state = StateDirectory.create(pool.spec.name)
                     # Removed last, once every process that used it has stopped.
                     stack.callback(pool.state.remove)
             for pool in pools.values():
                 count = next(p.count for p in self._pool_specs if p.name == pool.name)
-                pool.instances = [self._new_instance(pool, slot) for slot in range(count)]
+                pool.instances = [self._fleet.add_instance(pool, slot) for slot in range(count)]
                 pool.refresh_healthy()
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._shutdown_shielded)
@@ -190,25 +166,6 @@ class Cluster:
         if launch.error is not None:
             raise launch.error
         return self
-
-    def _new_pool(self, described: Pool) -> PoolState:
-        if described.restart is None:
-            policy = self._restart
-        elif described.restart is True:
-            policy = RestartPolicy()
-        elif described.restart is False:
-            policy = None
-        else:
-            policy = described.restart
-        pool = PoolState(
-            name=described.name,
-            spec=described.tool,
-            tags=described.tags,
-            policy=policy,
-            dispatcher=Dispatcher(described.count, max_pending=self._max_pending),
-        )
-        pool.limiter.clock = self._clock
-        return pool
 
     @property
     def _instances(self) -> list[Instance]:
@@ -604,22 +561,7 @@ class Cluster:
         """
         if not (self._closing and self._closed.is_set()):
             self._check_caller()
-        return ClusterMetrics(
-            instances=tuple(instance.metrics() for instance in self._instances),
-            queued=sum(pool.dispatcher.queued(None) for pool in self._fleet.pools.values()),
-            pools=tuple(
-                PoolMetrics(
-                    name=pool.name,
-                    tool=pool.spec.name,
-                    instances=tuple(i.index for i in pool.instances),
-                    queued=pool.dispatcher.queued(None),
-                    paused=pool.limiter.paused,
-                    failovers_out=pool.failovers_out,
-                    failovers_in=pool.failovers_in,
-                )
-                for pool in self._fleet.pools.values()
-            ),
-        )
+        return self._fleet.metrics()
 
     async def wait_for(
         self, predicate: Callable[[ClusterMetrics], bool], *, timeout: float | None = None
@@ -686,8 +628,7 @@ class Cluster:
         self._log.info("cluster_scaled", size=self._count, pool=pool.name, count=count)
 
     async def _grow(self, pool: PoolState) -> None:
-        slot = pool.dispatcher.add_slot()
-        instance = self._new_instance(pool, slot)
+        instance = self._fleet.add_instance(pool, pool.dispatcher.add_slot())
         pool.instances.append(instance)
         self._count += 1
         launch = _Launch(1)
@@ -695,11 +636,8 @@ class Cluster:
         await launch.done.wait()
         if launch.error is not None:
             await instance.stopped.wait()
-            pool.instances.pop()
-            del self._fleet.by_index[instance.index]
-            pool.dispatcher.remove_slots(slot)
+            self._fleet.remove_instances(pool, len(pool.instances) - 1)
             self._count -= 1
-            pool.refresh_healthy()
             raise launch.error
         pool.refresh_healthy()
 
@@ -712,12 +650,8 @@ class Cluster:
             self._fleet.reroute_from(pool, instance.slot, why="was removed by scale()")
         for instance in leaving:
             await instance.stopped.wait()
-        del pool.instances[count:]
-        for instance in leaving:
-            del self._fleet.by_index[instance.index]
-        pool.dispatcher.remove_slots(count)
+        self._fleet.remove_instances(pool, count)
         self._count -= len(leaving)
-        pool.refresh_healthy()
 
     def restart_instance(self, index: int) -> None:
         """Kill instance *index*'s process now; the supervisor restarts it (budget applies)."""
@@ -762,41 +696,6 @@ def _result_or_error(request: Request) -> Reply | AimclusterError:
     return error
 
 
-def _pools_of(
-    tool: str | ToolSpec | Mapping[str, int] | Sequence[Pool | tuple[str | ToolSpec, int]],
-    count: int,
-) -> list[Pool]:
-    if isinstance(tool, (str, ToolSpec)):
-        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            raise ValueError(f"count must be an integer >= 1, got {count!r}")
-        return [Pool(tool, count)]
-    if count != 1:
-        raise ValueError("count is given per pool when tool names several pools")
-    if isinstance(tool, Mapping):
-        pools = [Pool(name, n) for name, n in tool.items()]
-    else:
-        pools = []
-        for entry in tool:
-            if isinstance(entry, Pool):
-                pools.append(entry)
-            elif isinstance(entry, tuple) and len(entry) == 2:
-                pools.append(Pool(entry[0], entry[1]))
-            else:
-                raise TypeError(f"expected a Pool or a (tool, count) pair, got {entry!r}")
-    if not pools:
-        raise ValueError("a cluster needs at least one pool")
-    names = [pool.name for pool in pools]
-    duplicate = next((name for name in names if names.count(name) > 1), None)
-    if duplicate is not None:
-        raise ValueError(
-            f"two pools are named {duplicate!r}: give one a name of its own (Pool(..., name=))"
-        )
-    clash = sorted({tag for pool in pools for tag in pool.tags} & set(names))
-    if clash:
-        raise ValueError(f"a tag may not be a pool's name: {', '.join(map(repr, clash))}")
-    return pools
-
-
 def launch_cluster(
     tool: str | ToolSpec | Mapping[str, int] | Sequence[Pool | tuple[str | ToolSpec, int]],
     count: int = 1,
@@ -839,7 +738,7 @@ def launch_cluster(
     :raises ValueError: for an unknown tool or routing name, ``count < 1``, or a failover
         order that names no pool
     """
-    pools = _pools_of(tool, count)
+    pools = pools_of(tool, count)
     if max_pending < 1:
         raise ValueError(f"max_pending must be >= 1, got {max_pending!r}")
     if restart is True:

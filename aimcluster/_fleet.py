@@ -28,9 +28,12 @@ from ._dispatch import Queued
 from ._exceptions import NoHealthyInstancesError, RateLimitedError
 from ._instance import Instance, InstanceState
 from ._lease import LeaseRequest
+from ._metrics import ClusterMetrics, PoolMetrics
 from ._pool import PoolState, check_prompt
 from ._request import Request, RequestState
 from ._routing import Router
+from ._state import resolve as resolve_state
+from .abc import Transport
 
 __all__ = ["Fleet", "Item"]
 
@@ -42,6 +45,9 @@ class Fleet:
     """A running cluster's pools and instances, and the placement of its work."""
 
     router: Router
+    transport: Transport
+    #: The cluster's callback for every instance state change.
+    on_state: Callable[[Instance], None]
     log: structlog.typing.FilteringBoundLogger
     #: The failover order (pool names; empty: no failover) and the wait in a queue that
     #: moves an item on (``None``: none).
@@ -63,6 +69,59 @@ class Fleet:
     def instances(self) -> list[Instance]:
         """Every instance, in index order."""
         return [self.by_index[index] for index in sorted(self.by_index)]
+
+    def add_instance(self, pool: PoolState, slot: int) -> Instance:
+        """A new instance for *slot* of *pool* (not started), with the lowest index free: a
+        cluster of one pool keeps its indices 0 to N-1 through scale(), as
+        ``metrics().instances`` and sticky keys expect."""
+        index = next(i for i in itertools.count() if i not in self.by_index)
+        spec = pool.spec
+        if pool.state is not None:
+            spec = resolve_state(spec, pool.state.for_instance(index))
+        instance = Instance(
+            index=index,
+            slot=slot,
+            tool=pool.name,
+            spec=spec,
+            transport=self.transport,
+            dispatcher=pool.dispatcher,
+            policy=pool.policy,
+            log=self.log.bind(tool=pool.name) if len(self.pools) > 1 else self.log,
+            on_state=self.on_state,
+            requeue=self.requeue,
+            limiter=pool.limiter,
+            clock=self.clock,
+            failover=self.on_failover if pool.name in self.fallback else None,
+        )
+        self.by_index[index] = instance
+        return instance
+
+    def remove_instances(self, pool: PoolState, keep: int) -> None:
+        """Forget *pool*'s instances from slot *keep* on, which have stopped."""
+        for instance in pool.instances[keep:]:
+            del self.by_index[instance.index]
+        del pool.instances[keep:]
+        pool.dispatcher.remove_slots(keep)
+        pool.refresh_healthy()
+
+    def metrics(self) -> ClusterMetrics:
+        pools = self.pools.values()
+        return ClusterMetrics(
+            instances=tuple(instance.metrics() for instance in self.instances()),
+            queued=sum(pool.dispatcher.queued(None) for pool in pools),
+            pools=tuple(
+                PoolMetrics(
+                    name=pool.name,
+                    tool=pool.spec.name,
+                    instances=tuple(i.index for i in pool.instances),
+                    queued=pool.dispatcher.queued(None),
+                    paused=pool.limiter.paused,
+                    failovers_out=pool.failovers_out,
+                    failovers_in=pool.failovers_in,
+                )
+                for pool in pools
+            ),
+        )
 
     def close(self) -> None:
         self.closing = True

@@ -8,7 +8,7 @@ within its pool an instance also has a *slot*, its index in the pool's dispatche
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -24,7 +24,7 @@ from .tools import get as get_tool
 if TYPE_CHECKING:
     from ._instance import Instance
 
-__all__ = ["Pool", "PoolInfo", "check_prompt"]
+__all__ = ["Pool", "PoolInfo", "PoolState", "check_prompt", "pools_of"]
 
 # Linux's canonical-mode line limit (N_TTY_BUF_SIZE): a longer line sent to a pty is truncated.
 _PTY_MAX_LINE = 4095
@@ -85,6 +85,42 @@ class Pool:
     restart: RestartPolicy | bool | None = attrs.field(default=None, kw_only=True)
 
 
+def pools_of(
+    tool: str | ToolSpec | Mapping[str, int] | Sequence[Pool | tuple[str | ToolSpec, int]],
+    count: int,
+) -> list[Pool]:
+    """The pools ``launch_cluster(tool, count)`` describes, checked."""
+    if isinstance(tool, (str, ToolSpec)):
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError(f"count must be an integer >= 1, got {count!r}")
+        return [Pool(tool, count)]
+    if count != 1:
+        raise ValueError("count is given per pool when tool names several pools")
+    if isinstance(tool, Mapping):
+        pools = [Pool(name, n) for name, n in tool.items()]
+    else:
+        pools = []
+        for entry in tool:
+            if isinstance(entry, Pool):
+                pools.append(entry)
+            elif isinstance(entry, tuple) and len(entry) == 2:
+                pools.append(Pool(entry[0], entry[1]))
+            else:
+                raise TypeError(f"expected a Pool or a (tool, count) pair, got {entry!r}")
+    if not pools:
+        raise ValueError("a cluster needs at least one pool")
+    names = [pool.name for pool in pools]
+    duplicate = next((name for name in names if names.count(name) > 1), None)
+    if duplicate is not None:
+        raise ValueError(
+            f"two pools are named {duplicate!r}: give one a name of its own (Pool(..., name=))"
+        )
+    clash = sorted({tag for pool in pools for tag in pool.tags} & set(names))
+    if clash:
+        raise ValueError(f"a tag may not be a pool's name: {', '.join(map(repr, clash))}")
+    return pools
+
+
 @attrs.frozen(kw_only=True)
 class PoolInfo:
     """What :attr:`Cluster.pools` says of one pool."""
@@ -139,6 +175,35 @@ class PoolState:
     #: Prompts and leases that moved away from this pool, and into it.
     failovers_out: int = 0
     failovers_in: int = 0
+
+    @classmethod
+    def create(
+        cls,
+        described: Pool,
+        restart: RestartPolicy | None,
+        *,
+        max_pending: int,
+        clock: Callable[[], float],
+    ) -> PoolState:
+        """The pool *described* will be, before its instances; *restart* is the cluster's
+        policy, for a pool without one of its own."""
+        if described.restart is None:
+            policy = restart
+        elif described.restart is True:
+            policy = RestartPolicy()
+        elif described.restart is False:
+            policy = None
+        else:
+            policy = described.restart
+        pool = cls(
+            name=described.name,
+            spec=described.tool,
+            tags=described.tags,
+            policy=policy,
+            dispatcher=Dispatcher(described.count, max_pending=max_pending),
+        )
+        pool.limiter.clock = clock
+        return pool
 
     def refresh_healthy(self) -> None:
         self.healthy = [i.slot for i in self.instances if i.healthy]
