@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from ._cluster import Cluster, launch_cluster
-from ._spec import ToolSpec
+from ._base.spec import ToolSpec
+from ._core.cluster import Cluster, launch_cluster
 
 __all__ = ["ClusterFactory", "cluster_factory"]
 

@@ -12,7 +12,7 @@ from abc import ABCMeta, abstractmethod
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._spec import ToolSpec
+    from ._base.spec import ToolSpec
 
 __all__ = ["ProcessHandle", "Transport"]
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any
 
-from ._metrics import ClusterMetrics
-from ._request import Reply, Ticket
-from ._spec import ToolSpec
+from ._base.metrics import ClusterMetrics
+from ._base.request import Reply, Ticket
+from ._base.spec import ToolSpec
 from .sync import Cluster
 from .sync import launch_cluster as _launch
 

@@ -46,18 +46,18 @@ except ModuleNotFoundError as _exc:  # pragma: no cover - depends on the environ
         "aimcluster.ray needs Ray, which is not installed: pip install 'aimcluster[ray]'"
     ) from _exc
 
-from ._exceptions import ToolNotFoundError
-from ._logging import library_logger
-from ._redact import redacted_repr
-from ._state import uses_state
-from ._transport import LocalTransport
+from ._base.errors import ToolNotFoundError
+from ._base.logs import library_logger
+from ._base.redact import redacted_repr
+from ._base.statedir import uses_state
+from ._transport.local import LocalTransport
 from .abc import ProcessHandle, Transport
 
 if TYPE_CHECKING:
     from anyio.lowlevel import EventLoopToken
     from ray import ObjectRef
 
-    from ._spec import ToolSpec
+    from ._base.spec import ToolSpec
 
 __all__ = ["RayTransport", "ToolHost"]
 

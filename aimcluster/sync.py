@@ -38,13 +38,13 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from . import _cluster
-from ._exceptions import ClusterClosedError
-from ._lease import Session as AsyncSession
-from ._metrics import ClusterMetrics
-from ._pool import Pool
-from ._request import Reply, Ticket
-from ._spec import ToolSpec
+from ._base.errors import ClusterClosedError
+from ._base.lease import Session as AsyncSession
+from ._base.metrics import ClusterMetrics
+from ._base.request import Reply, Ticket
+from ._base.spec import ToolSpec
+from ._core import cluster as _cluster
+from ._core.pool import Pool
 
 __all__ = ["Cluster", "Session", "launch_cluster"]
 

@@ -16,7 +16,7 @@ import anyio
 import attrs
 
 if TYPE_CHECKING:
-    from ._cluster import Cluster
+    from ._core.cluster import Cluster
 
 __all__ = ["ChaosMonkey", "chaos_monkey", "ray_loopback_only"]
 

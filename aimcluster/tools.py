@@ -23,9 +23,9 @@ from typing import Any
 
 import attrs
 
-from ._framing import Event, JsonlFraming, OneshotFraming, PromptFraming
-from ._spec import ToolSpec
-from ._usage import Usage, aider_usage
+from ._base.framing import Event, JsonlFraming, OneshotFraming, PromptFraming
+from ._base.spec import ToolSpec
+from ._base.usage import Usage, aider_usage
 
 __all__ = [
     "AIDER_CONFIRM",

@@ -21,7 +21,7 @@ import anyio
 import pytest
 
 import aimcluster
-from aimcluster._journal import read_journal
+from aimcluster._cli.journal import read_journal
 
 from .conftest import wait_gone
 from .fake_openai import FakeOpenAI, chat_files, doc_id

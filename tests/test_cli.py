@@ -28,16 +28,16 @@ from rich.console import Console
 
 import aimcluster
 from aimcluster import ToolSpec, tools
-from aimcluster._batch import Batch, BatchOutcome, run_batch
-from aimcluster._cli import _logger, cli
-from aimcluster._demo import DEMO_STEPS, expected_content, make_project, verify_project
-from aimcluster._items import InputError, build_jobs, items_from_paths
-from aimcluster._jobs import Job, JobResult
-from aimcluster._journal import Journal, read_journal
-from aimcluster._progress import LiveDisplay, PlainDisplay, Tracker, format_eta
-from aimcluster._report import FailureSummary, InstanceSummary, RunSummary, render_summary
-from aimcluster._terminal import shown
-from aimcluster._toolref import resolve_tool
+from aimcluster._cli.batch import Batch, BatchOutcome, run_batch
+from aimcluster._cli.demo import DEMO_STEPS, expected_content, make_project, verify_project
+from aimcluster._cli.items import InputError, build_jobs, items_from_paths
+from aimcluster._cli.journal import Journal, read_journal
+from aimcluster._cli.main import _logger, cli
+from aimcluster._cli.progress import LiveDisplay, PlainDisplay, Tracker, format_eta
+from aimcluster._cli.report import FailureSummary, InstanceSummary, RunSummary, render_summary
+from aimcluster._cli.terminal import shown
+from aimcluster._cli.toolref import resolve_tool
+from aimcluster._core.jobs import Job, JobResult
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 STEP_ARGS = [arg for step in DEMO_STEPS for arg in ("--step", step)]

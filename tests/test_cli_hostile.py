@@ -16,11 +16,11 @@ from click.testing import CliRunner, Result
 from rich.console import Console
 
 from aimcluster import tools
-from aimcluster._cli import cli
-from aimcluster._jobs import Job
-from aimcluster._journal import read_journal
-from aimcluster._report import FailureSummary, RunSummary, render_summary
-from aimcluster._terminal import shown
+from aimcluster._cli.journal import read_journal
+from aimcluster._cli.main import cli
+from aimcluster._cli.report import FailureSummary, RunSummary, render_summary
+from aimcluster._cli.terminal import shown
+from aimcluster._core.jobs import Job
 
 from .test_cli import run_live
 

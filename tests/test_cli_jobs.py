@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aimcluster._demo import verify_project
+from aimcluster._cli.demo import verify_project
 from tests.test_cli import TIMEOUT, backends, invoke, project, records, run_args
 
 

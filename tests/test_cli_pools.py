@@ -17,12 +17,12 @@ import pytest
 from rich.console import Console
 
 from aimcluster import Pool, tools
-from aimcluster._batch import Batch, BatchOutcome, run_batch
-from aimcluster._cli import _logger
-from aimcluster._jobs import Job
-from aimcluster._journal import read_journal
-from aimcluster._progress import LiveDisplay, Tracker
-from aimcluster._toolref import resolve_tool
+from aimcluster._cli.batch import Batch, BatchOutcome, run_batch
+from aimcluster._cli.journal import read_journal
+from aimcluster._cli.main import _logger
+from aimcluster._cli.progress import LiveDisplay, Tracker
+from aimcluster._cli.toolref import resolve_tool
+from aimcluster._core.jobs import Job
 from tests.test_cli import backends, invoke, records
 
 # Echoes '/echo TEXT' as TEXT, like the mock, until it has answered LIMIT prompts; from then

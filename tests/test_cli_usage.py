@@ -11,7 +11,7 @@ import attrs
 import pytest
 
 from aimcluster import ToolSpec, Usage, tools
-from aimcluster._framing import Event
+from aimcluster._base.framing import Event
 from tests.test_cli import backends, invoke, records
 from tests.test_usage import billed, billing_agent
 

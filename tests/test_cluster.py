@@ -55,7 +55,7 @@ async def test_round_robin_cycles_through_instances_in_order(cluster_factory) ->
 async def test_sticky_key_always_goes_to_the_same_instance(cluster_factory) -> None:
     cluster = await cluster_factory("mock", count=4, routing="sticky")
     for key in ("a.py", "b.py", "c.py", "d.py", "e.py"):
-        expected = aimcluster._routing.rendezvous(key, range(4))
+        expected = aimcluster._base.routing.rendezvous(key, range(4))
         seen = {(await cluster.send("x", key=key)).instance for _ in range(3)}
         assert seen == {expected}
 
@@ -64,7 +64,7 @@ async def test_sticky_key_always_goes_to_the_same_instance(cluster_factory) -> N
 async def test_sticky_key_goes_back_to_its_instance_after_a_restart(cluster_factory, how) -> None:
     cluster = await cluster_factory("mock", count=3, routing="sticky")
     key = "a.py"
-    home = aimcluster._routing.rendezvous(key, range(3))
+    home = aimcluster._base.routing.rendezvous(key, range(3))
     before = await cluster.send("/pid", key=key)
     old_pid = int(before.text)
     assert (before.instance, cluster.pids[home]) == (home, old_pid)
@@ -221,7 +221,7 @@ async def test_map_with_keys_routes_each_prompt_by_its_key(cluster_factory) -> N
     replies = await cluster.map(["x"] * 6, keys=keys)
     for reply, key in zip(replies, keys, strict=True):
         assert reply.key == key
-        assert reply.instance == aimcluster._routing.rendezvous(key, range(3))
+        assert reply.instance == aimcluster._base.routing.rendezvous(key, range(3))
 
 
 async def test_map_rejects_keys_of_the_wrong_length(cluster_factory) -> None:
@@ -275,7 +275,7 @@ async def test_lease_holds_one_instance_exclusively(cluster_factory, tmp_path) -
 async def test_lease_with_key_uses_sticky_routing(cluster_factory) -> None:
     cluster = await cluster_factory("mock", count=4, routing="sticky")
     async with cluster.lease(key="file7.py") as session:
-        assert session.instance == aimcluster._routing.rendezvous("file7.py", range(4))
+        assert session.instance == aimcluster._base.routing.rendezvous("file7.py", range(4))
         assert session.key == "file7.py"
         assert (await session.send("x")).key == "file7.py"
 

@@ -21,8 +21,8 @@ import attrs
 import pytest
 
 from aimcluster import Job, Pool, ToolSpec, compare_jobs, launch_cluster, tools
-from aimcluster._demo import DEMO_STEPS, expected_content, make_project
-from aimcluster._usage import aider_usage
+from aimcluster._base.usage import aider_usage
+from aimcluster._cli.demo import DEMO_STEPS, expected_content, make_project
 from tests.test_cli import backends, invoke
 
 FILES = 20

@@ -21,8 +21,8 @@ import pytest
 import structlog.testing
 
 from aimcluster import LocalTransport, ToolSpec, launch_cluster
-from aimcluster import _transport as transport_module
-from aimcluster._transport import _own_cgroup
+from aimcluster._transport import local as transport_module
+from aimcluster._transport.local import _own_cgroup
 
 from .conftest import alive, wait_gone
 
@@ -60,8 +60,8 @@ from aimcluster import ToolSpec, launch_cluster
 
 tool, pid_file, backend, streams, report = sys.argv[1:6]
 if streams == "trampoline":  # as where setpriv is missing
-    import aimcluster._transport
-    aimcluster._transport._setpriv = lambda: None
+    import aimcluster._transport.local
+    aimcluster._transport.local._setpriv = lambda: None
 
 async def main() -> None:
     spec = ToolSpec(

@@ -9,14 +9,14 @@ import anyio
 import attrs
 import pytest
 
-from aimcluster._dispatch import Dispatcher
-from aimcluster._exceptions import (
+from aimcluster._base.dispatch import Dispatcher
+from aimcluster._base.errors import (
     ClusterClosedError,
     NoHealthyInstancesError,
     PromptCancelledError,
     ReplyTimeoutError,
 )
-from aimcluster._request import Reply, Request, RequestState, Ticket
+from aimcluster._base.request import Reply, Request, RequestState, Ticket
 
 pytestmark = pytest.mark.anyio
 

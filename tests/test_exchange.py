@@ -27,7 +27,10 @@ from aimcluster import (
     Usage,
     tools,
 )
-from aimcluster._exchange import (
+from aimcluster._base.framing import Frame, JsonlFraming, OneshotFraming, PromptFraming
+from aimcluster._base.ratelimit import RateLimiter
+from aimcluster._base.request import Request, RequestState
+from aimcluster._slot.exchange import (
     Answer,
     Desync,
     Exchange,
@@ -37,9 +40,6 @@ from aimcluster._exchange import (
     TooManyQuestions,
     Unsolicited,
 )
-from aimcluster._framing import Frame, JsonlFraming, OneshotFraming, PromptFraming
-from aimcluster._ratelimit import RateLimiter
-from aimcluster._request import Request, RequestState
 
 
 class FakeClock:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import aimcluster
-from aimcluster._exceptions import ToolError
-from aimcluster._framing import (
+from aimcluster._base.errors import ToolError
+from aimcluster._base.framing import (
     Event,
     FrameOverflow,
     Framer,

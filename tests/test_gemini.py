@@ -21,8 +21,8 @@ import pytest
 
 import aimcluster
 from aimcluster import tools
-from aimcluster._exceptions import ToolError
-from aimcluster._instance import InstanceStalledError
+from aimcluster._base.errors import ToolError
+from aimcluster._slot.instance import InstanceStalledError
 
 from .clis import real_cli
 from .vendor_gemini import CACHED_TOKENS, FakeGemini, usage_for

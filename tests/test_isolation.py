@@ -22,8 +22,8 @@ import click
 import pytest
 import rich
 
-from aimcluster._demo import expected_content
-from aimcluster._journal import read_journal
+from aimcluster._cli.demo import expected_content
+from aimcluster._cli.journal import read_journal
 
 from .conftest import descendants, wait_gone
 

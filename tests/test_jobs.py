@@ -10,7 +10,7 @@ import attrs
 import pytest
 
 from aimcluster import ToolSpec, launch_cluster, tools
-from aimcluster._jobs import Job, JobResult, run_jobs
+from aimcluster._core.jobs import Job, JobResult, run_jobs
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ import attrs
 import pytest
 
 from aimcluster import Usage
-from aimcluster._metrics import ClusterMetrics, InstanceMetrics, percentile
+from aimcluster._base.metrics import ClusterMetrics, InstanceMetrics, percentile
 
 INSTANCE_FIELDS = {
     "index",

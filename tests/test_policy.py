@@ -7,7 +7,7 @@ import random
 import attrs
 import pytest
 
-from aimcluster._policy import RestartBudget, RestartPolicy
+from aimcluster._base.policy import RestartBudget, RestartPolicy
 
 # -- RestartPolicy.delay --------------------------------------------------------------------
 

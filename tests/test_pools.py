@@ -266,9 +266,7 @@ async def test_prompts_for_a_failed_pool_go_to_the_next_one(vendors: Vendors) ->
 
 async def test_a_prompt_queued_past_failover_after_moves_on(vendors: Vendors) -> None:
     pools = [Pool(vendors.spec("a"), 1), Pool(vendors.spec("b"), 1)]
-    async with aimcluster.launch_cluster(
-        pools, fallback=["a", "b"], failover_after=0.2
-    ) as cluster:
+    async with aimcluster.launch_cluster(pools, fallback=["a", "b"], failover_after=0.2) as cluster:
         busy = await cluster.submit("sleep 30", tool="a")
         started = anyio.current_time()
         reply = await cluster.send("waiting", tool="a", timeout=20)
@@ -400,9 +398,7 @@ async def test_a_job_for_one_pool_moves_on_when_that_pool_is_rate_limited_for_go
 
 async def test_a_job_whose_lease_moved_while_queued_says_so(vendors: Vendors) -> None:
     pools = [Pool(vendors.spec("a"), 1), Pool(vendors.spec("b"), 1)]
-    async with aimcluster.launch_cluster(
-        pools, fallback=["a", "b"], failover_after=0.2
-    ) as cluster:
+    async with aimcluster.launch_cluster(pools, fallback=["a", "b"], failover_after=0.2) as cluster:
         busy = await cluster.submit("sleep 30", tool="a")
         with anyio.fail_after(30):
             results = [r async for r in run_jobs(cluster, [Job(item="x", steps=["x"], tool="a")])]

@@ -16,8 +16,8 @@ import pytest
 
 import aimcluster
 from aimcluster import tools
-from aimcluster._exceptions import ToolError
-from aimcluster._framing import JsonlFraming, OneshotFraming
+from aimcluster._base.errors import ToolError
+from aimcluster._base.framing import JsonlFraming, OneshotFraming
 
 from .conftest import wait_gone
 

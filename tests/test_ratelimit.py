@@ -17,8 +17,8 @@ import structlog
 
 import aimcluster
 from aimcluster import tools
-from aimcluster._exceptions import ToolError
-from aimcluster._ratelimit import RateLimiter
+from aimcluster._base.errors import ToolError
+from aimcluster._base.ratelimit import RateLimiter
 
 STANDINS = Path(__file__).parent / "standins"
 

@@ -28,7 +28,7 @@ from ray.cluster_utils import Cluster as RayCluster
 
 import aimcluster
 from aimcluster import tools
-from aimcluster._framing import OneshotFraming  # not exported from aimcluster yet
+from aimcluster._base.framing import OneshotFraming  # not exported from aimcluster yet
 from aimcluster.ray import RayTransport, ToolHost, _Exited, _Started
 from aimcluster.testing import ray_loopback_only
 

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 import aimcluster
 from aimcluster import ToolSpec, tools
-from aimcluster._redact import REDACTED, Environment, looks_secret, redact_argv, redacted_repr
+from aimcluster._base.redact import REDACTED, Environment, looks_secret, redact_argv, redacted_repr
 
 SECRET = "sk-ant-api03-VERY-SECRET-0123456789"
 

@@ -10,7 +10,7 @@ import structlog
 
 import aimcluster
 from aimcluster import tools
-from aimcluster._exceptions import AutoAnswerLimitError
+from aimcluster._base.errors import AutoAnswerLimitError
 
 pytestmark = pytest.mark.anyio
 

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from aimcluster._items import InputError
-from aimcluster._jobs import Job, JobResult
-from aimcluster._journal import Journal, read_journal
-from aimcluster._results import (
+from aimcluster._cli.items import InputError
+from aimcluster._cli.journal import Journal, read_journal
+from aimcluster._cli.results import (
     Worktrees,
     commit_message,
     item_of_message,
     open_worktrees,
     state_path_for,
 )
+from aimcluster._core.jobs import Job, JobResult
 
 pytestmark = [
     pytest.mark.anyio,

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from aimcluster._routing import ROUTINGS, RoundRobin, Router, Sticky, make_router, rendezvous
+from aimcluster._base.routing import ROUTINGS, RoundRobin, Router, Sticky, make_router, rendezvous
 
 KEYS_1000 = [f"session-{i}" for i in range(1000)]
 EIGHT_SLOTS = list(range(8))

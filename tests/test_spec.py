@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 import pytest
 
-from aimcluster._spec import Probe, ToolSpec
+from aimcluster._base.spec import Probe, ToolSpec
 
 
 def make_spec(**overrides: Any) -> ToolSpec:

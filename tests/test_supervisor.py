@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 import aimcluster
 from aimcluster import tools
-from aimcluster._routing import rendezvous
+from aimcluster._base.routing import rendezvous
 
 from .conftest import wait_gone
 

@@ -13,8 +13,8 @@ import structlog
 
 import aimcluster
 from aimcluster import JsonlFraming, OneshotFraming, ToolSpec, Usage
-from aimcluster._framing import Event
-from aimcluster._usage import aider_usage, total
+from aimcluster._base.framing import Event
+from aimcluster._base.usage import aider_usage, total
 
 # A JSON-lines agent that reports usage the way claude's `result` does. A prompt is
 # `key=value` words: in, out, cost (what the turn reports), retries (api_retry events before

@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from ._framing import (
+from .framing import (
     Event,
     Framing,
     JsonlFraming,
@@ -18,8 +18,8 @@ from ._framing import (
     PromptFraming,
     compile_ready,
 )
-from ._redact import Environment, redact_argv
-from ._usage import Usage
+from .redact import Environment, redact_argv
+from .usage import Usage
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:

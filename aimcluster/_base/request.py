@@ -9,8 +9,8 @@ from typing import Any
 import anyio
 import attrs
 
-from ._exceptions import PromptCancelledError, ReplyTimeoutError
-from ._usage import Usage
+from .errors import PromptCancelledError, ReplyTimeoutError
+from .usage import Usage
 
 __all__ = ["Reply", "Request", "RequestState", "Ticket"]
 

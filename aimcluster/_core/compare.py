@@ -26,13 +26,13 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ._exceptions import single_error
-from ._jobs import Job, JobResult, JobRun, Workspace
-from ._usage import Usage
-from ._usage import total as total_usage
+from .._base.errors import single_error
+from .._base.usage import Usage
+from .._base.usage import total as total_usage
+from .jobs import Job, JobResult, JobRun, Workspace
 
 if TYPE_CHECKING:
-    from ._cluster import Cluster
+    from .cluster import Cluster
 
 __all__ = ["CompareRun", "Comparison", "ToolTotals", "compare_jobs"]
 

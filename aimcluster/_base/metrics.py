@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from ._usage import Usage, total
+from .usage import Usage, total
 
 __all__ = ["ClusterMetrics", "InstanceMetrics", "PoolMetrics", "percentile"]
 

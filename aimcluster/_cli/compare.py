@@ -36,9 +36,9 @@ from aimcluster import (
     single_error,
 )
 
-from ._items import InputError
-from ._results import GitError, Worktrees, open_worktrees
-from ._terminal import shown
+from .items import InputError
+from .results import GitError, Worktrees, open_worktrees
+from .terminal import shown
 
 if TYPE_CHECKING:
     from rich.console import Console

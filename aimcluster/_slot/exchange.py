@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from ._exceptions import (
+from .._base.errors import (
     AimclusterError,
     AutoAnswerLimitError,
     ClusterClosedError,
@@ -36,7 +36,7 @@ from ._exceptions import (
     ReplyTooLargeError,
     ToolError,
 )
-from ._framing import (
+from .._base.framing import (
     Frame,
     FrameDesync,
     FrameOverflow,
@@ -46,14 +46,14 @@ from ._framing import (
     clean_reply,
     compile_ready,
 )
-from ._request import Reply, Request, RequestState
-from ._usage import Usage
+from .._base.request import Reply, Request, RequestState
+from .._base.usage import Usage
 
 if TYPE_CHECKING:
     import structlog
 
-    from ._ratelimit import RateLimiter
-    from ._spec import ToolSpec
+    from .._base.ratelimit import RateLimiter
+    from .._base.spec import ToolSpec
 
 __all__ = [
     "Answer",

@@ -33,18 +33,18 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._exceptions import (
+from .._base.errors import (
     AimclusterError,
     ClusterClosedError,
     NoHealthyInstancesError,
     RateLimitedError,
 )
-from ._transport import _child_cwd
-from ._usage import Usage
+from .._base.usage import Usage
+from .._transport.local import _child_cwd
 
 if TYPE_CHECKING:
-    from ._cluster import Cluster
-    from ._spec import ToolSpec
+    from .._base.spec import ToolSpec
+    from .cluster import Cluster
 
 __all__ = [
     "Job",

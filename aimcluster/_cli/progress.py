@@ -25,8 +25,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from ._report import seconds
-from ._terminal import shown
+from .report import seconds
+from .terminal import shown
 
 if TYPE_CHECKING:
     from aimcluster import Cluster, JobResult, JobRun

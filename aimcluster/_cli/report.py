@@ -21,12 +21,12 @@ from rich.text import Text
 
 from aimcluster import Usage
 
-from ._terminal import shown
+from .terminal import shown
 
 if TYPE_CHECKING:
     from aimcluster import ClusterMetrics, InstanceMetrics, JobResult
 
-    from ._results import Landing
+    from .results import Landing
 
 __all__ = [
     "FailoverSummary",

@@ -46,14 +46,14 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import Process
 
-from ._exceptions import ToolNotFoundError
-from ._logging import library_logger
-from .abc import ProcessHandle, Transport
+from .._base.errors import ToolNotFoundError
+from .._base.logs import library_logger
+from ..abc import ProcessHandle, Transport
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._spec import ToolSpec
+    from .._base.spec import ToolSpec
 
 __all__ = ["LocalTransport"]
 

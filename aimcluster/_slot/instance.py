@@ -30,15 +30,21 @@ import anyio.lowlevel
 import attrs
 from anyio.abc import TaskStatus
 
-from ._channel import Channel
-from ._exceptions import (
+from .._base.channel import Channel
+from .._base.errors import (
     AimclusterError,
     ClusterClosedError,
     InstanceCrashedError,
     ReplyTimeoutError,
     StartupError,
 )
-from ._exchange import (
+from .._base.framing import Frame, clean_reply
+from .._base.metrics import InstanceMetrics, percentile
+from .._base.policy import RestartBudget, RestartPolicy
+from .._base.ratelimit import RateLimiter
+from .._base.redact import redact_argv
+from .._base.request import Request, RequestState
+from .exchange import (
     BREAKDOWNS,
     Answer,
     Breakdown,
@@ -47,21 +53,15 @@ from ._exchange import (
     Overflow,
     Unsolicited,
 )
-from ._exchange import InstanceStalledError as InstanceStalledError
-from ._framing import Frame, clean_reply
-from ._metrics import InstanceMetrics, percentile
-from ._policy import RestartBudget, RestartPolicy
-from ._ratelimit import RateLimiter
-from ._redact import redact_argv
-from ._request import Request, RequestState
+from .exchange import InstanceStalledError as InstanceStalledError
 
 if TYPE_CHECKING:
     import structlog
 
-    from ._dispatch import Dispatcher, Queued
-    from ._lease import LeaseRequest
-    from ._spec import ToolSpec
-    from .abc import ProcessHandle, Transport
+    from .._base.dispatch import Dispatcher, Queued
+    from .._base.lease import LeaseRequest
+    from .._base.spec import ToolSpec
+    from ..abc import ProcessHandle, Transport
 
 __all__ = ["Instance", "InstanceStalledError", "InstanceState"]
 
@@ -735,7 +735,7 @@ class Instance:
 
     async def _serve(self, handle: ProcessHandle | None, frames: Channel[_Event]) -> _Ended:
         """Take work from the dispatcher until the process ends or must be replaced."""
-        from ._lease import LeaseRequest
+        from .._base.lease import LeaseRequest
 
         while True:
             if self._exit_code is not None:

@@ -53,10 +53,10 @@ import attrs
 
 from aimcluster import AimclusterError, Job, JobResult
 
-from ._items import InputError
+from .items import InputError
 
 if TYPE_CHECKING:
-    from ._journal import Journal
+    from .journal import Journal
 
 __all__ = [
     "Conflict",

@@ -1,9 +1,9 @@
 """The cluster: supervised instances of one or more tools behind one routed, async API.
 
-A cluster is one pool of instances per tool (see :mod:`aimcluster._pool`); where each piece of
-work goes, and when it moves to another pool, is the fleet's business (:mod:`aimcluster._fleet`).
-The cluster is the public face: it checks what callers give it, starts and stops the
-instances, and hands work to the fleet.
+A cluster is one pool of instances per tool (see :mod:`.pool`); where each piece of work
+goes, and when it moves to another pool, is the fleet's business (:mod:`.fleet`). The cluster
+is the public face: it checks what callers give it, starts and stops the instances, and hands
+work to the fleet.
 """
 
 from __future__ import annotations
@@ -21,20 +21,20 @@ import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._exceptions import AimclusterError, ClusterClosedError, StartupError, single_error
-from ._fleet import Fleet, Item
-from ._instance import Instance, InstanceState
-from ._lease import LeaseRequest, Session
-from ._logging import library_logger
-from ._metrics import ClusterMetrics
-from ._policy import RestartPolicy
-from ._pool import Pool, PoolInfo, PoolState, check_prompt, pools_of
-from ._request import Reply, Request, Ticket
-from ._routing import make_router
-from ._spec import ToolSpec
-from ._state import StateDirectory, uses_state
-from ._transport import LocalTransport
-from .abc import Transport
+from .._base.errors import AimclusterError, ClusterClosedError, StartupError, single_error
+from .._base.lease import LeaseRequest, Session
+from .._base.logs import library_logger
+from .._base.metrics import ClusterMetrics
+from .._base.policy import RestartPolicy
+from .._base.request import Reply, Request, Ticket
+from .._base.routing import make_router
+from .._base.spec import ToolSpec
+from .._base.statedir import StateDirectory, uses_state
+from .._slot.instance import Instance, InstanceState
+from .._transport.local import LocalTransport
+from ..abc import Transport
+from .fleet import Fleet, Item
+from .pool import Pool, PoolInfo, PoolState, check_prompt, pools_of
 
 __all__ = ["Cluster", "launch_cluster"]
 
@@ -776,5 +776,5 @@ def launch_cluster(
 def _default_logger() -> structlog.typing.FilteringBoundLogger:
     """The app's structlog configuration if it made one (its level applies), else its
     standard logging's ``aimcluster`` logger if that has a handler, else nothing: a library
-    does not print unasked. Asked at each event, not once (see :mod:`aimcluster._logging`)."""
+    does not print unasked. Asked at each event, not once (see :mod:`aimcluster._base.logs`)."""
     return library_logger("aimcluster")

@@ -54,9 +54,9 @@ from aimcluster import (
     tools,
 )
 
-from ._batch import Batch, BatchOutcome, run_batch
-from ._compare_cli import CompareSetup, compare_command
-from ._demo import (
+from .batch import Batch, BatchOutcome, run_batch
+from .compare import CompareSetup, compare_command
+from .demo import (
     DEMO_STEPS,
     Verification,
     examples,
@@ -64,8 +64,8 @@ from ._demo import (
     unified_diff,
     verify_project,
 )
-from ._isolation import ISOLATIONS, IsolationName, WorktreeOptions, isolate
-from ._items import (
+from .isolation import ISOLATIONS, IsolationName, WorktreeOptions, isolate
+from .items import (
     InputError,
     WorkItem,
     build_jobs,
@@ -74,7 +74,7 @@ from ._items import (
     items_from_jsonl,
     items_from_paths,
 )
-from ._journal import (
+from .journal import (
     Journal,
     JournalContents,
     JournalInUseError,
@@ -82,11 +82,11 @@ from ._journal import (
     fingerprint,
     read_journal,
 )
-from ._progress import Display, LiveDisplay, NullDisplay, PlainDisplay, Tracker
-from ._report import last_lines, render_summary, seconds
-from ._results import state_path_for
-from ._terminal import shown
-from ._toolref import resolve_tool, split_count
+from .progress import Display, LiveDisplay, NullDisplay, PlainDisplay, Tracker
+from .report import last_lines, render_summary, seconds
+from .results import state_path_for
+from .terminal import shown
+from .toolref import resolve_tool, split_count
 
 __all__ = ["cli", "main"]
 

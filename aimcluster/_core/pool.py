@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ._dispatch import Dispatcher
-from ._instance import InstanceState
-from ._policy import RestartPolicy
-from ._ratelimit import RateLimiter
-from ._spec import ToolSpec
-from ._state import StateDirectory
-from .tools import get as get_tool
+from .._base.dispatch import Dispatcher
+from .._base.policy import RestartPolicy
+from .._base.ratelimit import RateLimiter
+from .._base.spec import ToolSpec
+from .._base.statedir import StateDirectory
+from .._slot.instance import InstanceState
+from ..tools import get as get_tool
 
 if TYPE_CHECKING:
-    from ._instance import Instance
+    from .._slot.instance import Instance
 
 __all__ = ["Pool", "PoolInfo", "PoolState", "check_prompt", "pools_of"]
 

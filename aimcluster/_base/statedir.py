@@ -21,7 +21,7 @@ import tempfile
 
 import attrs
 
-from ._spec import ToolSpec
+from .spec import ToolSpec
 
 __all__ = ["StateDirectory", "resolve", "uses_state"]
 

@@ -26,8 +26,8 @@ import attrs
 
 from aimcluster import Job, ToolSpec
 
-from ._items import InputError
-from ._results import GitError, Worktrees, open_worktrees
+from .items import InputError
+from .results import GitError, Worktrees, open_worktrees
 
 __all__ = ["ISOLATIONS", "Isolation", "IsolationName", "WorktreeOptions", "isolate"]
 

@@ -13,7 +13,7 @@ import attrs
 
 from aimcluster import Probe, ToolSpec, tools
 
-from ._items import InputError
+from .items import InputError
 
 __all__ = ["resolve_tool", "spec_fields", "split_count"]
 

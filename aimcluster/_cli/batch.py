@@ -34,10 +34,10 @@ from aimcluster import (
     single_error,
 )
 
-from ._journal import Journal
-from ._progress import Display, Tracker
-from ._report import RunSummary, summarize
-from ._results import Worktrees
+from .journal import Journal
+from .progress import Display, Tracker
+from .report import RunSummary, summarize
+from .results import Worktrees
 
 __all__ = ["Batch", "BatchOutcome", "run_batch"]
 

@@ -9,11 +9,11 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._exceptions import ClusterClosedError
+from .errors import ClusterClosedError
 
 if TYPE_CHECKING:
-    from ._request import Reply, Request
-    from ._spec import ToolSpec
+    from .request import Reply, Request
+    from .spec import ToolSpec
 
 __all__ = ["LeaseRequest", "Session", "SessionHost"]
 

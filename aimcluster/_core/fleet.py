@@ -24,16 +24,16 @@ import anyio
 import attrs
 import structlog
 
-from ._dispatch import Queued
-from ._exceptions import NoHealthyInstancesError, RateLimitedError
-from ._instance import Instance, InstanceState
-from ._lease import LeaseRequest
-from ._metrics import ClusterMetrics, PoolMetrics
-from ._pool import PoolState, check_prompt
-from ._request import Request, RequestState
-from ._routing import Router
-from ._state import resolve as resolve_state
-from .abc import Transport
+from .._base.dispatch import Queued
+from .._base.errors import NoHealthyInstancesError, RateLimitedError
+from .._base.lease import LeaseRequest
+from .._base.metrics import ClusterMetrics, PoolMetrics
+from .._base.request import Request, RequestState
+from .._base.routing import Router
+from .._base.statedir import resolve as resolve_state
+from .._slot.instance import Instance, InstanceState
+from ..abc import Transport
+from .pool import PoolState, check_prompt
 
 __all__ = ["Fleet", "Item"]
 

@@ -26,7 +26,7 @@ from typing import Protocol
 
 import anyio
 
-from ._exceptions import ClusterClosedError
+from .errors import ClusterClosedError
 
 __all__ = ["Dispatcher", "Offer", "Queued"]
 

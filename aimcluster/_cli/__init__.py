@@ -1,0 +1,1 @@
+"""The command line, a client of the public API only (tests/test_layout.py checks it)."""

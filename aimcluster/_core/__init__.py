@@ -1,0 +1,3 @@
+"""The engine: the cluster and its fleet of pools (placement and failover), and the jobs
+and comparisons run on it.
+"""
