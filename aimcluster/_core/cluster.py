@@ -76,6 +76,8 @@ class Cluster:
             fallback=tuple(fallback),
             failover_after=failover_after,
         )
+        # The spec of a cluster of one pool (None: several), for the per-prompt checks.
+        self._single = pools[0].tool if len(pools) == 1 else None
         self._stack: AsyncExitStack | None = None
         self._closing = False
         self._task_group: anyio.abc.TaskGroup
@@ -330,6 +332,10 @@ class Cluster:
             check_prompt(self._fleet.pools[held.tool].spec, prompt)
             request.pool, request.target = held.tool, held.slot
             default = held.spec.reply_timeout
+        elif self._single is not None and tool is None:
+            # One pool (the common case, on every prompt).
+            check_prompt(self._single, prompt)
+            default = self._single.reply_timeout
         else:
             pools = self._fleet.select(tool)
             self._fleet.taking(pools, prompt)
