@@ -39,11 +39,11 @@ from ._core.compare import ToolTotals as ToolTotals
 from ._core.compare import compare_jobs as compare_jobs
 from ._core.jobs import Job as Job
 from ._core.jobs import JobResult as JobResult
-from ._core.jobs import JobRun as JobRun
 from ._core.jobs import Workspace as Workspace
-from ._core.jobs import run_jobs as run_jobs
 from ._core.pool import Pool as Pool
 from ._core.pool import PoolInfo as PoolInfo
+from ._core.scheduler import JobRun as JobRun
+from ._core.scheduler import run_jobs as run_jobs
 from ._slot.instance import InstanceStalledError as InstanceStalledError
 from ._slot.instance import InstanceState as InstanceState
 from ._transport.local import LocalTransport as LocalTransport

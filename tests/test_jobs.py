@@ -10,7 +10,8 @@ import attrs
 import pytest
 
 from aimcluster import ToolSpec, launch_cluster, tools
-from aimcluster._core.jobs import Job, JobResult, run_jobs
+from aimcluster._core.jobs import Job, JobResult
+from aimcluster._core.scheduler import run_jobs
 
 pytestmark = pytest.mark.anyio
 
@@ -219,6 +220,28 @@ def test_job_needs_steps_as_a_sequence_of_strings() -> None:
     assert job.key == "k"
 
 
+class _FullDisk:
+    """A workspace that fails as no workspace means to: with an error that is not aimcluster's."""
+
+    async def prepare(self, job: Job, instance: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    async def settle(self, job: Job, instance: int) -> str:
+        raise AssertionError("settle runs only after prepare succeeded")
+
+
+async def test_an_unexpected_error_in_a_job_is_raised_as_itself_not_in_a_group(
+    tmp_path: Path,
+) -> None:
+    jobs = [Job(item="a", steps=["/echo hi"])]
+    async with launch_cluster(fast_mock(tmp_path), 1) as cluster:
+        with pytest.raises(OSError, match="No space left on device"):
+            async for _result in run_jobs(cluster, jobs, workspace=_FullDisk()):
+                pass
+        # The cluster outlives the run that failed.
+        assert (await cluster.send("/echo still here", timeout=STEP_TIMEOUT)).text == "still here"
+
+
 # -- success checks ---------------------------------------------------------------------------
 
 
@@ -236,6 +259,7 @@ async def test_a_reply_the_tool_reports_as_a_failure_fails_the_job_at_that_step(
     ghost = results["ghost"]
     assert ghost.status == "failed"
     assert ghost.error_type == "ReplyFailedError"
+    assert ghost.failed_check == "fail_on"
     assert ghost.error == (
         "the reply to step 1 reports a failure (it matches '(?m)^No such file: '): "
         "'No such file: ghost.py'"
@@ -246,6 +270,7 @@ async def test_a_reply_the_tool_reports_as_a_failure_fails_the_job_at_that_step(
     assert len(ghost.timings) == 1
     assert ghost.cwd == str(tmp_path)
     assert results["real"].status == "ok"
+    assert results["real"].failed_check is None
 
 
 async def test_fail_on_replaces_the_tools_own_failure_replies(tmp_path: Path) -> None:
@@ -285,6 +310,7 @@ async def test_verify_runs_in_the_instance_directory_and_a_non_zero_exit_fails_t
     assert good.verify.output == f"in {good.cwd}\n"
     assert bad.status == "failed"
     assert bad.error_type == "VerifyFailedError"
+    assert bad.failed_check == "verify"
     assert bad.error is not None
     assert bad.error.endswith("exited with code 3")
     assert bad.cwd == str(tmp_path / f"instance-{bad.instance}")

@@ -171,6 +171,37 @@ class ToolError(AimclusterError):
         return self.events[-1] if self.events else None
 
 
+class ReplyFailedError(AimclusterError):
+    """A job's step got a reply that says the step failed: it matches a failure pattern
+    (the job's ``fail_on``, else the tool's ``ToolSpec.failure_replies``)."""
+
+    def __init__(self, *, step: int, prompt: str, pattern: str, reply: str, line: str) -> None:
+        super().__init__(
+            f"the reply to step {step} reports a failure (it matches {pattern!r}): {line!r}"
+        )
+        #: The step's number, from 1.
+        self.step = step
+        self.prompt = prompt
+        #: The pattern that matched, and the whole reply.
+        self.pattern = pattern
+        self.reply = reply
+
+
+class VerifyFailedError(AimclusterError):
+    """A job's verify command exited non-zero, did not finish in time, or did not start."""
+
+    def __init__(
+        self, message: str, *, argv: tuple[str, ...], exit_code: int | None, output: str
+    ) -> None:
+        super().__init__(message)
+        #: The command line, as run.
+        self.argv = argv
+        #: Its exit code (negative: killed by that signal); ``None`` if it did not run to its end.
+        self.exit_code = exit_code
+        #: The end of its output, stdout and stderr together.
+        self.output = output
+
+
 def single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error a task group collected, to raise as itself at a public boundary: the first
     leaf that is not a cancellation (nested groups flattened), else the first leaf."""

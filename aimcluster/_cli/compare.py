@@ -304,7 +304,7 @@ def _cell_text(result: JobResult | None) -> Text:
     elif result.status == "cancelled":
         text = Text("cancelled", style="yellow")
     else:
-        text = Text(f"FAIL {Comparison.failed_check(result)}", style="red")
+        text = Text(f"FAIL {result.failed_check}", style="red")
     details = [_seconds(result.elapsed)]
     if result.attempts > 1:
         details.append(f"{result.attempts} attempts")

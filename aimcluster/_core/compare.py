@@ -9,27 +9,26 @@ what its column shows. :class:`Comparison` puts the results side by side: per jo
 whether it passed its checks (every step's reply, ``fail_on``, ``verify``), how long it took,
 its attempts, what it cost and its commit, and per tool the totals.
 
-``aimcluster run --compare`` (:mod:`._compare_cli`) is a client of this module through the
-public API: it gives each pool worktrees of its own.
+``aimcluster run --compare`` (:mod:`aimcluster._cli.compare`) is a client of this module
+through the public API: it gives each pool worktrees of its own.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .._base.errors import single_error
 from .._base.usage import Usage
 from .._base.usage import total as total_usage
-from .jobs import Job, JobResult, JobRun, Workspace
+from .jobs import Job, JobResult, Workspace
+from .scheduler import JobRun
+from .stream import ResultStream
 
 if TYPE_CHECKING:
     from .cluster import Cluster
@@ -66,7 +65,7 @@ def _cell(result: JobResult) -> dict[str, Any]:
     return {
         "status": result.status,
         "passed": result.ok,
-        "failed_check": Comparison.failed_check(result),
+        "failed_check": result.failed_check,
         "error": result.error,
         "elapsed": round(result.elapsed, 3),
         "attempts": result.attempts,
@@ -90,19 +89,6 @@ class Comparison:
     rows: tuple[Mapping[str, JobResult], ...]
     #: With worktrees: the branch each tool's results landed on.
     branches: Mapping[str, str] = attrs.field(factory=dict)
-
-    @staticmethod
-    def failed_check(result: JobResult) -> str | None:
-        """Which check a job that did not pass failed, as a comparison names it: ``fail_on``
-        (a reply reported a failure), ``verify``, ``conflict`` (its change did not land), else
-        the error's class; ``None`` if it passed."""
-        if result.ok:
-            return None
-        return {
-            "ReplyFailedError": "fail_on",
-            "VerifyFailedError": "verify",
-            "ConflictError": "conflict",
-        }.get(result.error_type or "", result.error_type)
 
     def result(self, item: str, tool: str) -> JobResult | None:
         """The result of the (first) job on *item* on *tool*."""
@@ -193,7 +179,7 @@ def _compared(cluster: Cluster, tools: Iterable[str] | None) -> tuple[str, ...]:
     return names
 
 
-class CompareRun:
+class CompareRun(ResultStream[JobResult]):
     """A running comparison; create it with :func:`compare_jobs`.
 
     ``async with compare_jobs(...) as run:`` starts it, ``async for result in run`` yields
@@ -213,6 +199,7 @@ class CompareRun:
         fail_on: Iterable[str] | Mapping[str, Iterable[str] | None] | None,
         workspaces: Mapping[str, Workspace] | None,
     ) -> None:
+        super().__init__()
         # timeout and fail_on may be given per tool (a mapping), as the command line does.
         self._tools = _compared(cluster, tools)
         self._jobs: tuple[Job, ...] = tuple(jobs)
@@ -252,9 +239,6 @@ class CompareRun:
                 workspace=workspaces.get(tool),
             )
         self._rows: list[dict[str, JobResult]] = [{} for _ in self._jobs]
-        self._entered = False
-        self._stack: AsyncExitStack | None = None
-        self._receive: anyio.abc.ObjectReceiveStream[JobResult] | None = None
 
     # -- observing ------------------------------------------------------------------------
 
@@ -307,23 +291,14 @@ class CompareRun:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def __aenter__(self) -> CompareRun:
-        if self._entered:
-            raise RuntimeError("a CompareRun can be started only once")
-        self._entered = True
-        send, receive = anyio.create_memory_object_stream[JobResult](math.inf)
-        async with AsyncExitStack() as stack:
-            stack.enter_context(receive)
-            runs = [await stack.enter_async_context(run) for run in self._runs.values()]
-            forwarding = await stack.enter_async_context(anyio.create_task_group())
-            # Leaving the block early stops the forwarding first, then each run its jobs.
-            stack.callback(forwarding.cancel_scope.cancel)
-            with send:
-                for run in runs:
-                    forwarding.start_soon(self._forward, run, send.clone())
-            self._receive = receive
-            self._stack = stack.pop_all()
-        return self
+    async def _start(self, stack: AsyncExitStack, send: MemoryObjectSendStream[JobResult]) -> None:
+        runs = [await stack.enter_async_context(run) for run in self._runs.values()]
+        forwarding = await stack.enter_async_context(anyio.create_task_group())
+        # Leaving the block early stops the forwarding first, then each run its jobs.
+        stack.callback(forwarding.cancel_scope.cancel)
+        with send:
+            for run in runs:
+                forwarding.start_soon(self._forward, run, send.clone())
 
     async def _forward(self, run: JobRun, send: MemoryObjectSendStream[JobResult]) -> None:
         with send:
@@ -332,36 +307,6 @@ class CompareRun:
                 assert tool is not None
                 self._rows[self._row[id(result.job)]][tool] = result
                 send.send_nowait(result)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._stack is not None
-        try:
-            return await self._stack.__aexit__(exc_type, exc, tb)
-        except BaseExceptionGroup as group:
-            raise single_error(group) from None
-
-    def __aiter__(self) -> AsyncIterator[JobResult]:
-        if self._entered:
-            return self
-        return self._run_and_iterate()
-
-    async def _run_and_iterate(self) -> AsyncGenerator[JobResult, None]:
-        async with self:
-            async for result in self:
-                yield result
-
-    async def __anext__(self) -> JobResult:
-        if self._receive is None:
-            raise RuntimeError("iterate a CompareRun with 'async for', or enter it first")
-        try:
-            return await self._receive.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
 
 
 def compare_jobs(
