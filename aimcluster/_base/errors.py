@@ -88,6 +88,10 @@ class InstanceCrashedError(AimclusterError):
         self.prompt = prompt
 
 
+class InstanceStalledError(InstanceCrashedError):
+    """The instance printed nothing for ``stall_timeout`` seconds mid-reply and was restarted."""
+
+
 class ReplyTooLargeError(InstanceCrashedError):
     """The tool printed more than ``ToolSpec.max_reply_bytes`` without a ready prompt.
 

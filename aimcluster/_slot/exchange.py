@@ -28,12 +28,10 @@ import attrs
 
 from .._base.errors import (
     AimclusterError,
-    AutoAnswerLimitError,
     ClusterClosedError,
-    DesyncError,
     InstanceCrashedError,
+    InstanceStalledError,
     ReplyTimeoutError,
-    ReplyTooLargeError,
     ToolError,
 )
 from .._base.framing import (
@@ -48,6 +46,21 @@ from .._base.framing import (
 )
 from .._base.request import Reply, Request, RequestState
 from .._base.usage import Usage
+from .outcomes import (
+    Answer,
+    Breakdown,
+    Desync,
+    Failure,
+    Outcome,
+    Overflow,
+    TooManyQuestions,
+    Unsolicited,
+    breakdown_error,
+    crash_error,
+    overflow_error,
+    stalled_error,
+    timeout_error,
+)
 
 if TYPE_CHECKING:
     import structlog
@@ -55,6 +68,7 @@ if TYPE_CHECKING:
     from .._base.ratelimit import RateLimiter
     from .._base.spec import ToolSpec
 
+# The outcomes are re-exported: this module is where a reader of the exchange looks for them.
 __all__ = [
     "Answer",
     "Breakdown",
@@ -69,82 +83,6 @@ __all__ = [
 ]
 
 _LATENCY_SAMPLES = 1024
-
-
-class InstanceStalledError(InstanceCrashedError):
-    """The instance printed nothing for ``stall_timeout`` seconds mid-reply and was restarted."""
-
-
-# -- outcomes -------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Overflow:
-    """More than ``max_reply_bytes`` of output without the end of a reply."""
-
-    size: int
-    partial: str
-    #: No prompt was in flight: the process is :attr:`Exchange.broken` from now on.
-    idle: bool = False
-
-
-@attrs.frozen
-class TooManyQuestions:
-    """The tool asked one question more than ``max_auto_answers`` for one prompt."""
-
-    pattern: str
-    partial: str
-    idle: bool = False
-
-
-@attrs.frozen
-class Desync:
-    """The output stopped lining up with the prompts: a ready prompt that cannot end the
-    reply in flight (see :class:`FrameDesync`), or a reply while no prompt is in flight."""
-
-    why: str
-    partial: str
-    idle: bool = False
-
-
-#: The framer gave up: the process must be restarted.
-Breakdown = Overflow | TooManyQuestions | Desync
-BREAKDOWNS: Final = (Overflow, TooManyQuestions, Desync)
-
-
-@attrs.frozen
-class Answer:
-    """Write :attr:`data` to the process: the answer to a question it asked (``responders``)."""
-
-    data: bytes
-
-
-@attrs.frozen
-class Unsolicited:
-    """A frame while nothing was ever written to the process (a start-up banner, a ready
-    event): for the instance waiting for its process to be ready."""
-
-    frame: Frame
-
-
-#: What output means. A :class:`Frame` is the reply of the prompt in flight, already
-#: resolved (or marked to be sent again, see :attr:`Exchange.resend`).
-Outcome = Frame | Answer | Unsolicited | Overflow | TooManyQuestions | Desync
-
-
-@attrs.frozen
-class Failure:
-    """The prompt in flight got no reply: what to do with it and with the process."""
-
-    request: Request
-    error: AimclusterError
-    #: It may be attempted again (requeued within its retries): nothing says it is to blame.
-    retry: bool
-    #: The process had broken down before the prompt got through: the prompt is not lost
-    #: but requeued (see :attr:`Exchange.broken`).
-    unsent: bool = False
-    #: The process exited (else it is alive and must be killed).
-    exited: bool = False
 
 
 _NOTHING: Final[Sequence[Outcome]] = ()
@@ -695,14 +633,7 @@ class Exchange:
         elapsed = self.clock() - self._started
         retry = bool(counted)
         if overflow is not None:
-            error: AimclusterError = ReplyTooLargeError(
-                f"instance {self.index} ({spec.name}) printed more than "
-                f"{spec.max_reply_bytes} bytes for one prompt; killed it",
-                instance=self.index,
-                exit_code=None,
-                partial_output=overflow.partial[-65536:],
-                prompt=request.prompt,
-            )
+            error: AimclusterError = overflow_error(spec, self.index, request, overflow)
             return Failure(request, error, retry=False)
         if exit_code is None and self.clock() < self._reply_deadline:
             return Failure(request, self._stalled(request, output, "killed it"), retry=retry)
@@ -717,60 +648,20 @@ class Exchange:
 
     def breakdown_error(self, event: Breakdown, request: Request | None) -> InstanceCrashedError:
         """The error for a breakdown: the process must be restarted."""
-        error: type[InstanceCrashedError]
-        if isinstance(event, Overflow):
-            error = ReplyTooLargeError
-            what = f"printed more than {self.spec.max_reply_bytes} bytes without a ready prompt"
-        elif isinstance(event, TooManyQuestions):
-            error = AutoAnswerLimitError
-            what = (
-                f"({self.spec.name}) asked more than {self.spec.max_auto_answers} questions "
-                f"matching {event.pattern!r}"
-            )
-        else:
-            error = DesyncError
-            what = f"({self.spec.name}) lost track of its prompts: {event.why}"
-        return error(
-            f"instance {self.index} {what}; restarting it",
-            instance=self.index,
-            exit_code=None,
-            partial_output=event.partial[-65536:],
-            prompt=None if request is None else request.prompt,
-        )
+        return breakdown_error(self.spec, self.index, event, request)
 
     def crash_error(
         self, request: Request | None, what: str, exit_code: int | None, partial: str = ""
     ) -> InstanceCrashedError:
-        about = f" while replying to {request.prompt[:60]!r}" if request is not None else ""
-        return InstanceCrashedError(
-            f"instance {self.index} ({self.spec.name}) {what} with code {exit_code}{about}",
-            instance=self.index,
-            exit_code=exit_code,
-            partial_output=partial,
-            prompt=request.prompt if request is not None else None,
-        )
+        return crash_error(self.spec, self.index, request, what, exit_code, partial)
 
     def _stalled(self, request: Request, partial: str, then: str) -> InstanceStalledError:
-        stall = self.spec.stall_timeout
-        self.log.warning("instance_stalled", stall_timeout=stall)
-        return InstanceStalledError(
-            f"instance {self.index} printed nothing for {stall} s while replying to "
-            f"{request.prompt[:60]!r}; {then}",
-            instance=self.index,
-            exit_code=None,
-            partial_output=partial,
-            prompt=request.prompt,
-        )
+        self.log.warning("instance_stalled", stall_timeout=self.spec.stall_timeout)
+        return stalled_error(self.spec, self.index, request, partial, then)
 
     def _timed_out(
         self, request: Request, partial: str, counted: int, elapsed: float, then: str
     ) -> ReplyTimeoutError:
         self.timeouts += counted
         self.log.warning("reply_timed_out", elapsed=elapsed)
-        return ReplyTimeoutError(
-            f"instance {self.index} did not finish replying to {request.prompt[:60]!r} "
-            f"in time; {then}",
-            prompt=request.prompt,
-            instance=self.index,
-            partial_output=partial,
-        )
+        return timeout_error(self.index, request, partial, then)

@@ -1,0 +1,418 @@
+"""One live tool process: its handle, the reader, the stderr tail and the exit watcher.
+
+A :class:`Process` owns everything that lives and dies with one process: the handle, its exit
+code, the tail of a separate stderr, the lock that makes writers take turns, the end of a prompt
+still to be written, and the three tasks that watch it (run by :meth:`Process.watched`). It
+knows nothing of prompts, leases or the dispatcher: the reader feeds the output to the
+instance's :class:`~.exchange.Exchange` and hands what it means to the instance's task through
+an event queue (:meth:`Process.next_event`), and tells its owner two things through callbacks:
+
+* *carry_on*, when the reader has completed the last reply of a read: "a reply completed; may
+  I go on without waking the task?" The owner may write its next prompt from there (the
+  reader's fast path), and returns False if its task must see the reply;
+* *interrupt*, when the owner's task must wake wherever it waits: the process exited, or its
+  output broke down while no prompt was in flight.
+
+A one-shot tool's prompt runs one process through the same reader and exit watcher: the
+exchange keeps its output, and the exit (or an overflow, or the reply's deadline) ends it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import signal
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import attrs
+
+from .._base.channel import Channel
+from .._base.errors import StartupError
+from .._base.framing import Frame
+from .._base.redact import redact_argv
+from .outcomes import BREAKDOWNS, Answer, Breakdown, Outcome, Unsolicited
+
+if TYPE_CHECKING:
+    import structlog
+
+    from .._base.spec import ToolSpec
+    from ..abc import ProcessHandle, Transport
+    from .exchange import Exchange
+
+__all__ = ["EXITED", "WAKE", "Event", "Process", "Signal"]
+
+# After the process exits, how long its output may take to reach EOF. Only a grandchild that left
+# our process group (setsid) can hold the stream open past the group SIGKILL.
+EOF_GRACE = 1.0
+
+# Events the reader may queue for the owner's task. Frames a tool prints at start-up, before
+# its first input, are dropped past that; later ones restart it (Exchange.feed).
+_FRAME_BUFFER = 16
+
+
+class Signal(enum.Enum):
+    #: Queued by the exit watcher, after every frame read before EOF.
+    EXITED = "exited"
+    #: Queued by the owner (:meth:`Process.wake`) for its task, parked on the queue while the
+    #: reader carries on: there is work, or an interrupt, for it.
+    WAKE = "wake"
+
+
+EXITED, WAKE = Signal.EXITED, Signal.WAKE
+#: What the owner's task reads from the queue: a reply (resolved already), a breakdown, or a
+#: signal.
+Event = Frame | Breakdown | Signal
+
+
+async def _wait_all(events: Iterable[anyio.Event], *, timeout: float) -> None:
+    with anyio.move_on_after(timeout):
+        for event in events:
+            await event.wait()
+
+
+def _never() -> bool:
+    return False
+
+
+def _nothing() -> None:
+    pass
+
+
+@attrs.define(eq=False)
+class Process:
+    """One process of an instance (see the module docstring). Start it with :meth:`spawn`."""
+
+    handle: ProcessHandle
+    spec: ToolSpec
+    exchange: Exchange
+    #: Bound to the instance and the process's pid.
+    log: structlog.typing.FilteringBoundLogger
+    #: A reply completed, the last of a read: True if the owner's task need not wake.
+    carry_on: Callable[[], bool] = _never
+    #: The owner's task must wake wherever it waits (an exit, a breakdown while idle).
+    interrupt: Callable[[], None] = _nothing
+
+    #: Set by the exit watcher once the process is gone and its output read (or by terminate).
+    exit_code: int | None = attrs.field(init=False, default=None)
+    _stderr_tail: bytearray = attrs.field(init=False, factory=bytearray)
+    #: Held while a task waits to write: one waiter per fd at a time.
+    _write_lock: anyio.Lock = attrs.field(init=False, factory=lambda: anyio.Lock(fast_acquire=True))
+    #: The end of a prompt :meth:`try_write` could not write at once: the owner sends it.
+    _unsent: bytes = attrs.field(init=False, default=b"")
+    #: From the reader and the exit watcher to the owner's task.
+    _events: Channel[Event] = attrs.field(
+        init=False, factory=lambda: Channel[Event](_FRAME_BUFFER, senders=2)
+    )
+    #: The owner's wait for a reply with a deadline or stall watchdog; output pushes it back.
+    _reply_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
+    #: Waits the exit watcher ends (see :meth:`until_exit`).
+    _exit_scopes: set[anyio.CancelScope] = attrs.field(init=False, factory=set)
+
+    @classmethod
+    async def spawn(
+        cls,
+        transport: Transport,
+        spec: ToolSpec,
+        *,
+        index: int,
+        exchange: Exchange,
+        log: structlog.typing.FilteringBoundLogger,
+        carry_on: Callable[[], bool] = _never,
+        interrupt: Callable[[], None] = _nothing,
+    ) -> Process:
+        """Start *spec*'s process for instance *index*; the exchange starts over with it.
+
+        :raises StartupError: if the transport could not start it
+        """
+        try:
+            # Shielded: a cancellation landing between the fork and our holding the handle
+            # would leave a child nobody kills. Spawning itself is quick.
+            with anyio.CancelScope(shield=True):
+                handle = await transport.spawn(spec, instance=index)
+        except OSError as exc:
+            raise StartupError(
+                f"could not start {redact_argv(spec.argv)!r}: {exc}", instance=index, output=""
+            ) from exc
+        plog = log.bind(instance=index, pid=handle.pid)
+        exchange.reset(plog)
+        plog.info("instance_started", argv=redact_argv(spec.argv), node=handle.node)
+        return cls(handle, spec, exchange, plog, carry_on, interrupt)
+
+    @property
+    def pid(self) -> int | None:
+        return self.handle.pid
+
+    @property
+    def node(self) -> str | None:
+        return self.handle.node
+
+    def stderr_tail(self) -> str:
+        """The last 8 KiB of a separate stderr (for error reports)."""
+        return self._stderr_tail.decode(self.spec.encoding, "replace")
+
+    # -- the tasks -------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def watched(self) -> AsyncIterator[None]:
+        """Run the reader, the stderr reader and the exit watcher for the body's duration."""
+        async with anyio.create_task_group() as tg:
+            eof, stderr_eof = anyio.Event(), anyio.Event()
+            if self.spec.merge_stderr or self.spec.pty:
+                stderr_eof.set()
+            else:
+                tg.start_soon(self._read_stderr, stderr_eof)
+            tg.start_soon(self._read, eof)
+            tg.start_soon(self._watch_exit, (eof, stderr_eof))
+            yield
+            tg.cancel_scope.cancel()
+
+    async def _read(self, eof: anyio.Event) -> None:
+        """The reader: output -> exchange -> event queue. Waits for the owner only with the
+        queue full and a reply or a breakdown to hand over."""
+        exchange, handle = self.exchange, self.handle
+        stall = self.spec.stall_timeout
+        settle = exchange.settle
+        try:
+            while True:
+                data = b""
+                try:
+                    if settle is not None and exchange.pending:
+                        # The output ends with the prompt: the reply is complete unless more
+                        # output arrives within `settle` (each chunk starts the timer over).
+                        with anyio.move_on_after(settle):
+                            data = await handle.receive()
+                    else:
+                        data = await handle.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    await self._hand_over(exchange.eof())
+                    return
+                if not data:
+                    await self._hand_over(exchange.quiet())
+                    continue
+                scope = self._reply_scope
+                if stall is not None and scope is not None:
+                    # Output is a sign of life: push the watchdog back, never past the deadline.
+                    scope.deadline = exchange.watchdog()
+                outcomes = exchange.feed(data)
+                if outcomes and await self._hand_over(outcomes):
+                    # Let whoever a reply went to run before this looks for more output (as
+                    # trio's own pipe streams do before every read): the caller sends its next
+                    # prompt, the other readers do their work, and by then the next reply is
+                    # often in, read without waking up for it. One pass per reply, no polling.
+                    await anyio.lowlevel.checkpoint()
+        finally:
+            eof.set()
+            self._events.close_sender()
+
+    async def _hand_over(self, outcomes: Sequence[Outcome]) -> bool:
+        """Act on what the output meant; return whether it completed a reply."""
+        events = self._events
+        replied = False
+        for outcome in outcomes:
+            if type(outcome) is Frame:
+                # The exchange resolved the request already: the caller is awake.
+                replied = True
+                if outcome is outcomes[-1] and self.carry_on():
+                    continue  # the owner's task does not need to wake
+                # The task learns from the queue that the exchange is over. Hand over without
+                # a checkpoint when there is room.
+                try:
+                    events.send_nowait(outcome)
+                except anyio.WouldBlock:
+                    await events.send(outcome)
+            elif isinstance(outcome, Answer):
+                try:
+                    await self.write(outcome.data)
+                except anyio.BrokenResourceError:
+                    pass  # it exited; the exit watcher reports that
+            elif isinstance(outcome, Unsolicited):
+                # Start-up: for the wait for the ready prompt. With the queue full, drop it
+                # rather than stop reading (the owner discards it before the first prompt).
+                try:
+                    events.send_nowait(outcome.frame)
+                except anyio.WouldBlock:
+                    self.log.debug("unsolicited_output_dropped", text=outcome.frame.text[-200:])
+            else:
+                assert isinstance(outcome, BREAKDOWNS)
+                # The framer gave up: with a prompt in flight, that prompt fails. With none
+                # (idle), no prompt is to blame and the owner's task is woken wherever it
+                # waits, to restart the process; also through the queue, for a reply wait.
+                if outcome.idle:
+                    self.interrupt()
+                await events.send(outcome)
+        return replied
+
+    async def _read_stderr(self, eof: anyio.Event) -> None:
+        """Keep the tail of a separate stderr for error reports, and log it."""
+        try:
+            while True:
+                try:
+                    data = await self.handle.receive_stderr()
+                except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return
+                self._stderr_tail += data
+                del self._stderr_tail[:-8192]
+                self.log.debug("instance_stderr", data=data.decode(self.spec.encoding, "replace"))
+        finally:
+            eof.set()
+
+    async def _watch_exit(self, eofs: tuple[anyio.Event, anyio.Event]) -> None:
+        """Exit detection: the transport's wait() (pidfd or waitpid), never polling."""
+        try:
+            code = await self.handle.wait()
+            # Grandchildren left behind would hold the output open, and must die anyway.
+            self.handle.kill_all()
+            # The last of stdout and of a separate stderr come before the exit is reported: a
+            # startup error or a crash must show what the tool said as it died.
+            await _wait_all(eofs, timeout=EOF_GRACE)
+            self.exit_code = code
+            self.log.info("instance_exited", exit_code=code)
+            # Wake whoever waits: the owner wherever it is idle, a reply wait on the queue
+            # (behind every frame read before EOF), or a wait in until_exit.
+            self.interrupt()
+            try:
+                self._events.send_nowait(EXITED)
+            except (anyio.WouldBlock, anyio.BrokenResourceError):
+                pass
+            for scope in self._exit_scopes:
+                scope.cancel()
+        finally:
+            self._events.close_sender()
+
+    # -- the owner's waits -----------------------------------------------------------------------
+
+    async def next_event(self) -> Event:
+        """The next reply, breakdown or signal; :data:`EXITED` once the queue is closed."""
+        try:
+            return await self._events.receive()
+        except anyio.EndOfStream:
+            return EXITED
+
+    def poll_event(self) -> Event | None:
+        """The next event if one is queued, without waiting."""
+        try:
+            return self._events.receive_nowait()
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            return None
+
+    @property
+    def events_pending(self) -> bool:
+        return self._events.pending
+
+    def wake(self) -> None:
+        """Wake the owner's task, parked on the queue while the reader carries on."""
+        try:
+            self._events.send_nowait(WAKE)
+        except (anyio.WouldBlock, anyio.BrokenResourceError):
+            pass  # it has events to wake it already, or it is gone
+
+    @contextlib.contextmanager
+    def reply_wait(self, deadline: float) -> Iterator[anyio.CancelScope]:
+        """A scope for a reply wait until *deadline*, which output pushes back when the spec
+        has a stall watchdog (see :meth:`Exchange.watchdog`)."""
+        with anyio.CancelScope(deadline=deadline) as scope:
+            self._reply_scope = scope
+            try:
+                yield scope
+            finally:
+                self._reply_scope = None
+
+    @contextlib.contextmanager
+    def until_exit(self) -> Iterator[anyio.CancelScope]:
+        """A scope that the exit watcher cancels when the process exits (at once if it has)."""
+        with anyio.CancelScope() as scope:
+            if self.exit_code is not None:
+                scope.cancel()
+            self._exit_scopes.add(scope)
+            try:
+                yield scope
+            finally:
+                self._exit_scopes.discard(scope)
+
+    async def wait_exited(self) -> None:
+        """Wait until the exit watcher has seen the process go."""
+        with self.until_exit():
+            await anyio.sleep_forever()
+
+    # -- writing -----------------------------------------------------------------------------
+
+    @property
+    def writable_now(self) -> bool:
+        """Whether :meth:`try_write` may write: it runs, nothing is left to send, and no task
+        waits to write (the owner's, or the reader answering a question)."""
+        return self.exit_code is None and not self._unsent and not self._write_lock.locked()
+
+    def try_write(self, data: bytes) -> int:
+        """Write what can be written of *data* without waiting; return how much. The rest,
+        if any, waits for :meth:`send_unsent`."""
+        written = self.handle.try_send(data)
+        if written and written < len(data):
+            self._unsent = data[written:]
+        return written
+
+    async def send_unsent(self) -> None:
+        # _unsent stays set until it is all out, so that try_write writes nothing in between.
+        if self._unsent:
+            try:
+                await self.write(self._unsent)
+            except anyio.BrokenResourceError:
+                pass  # it exited: the exit watcher reports that, failing the prompt
+        self._unsent = b""
+
+    async def write(self, data: bytes) -> None:
+        """Write *data*, waiting for room; the reader's answers and the owner's prompts take
+        turns (two tasks must not wait on one fd at once).
+
+        :raises anyio.BrokenResourceError: if the process no longer reads its input
+        """
+        async with self._write_lock:
+            await self.handle.send(data)
+
+    # -- the end -------------------------------------------------------------------------------
+
+    def kill(self) -> None:
+        """SIGKILL the process group (the exit watcher reports the exit)."""
+        if self.exit_code is None:
+            self.handle.signal_group(signal.SIGKILL)
+
+    async def terminate(self, *, graceful: bool) -> tuple[int, str]:
+        """Stop the process group: exit_command, grace, SIGTERM, grace, SIGKILL; then reap.
+        Returns the exit code and how it ended (``exited``, ``exit_command``, ``sigterm``,
+        ``sigkill``)."""
+        how = "exited"
+        handle = self.handle
+        if self.exit_code is None:
+            how = "sigkill"
+            if graceful:
+                how = await self._stop_gracefully()
+            else:
+                handle.signal_group(signal.SIGKILL)
+        code = await handle.wait()
+        handle.kill_all()  # whatever the tool left behind
+        if self.exit_code is None:  # the exit watcher was cancelled before it could say so
+            self.exit_code = code
+            self.log.info("instance_exited", exit_code=code)
+        await handle.aclose()
+        self._events.close()
+        return code, how
+
+    async def _stop_gracefully(self) -> str:
+        grace, handle = self.spec.shutdown_grace, self.handle
+        if self.spec.exit_command is not None:
+            try:
+                await handle.send((self.spec.exit_command + self.spec.newline).encode())
+            except anyio.BrokenResourceError:
+                pass
+            with anyio.move_on_after(grace):
+                await handle.wait()
+                return "exit_command"
+        handle.signal_group(signal.SIGTERM)
+        with anyio.move_on_after(grace):
+            await handle.wait()
+            return "sigterm"
+        handle.signal_group(signal.SIGKILL)
+        return "sigkill"
