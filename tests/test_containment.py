@@ -21,8 +21,8 @@ import pytest
 import structlog.testing
 
 from aimcluster import LocalTransport, ToolSpec, launch_cluster
-from aimcluster._transport import local as transport_module
-from aimcluster._transport.local import _own_cgroup
+from aimcluster._transport import spawn
+from aimcluster._transport.containment import _Cgroup, _own_cgroup
 
 from .conftest import alive, wait_gone
 
@@ -60,8 +60,8 @@ from aimcluster import ToolSpec, launch_cluster
 
 tool, pid_file, backend, streams, report = sys.argv[1:6]
 if streams == "trampoline":  # as where setpriv is missing
-    import aimcluster._transport.local
-    aimcluster._transport.local._setpriv = lambda: None
+    import aimcluster._transport.spawn
+    aimcluster._transport.spawn._setpriv = lambda: None
 
 async def main() -> None:
     spec = ToolSpec(
@@ -87,8 +87,8 @@ STREAMS = ["pipes", "trampoline", "pty"]
 def pty(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """Whether the tool gets a pty; with "trampoline", pipes without setpriv."""
     if request.param == "trampoline":
-        monkeypatch.setattr(transport_module, "_setpriv", lambda: None)
-    elif request.param == "pipes" and transport_module._setpriv() is None:
+        monkeypatch.setattr(spawn, "_setpriv", lambda: None)
+    elif request.param == "pipes" and spawn._setpriv() is None:
         pytest.skip("no setpriv with --pdeathsig here: pipes use the trampoline")
     return request.param == "pty"  # type: ignore[no-any-return]
 
@@ -111,7 +111,7 @@ def _read_line(fd: int, timeout: float) -> str:
 def test_tool_dies_with_its_parent(
     tmp_path: Path, signum: signal.Signals, backend: str, streams: str
 ) -> None:
-    if streams == "pipes" and transport_module._setpriv() is None:
+    if streams == "pipes" and spawn._setpriv() is None:
         pytest.skip("no setpriv with --pdeathsig here: pipes use the trampoline")
     tool = _write(tmp_path / "stubborn.py", _STUBBORN)
     parent_script = _write(tmp_path / "parent.py", _PARENT)
@@ -306,7 +306,7 @@ async def test_without_a_writable_cgroup_the_session_sweep_contains_the_tool(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # As where cgroup v2 is missing or read-only: no crash, a debug event, the sweep alone.
-    monkeypatch.setattr(transport_module._Cgroup, "_parent", str(tmp_path / "no-cgroup-here"))
+    monkeypatch.setattr(_Cgroup, "_parent", str(tmp_path / "no-cgroup-here"))
     forker = _write(tmp_path / "forker.py", _FORKER)
     tool = _write(tmp_path / "forking_tool.py", _FORKING_TOOL)
     spec = ToolSpec(
@@ -330,8 +330,8 @@ def test_the_empty_cgroup_of_a_killed_owner_is_removed(monkeypatch: pytest.Monke
     owner.wait()
     stale = os.path.join(parent, f"aimcluster-{owner.pid}-0")
     os.mkdir(stale)
-    monkeypatch.setattr(transport_module._Cgroup, "_parent", None)  # as in a new process
-    group = transport_module._Cgroup.create()
+    monkeypatch.setattr(_Cgroup, "_parent", None)  # as in a new process
+    group = _Cgroup.create()
     assert group is not None
     os.rmdir(group.path)
     assert not os.path.exists(stale)

@@ -1,0 +1,140 @@
+"""The handle on a running local tool: its pipes or pty, read and written without blocking.
+
+Owns the tool's side of the data path (``os.read`` and ``os.write`` on non-blocking fds,
+``try_send``), the wait for its exit, and the signals that stop it, which it asks of
+:mod:`.containment`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ..abc import ProcessHandle
+from .containment import _kill_session, _signal_group
+
+if TYPE_CHECKING:
+    from anyio.abc import Process
+
+    from .containment import _Cgroup
+    from .spawn import _Child
+
+_READ_SIZE = 65536
+
+
+class _FdProcess(ProcessHandle):
+    """A child whose standard streams are file descriptors of ours: pipes, or a pty's master.
+
+    They are non-blocking and used with ``os.read``/``os.write``, waiting with
+    ``anyio.wait_readable``/``wait_writable`` only when they are not ready. So a read or write
+    that can go ahead costs one system call and no pass of the event loop (a stream wrapper
+    takes a checkpoint on every call), on every backend.
+    """
+
+    __slots__ = ("_cgroup", "_closed", "_errors", "_input", "_output", "_process")
+
+    def __init__(
+        self,
+        started: tuple[Process | _Child, _Cgroup | None],
+        *,
+        output: int,
+        input: int | None,
+        errors: int | None,
+    ) -> None:
+        self._process, self._cgroup = started
+        self._output = output
+        # None for a one-shot tool, whose stdin is /dev/null; a pty's is its output's fd.
+        self._input = input
+        # None when stderr is merged into the output (at the OS level, in order).
+        self._errors = errors
+        self._closed = False
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    async def receive(self) -> bytes:
+        return await self._read(self._output)
+
+    async def receive_stderr(self) -> bytes:
+        if self._errors is None:
+            raise anyio.EndOfStream
+        return await self._read(self._errors)
+
+    async def _read(self, fd: int) -> bytes:
+        while True:
+            if self._closed:
+                raise anyio.EndOfStream
+            try:
+                data = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                try:
+                    await anyio.wait_readable(fd)
+                except anyio.ClosedResourceError:
+                    raise anyio.EndOfStream from None
+                continue
+            except OSError as exc:
+                # Linux reports a hung-up pty (every slave fd closed) as EIO, BSD as b"".
+                if exc.errno == errno.EIO:
+                    raise anyio.EndOfStream from None
+                raise
+            if not data:
+                raise anyio.EndOfStream
+            return data
+
+    async def send(self, data: bytes) -> None:
+        fd = self._input
+        if fd is None:
+            raise anyio.BrokenResourceError
+        view = memoryview(data)
+        while view:
+            if self._closed:
+                raise anyio.BrokenResourceError
+            try:
+                written = os.write(fd, view)
+            except BlockingIOError:
+                try:
+                    await anyio.wait_writable(fd)
+                except anyio.ClosedResourceError:
+                    raise anyio.BrokenResourceError from None
+                continue
+            except OSError as exc:  # EPIPE: it closed its input or exited
+                raise anyio.BrokenResourceError from exc
+            view = view[written:]
+
+    def try_send(self, data: bytes) -> int:
+        fd = self._input
+        if fd is None or self._closed:
+            return 0
+        try:
+            return os.write(fd, data)
+        except OSError:
+            return 0  # full, or broken (then send() reports it)
+
+    async def wait(self) -> int:
+        return await self._process.wait()
+
+    def signal_group(self, signum: int) -> None:
+        _signal_group(self._process.pid, signum)
+
+    def kill_all(self) -> None:
+        if self._cgroup is not None:
+            self._cgroup.kill()
+        # Also where the cgroup took them all: the tool may have failed to join it.
+        _kill_session(self._process.pid)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            for fd in {self._output, self._input, self._errors} - {None}:
+                assert fd is not None
+                # Wakes a task waiting on it (with ClosedResourceError) before it is reused.
+                anyio.notify_closing(fd)
+                os.close(fd)
+        await self._process.aclose()
+        if self._cgroup is not None:
+            cgroup, self._cgroup = self._cgroup, None
+            await cgroup.remove()
