@@ -1,0 +1,247 @@
+"""A slot, driven with a fake process handle: the fast paths, supervision, leases, probes,
+recycling. No process starts (see ``test_process.py`` for the fake)."""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+import structlog
+
+from aimcluster import InstanceCrashedError, Probe, RestartPolicy, ToolSpec
+from aimcluster._base.dispatch import Dispatcher
+from aimcluster._base.lease import LeaseRequest
+from aimcluster._base.request import Request
+from aimcluster._slot.instance import Instance, InstanceState
+
+from .test_process import FakeHandle, FakeTransport, Responder, echo, tool
+
+pytestmark = pytest.mark.anyio
+
+#: Restart at once, as often as needed.
+POLICY = RestartPolicy(initial_delay=0.0, jitter=0.0, max_restarts=100)
+
+
+class Slot:
+    def __init__(self, spec: ToolSpec, transport: FakeTransport, instance: Instance) -> None:
+        self.spec, self.transport, self.instance = spec, transport, instance
+        self.dispatcher = instance.dispatcher
+
+    async def put(self, prompt: str, *, retries: int = 0) -> Request:
+        request = Request(prompt=prompt, key=None, target=None, deadline=None, retries=retries)
+        await self.dispatcher.put(request)
+        return request
+
+    async def send(self, prompt: str) -> str:
+        request = await self.put(prompt)
+        with anyio.fail_after(10):
+            return (await request.wait()).text
+
+
+@pytest.fixture
+async def slot_factory() -> AsyncIterator[object]:
+    async with anyio.create_task_group() as tg:
+        instances: list[Instance] = []
+
+        async def make(
+            spec: ToolSpec | None = None,
+            respond: Responder = echo,
+            policy: RestartPolicy | None = POLICY,
+        ) -> Slot:
+            spec = spec or tool()
+            transport = FakeTransport(respond)
+            dispatcher = Dispatcher(1, max_pending=1000)
+            instance = Instance(
+                index=0,
+                slot=0,
+                tool="fake",
+                spec=spec,
+                transport=transport,
+                dispatcher=dispatcher,
+                policy=policy,
+                log=structlog.get_logger(),
+                on_state=lambda _: None,
+                requeue=dispatcher.put_nowait,
+            )
+            await tg.start(instance.run)
+            instances.append(instance)
+            return Slot(spec, transport, instance)
+
+        yield make
+        for instance in instances:
+            instance.stop()
+            instance.dispatcher.close()
+        with anyio.fail_after(10):
+            for instance in instances:
+                await instance.stopped.wait()
+
+
+async def test_a_put_to_an_idle_slot_writes_the_prompt_itself(slot_factory) -> None:
+    slot = await slot_factory()
+    handle = await slot.transport.spawned(1)
+    await slot.send("warm")
+    sends, try_sends = handle.sends, handle.try_sends
+    request = await slot.put("p0")
+    # Written by the put, before anything else ran: the slot's task still sleeps.
+    assert bytes(handle.written).endswith(b"p0\n")
+    assert (handle.try_sends, handle.sends) == (try_sends + 1, sends)
+    assert (await request.wait()).text == "ok p0"
+
+
+async def test_the_reader_writes_each_next_prompt_and_the_task_writes_none(slot_factory) -> None:
+    slot = await slot_factory()
+    handle = await slot.transport.spawned(1)
+    await slot.send("warm")  # the slot's task reaches its idle wait
+    sends, try_sends = handle.sends, handle.try_sends
+    requests = [await slot.put(f"p{n}") for n in range(20)]
+    with anyio.fail_after(10):
+        replies = [(await request.wait()).text for request in requests]
+    assert replies == [f"ok p{n}" for n in range(20)]
+    assert (handle.try_sends, handle.sends) == (try_sends + 20, sends)
+    assert slot.instance.metrics().completed == 21
+
+
+async def test_a_crash_mid_reply_fails_the_prompt_and_the_policy_restarts_it(slot_factory) -> None:
+    def crashing(handle: FakeHandle, line: str) -> None:
+        if line == "crash":
+            handle.print(b"half a rep")
+            handle.exit(1)
+        else:
+            echo(handle, line)
+
+    slot = await slot_factory(respond=crashing)
+    first = await slot.transport.spawned(1)
+    request = await slot.put("crash")
+    with pytest.raises(InstanceCrashedError) as caught:
+        await request.wait()
+    assert (caught.value.exit_code, caught.value.partial_output) == (1, "half a rep")
+    second = await slot.transport.spawned(2)
+    assert second is not first
+    assert await slot.send("after") == "ok after"
+    assert slot.instance.restarts == 1
+    assert slot.instance.metrics().failed == 1
+
+
+async def test_a_crash_without_a_policy_fails_the_slot(slot_factory) -> None:
+    slot = await slot_factory(policy=None)
+    handle = await slot.transport.spawned(1)
+    handle.exit(1)
+    with anyio.fail_after(10):
+        await slot.instance.stopped.wait()
+    assert slot.instance.state is InstanceState.FAILED
+    assert len(slot.transport.handles) == 1
+
+
+async def test_a_crash_mid_reply_retries_the_prompt_on_the_next_process(slot_factory) -> None:
+    def crashing_once(handle: FakeHandle, line: str) -> None:
+        if handle.pid == 1000:
+            handle.exit(-9)
+        else:
+            echo(handle, line)
+
+    slot = await slot_factory(respond=crashing_once)
+    request = await slot.put("again", retries=1)
+    with anyio.fail_after(10):
+        reply = await request.wait()
+    assert (reply.text, reply.attempts) == ("ok again", 2)
+
+
+async def test_a_lease_keeps_its_prompts_on_the_instance_and_others_wait(slot_factory) -> None:
+    slot = await slot_factory()
+    handle = await slot.transport.spawned(1)
+    lease = LeaseRequest(key=None, target=None)
+    await slot.dispatcher.put(lease)
+    with anyio.fail_after(10):
+        assert await lease.wait_granted() == 0
+    outsider = await slot.put("outsider")
+    assert b"outsider" not in handle.written  # no fast path into a leased slot
+    for n in range(3):
+        request = Request(prompt=f"l{n}", key=None, target=0, deadline=None, pinned=True)
+        lease.submit(request)
+        with anyio.fail_after(10):
+            assert (await request.wait()).text == f"ok l{n}"
+    assert b"outsider" not in handle.written
+    assert handle.sends == 3  # the task writes a lease's prompts
+    lease.release()
+    with anyio.fail_after(10):
+        assert (await outsider.wait()).text == "ok outsider"
+
+
+async def test_a_crash_during_a_lease_loses_the_lease_and_fails_its_prompt(slot_factory) -> None:
+    def crashing(handle: FakeHandle, line: str) -> None:
+        handle.exit(1) if line == "crash" else echo(handle, line)
+
+    slot = await slot_factory(respond=crashing)
+    lease = LeaseRequest(key=None, target=None)
+    await slot.dispatcher.put(lease)
+    with anyio.fail_after(10):
+        await lease.wait_granted()
+    request = Request(prompt="crash", key=None, target=0, deadline=None, pinned=True)
+    lease.submit(request)
+    with pytest.raises(InstanceCrashedError), anyio.fail_after(10):
+        await request.wait()
+    assert isinstance(lease.error, InstanceCrashedError)
+    await slot.transport.spawned(2)
+    lease.release()
+
+
+async def test_an_exit_while_a_lease_waits_for_its_next_prompt_loses_it(slot_factory) -> None:
+    slot = await slot_factory()
+    handle = await slot.transport.spawned(1)
+    lease = LeaseRequest(key=None, target=None)
+    await slot.dispatcher.put(lease)
+    with anyio.fail_after(10):
+        await lease.wait_granted()
+    handle.exit(-9)
+    await slot.transport.spawned(2)
+    assert isinstance(lease.error, InstanceCrashedError)
+    assert lease.error.exit_code == -9
+    lease.release()
+
+
+async def test_a_probe_with_the_wrong_answer_restarts_the_process(slot_factory) -> None:
+    def sick(handle: FakeHandle, line: str) -> None:
+        handle.print(b"nope\n> " if line == "ping" else f"ok {line}\n> ".encode())
+
+    spec = tool(probe=Probe(command="ping", expect="pong", interval=0.01, timeout=5))
+    slot = await slot_factory(spec, respond=sick)
+    first = await slot.transport.spawned(1)
+    await slot.transport.spawned(2)
+    assert b"ping\n" in first.written
+    assert first.signals[0] == signal.SIGKILL
+    assert slot.instance.metrics().sent == 0  # a probe is not a prompt
+
+
+async def test_a_probe_answered_right_keeps_the_process(slot_factory) -> None:
+    probed = anyio.Event()
+
+    def healthy(handle: FakeHandle, line: str) -> None:
+        if line == "ping":
+            handle.print(b"pong\n> ")
+            if handle.written.count(b"ping\n") == 2:
+                probed.set()
+        else:
+            echo(handle, line)
+
+    spec = tool(probe=Probe(command="ping", expect="pong", interval=0.01, timeout=5))
+    slot = await slot_factory(spec, respond=healthy)
+    with anyio.fail_after(10):
+        await probed.wait()
+    assert await slot.send("still") == "ok still"
+    assert len(slot.transport.handles) == 1
+
+
+async def test_after_max_prompts_the_process_is_recycled_gracefully(slot_factory) -> None:
+    slot = await slot_factory(tool(max_prompts=2, recycle_jitter=0.0))
+    first = await slot.transport.spawned(1)
+    assert [await slot.send(f"p{n}") for n in range(2)] == ["ok p0", "ok p1"]
+    second = await slot.transport.spawned(2)
+    assert first.signals[0] == signal.SIGTERM  # stopped gracefully, not killed
+    assert await slot.send("p2") == "ok p2"
+    assert b"p2" in second.written
+    assert b"p2" not in first.written
+    assert slot.instance.restarts == 1
+    assert not math.isinf(slot.instance.metrics().latency_p50 or 0.0)
