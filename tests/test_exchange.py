@@ -10,7 +10,7 @@ import json
 import random
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import structlog
@@ -40,6 +40,7 @@ from aimcluster._slot.exchange import (
     TooManyQuestions,
     Unsolicited,
 )
+from aimcluster._slot.oneshot import OneshotExchange
 
 
 class FakeClock:
@@ -58,9 +59,22 @@ def spec(**fields: Any) -> ToolSpec:
 def exchange(
     tool: ToolSpec, *, failover: Callable[[Request], bool] | None = None
 ) -> tuple[Exchange, FakeClock]:
+    return _exchange(Exchange, tool, failover=failover)
+
+
+def oneshot_exchange(tool: ToolSpec) -> tuple[OneshotExchange, FakeClock]:
+    return _exchange(OneshotExchange, tool, failover=None)
+
+
+E = TypeVar("E", bound=Exchange)
+
+
+def _exchange(
+    cls: type[E], tool: ToolSpec, *, failover: Callable[[Request], bool] | None
+) -> tuple[E, FakeClock]:
     clock = FakeClock()
     log = structlog.get_logger()
-    ex = Exchange(
+    ex = cls(
         spec=tool,
         index=3,
         tool=tool.name,
@@ -562,7 +576,7 @@ def oneshot(**fields: Any) -> ToolSpec:
 
 
 def test_a_one_shot_reply_is_the_output_up_to_a_clean_exit() -> None:
-    ex, _ = exchange(oneshot())
+    ex, _ = oneshot_exchange(oneshot())
     request, _ = send(ex, "x")
     assert ex.feed(b"the ans") == ()
     assert ex.feed(b"wer\n") == ()
@@ -573,7 +587,7 @@ def test_a_one_shot_reply_is_the_output_up_to_a_clean_exit() -> None:
 
 
 def test_a_one_shot_exit_code_is_a_tool_error_with_its_stderr() -> None:
-    ex, _ = exchange(oneshot())
+    ex, _ = oneshot_exchange(oneshot())
     request, _ = send(ex, "x")
     ex.feed(b"out\n")
     assert ex.conclude(2, stderr="bad flag\n", overflow=None) is None
@@ -583,7 +597,7 @@ def test_a_one_shot_exit_code_is_a_tool_error_with_its_stderr() -> None:
 
 
 def test_a_one_shot_flood_is_too_large_and_killed() -> None:
-    ex, _ = exchange(oneshot(max_reply_bytes=4))
+    ex, _ = oneshot_exchange(oneshot(max_reply_bytes=4))
     _request, _ = send(ex, "x")
     (outcome,) = ex.feed(b"12345")
     assert isinstance(outcome, Overflow)
@@ -595,7 +609,7 @@ def test_a_one_shot_flood_is_too_large_and_killed() -> None:
 
 
 def test_a_one_shot_killed_for_its_stall_or_its_deadline() -> None:
-    ex, clock = exchange(oneshot(stall_timeout=1))
+    ex, clock = oneshot_exchange(oneshot(stall_timeout=1))
     request, _ = send(ex, "x", deadline=110.0)
     stalled = ex.conclude(None, stderr="", overflow=None)
     assert stalled is not None
@@ -612,7 +626,7 @@ def test_a_one_shot_killed_for_its_stall_or_its_deadline() -> None:
 
 
 def test_a_json_one_shot_without_its_terminal_event_crashed() -> None:
-    ex, _ = exchange(oneshot(framing=OneshotFraming(events=result_framing())))
+    ex, _ = oneshot_exchange(oneshot(framing=OneshotFraming(events=result_framing())))
     _request, _ = send(ex, "x")
     ex.feed(lines({"type": "progress"}))
     failure = ex.conclude(1, stderr="", overflow=None)
@@ -627,7 +641,7 @@ def test_a_json_one_shot_without_its_terminal_event_crashed() -> None:
 
 
 def test_a_one_shot_refused_at_start_is_counted_as_failed() -> None:
-    ex, _ = exchange(oneshot())
+    ex, _ = oneshot_exchange(oneshot())
     request = Request(prompt="x", key=None, target=0, deadline=None)
     ex.refused(request, ToolError("no such tool", instance=3, prompt="x"), counted=True)
     assert isinstance(request.exception(), ToolError)
@@ -636,7 +650,7 @@ def test_a_one_shot_refused_at_start_is_counted_as_failed() -> None:
 
 @pytest.mark.parametrize("counted", [True, False])
 def test_refusal_of_an_internal_prompt_counts_nothing(counted: bool) -> None:
-    ex, _ = exchange(oneshot())
+    ex, _ = oneshot_exchange(oneshot())
     request = Request(prompt="x", key=None, target=0, deadline=None)
     ex.refused(request, ToolError("no", instance=3, prompt="x"), counted=counted)
     assert (ex.sent, ex.failed) == ((1, 1) if counted else (0, 0))

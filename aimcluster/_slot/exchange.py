@@ -3,10 +3,11 @@
 An :class:`Exchange` does no I/O and never awaits. The instance feeds it what the process
 prints (:meth:`Exchange.feed`, :meth:`Exchange.quiet`, :meth:`Exchange.eof`), tells it what it
 writes (:meth:`Exchange.wire`, :meth:`Exchange.begin_input`, :meth:`Exchange.written`) and asks it
-what an ending means (:meth:`Exchange.give_up`, :meth:`Exchange.conclude`). It acts on the
-outcomes: it writes an :class:`Answer`, hands a reply's :class:`Frame` to whoever waits, and
-restarts the process after a :class:`Failure` or a breakdown (:class:`Overflow`,
-:class:`TooManyQuestions`, :class:`Desync`).
+what an ending means (:meth:`Exchange.give_up`; for a one-shot tool,
+:meth:`~.oneshot.OneshotExchange.conclude`). It acts on the outcomes (:mod:`.outcomes`): it
+writes an :class:`Answer`, hands a reply's :class:`Frame` to whoever waits, and restarts the
+process after a :class:`Failure` or a breakdown (:class:`Overflow`, :class:`TooManyQuestions`,
+:class:`Desync`).
 
 Everything about the prompt in flight lives here: the framer (one interface for the prompt,
 JSON-lines and one-shot framings), the request, when it was written and its deadline, the
@@ -19,7 +20,6 @@ caller wakes without waiting for the instance's task.
 from __future__ import annotations
 
 import math
-import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
@@ -27,12 +27,10 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from .._base.errors import (
-    AimclusterError,
     ClusterClosedError,
     InstanceCrashedError,
     InstanceStalledError,
     ReplyTimeoutError,
-    ToolError,
 )
 from .._base.framing import (
     Frame,
@@ -57,9 +55,11 @@ from .outcomes import (
     Unsolicited,
     breakdown_error,
     crash_error,
-    overflow_error,
+    rate_limit_match,
+    read_usage,
     stalled_error,
     timeout_error,
+    tool_error,
 )
 
 if TYPE_CHECKING:
@@ -146,14 +146,9 @@ class Exchange:
     #: What the input wire() made tells the framer once it is written: its echo, and how many
     #: times the tool repeats its prompt for it.
     _expected: tuple[str, int] | None = attrs.field(init=False, default=None)
-    #: One-shot: the whole output, and the last frame of a JSON-lines one.
-    _oneshot: bool = attrs.field(init=False, default=False)
-    _raw: bytearray = attrs.field(init=False, factory=bytearray)
-    _last: Frame | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         spec, framing = self.spec, self.spec.framing
-        self._oneshot = spec.oneshot
         self._jsonl = spec.events is not None
         self._plain_input = (
             isinstance(framing, PromptFraming)
@@ -176,8 +171,6 @@ class Exchange:
         self._answers = 0
         self._inputs = 0
         self._expected = None
-        self._raw.clear()
-        self._last = None
 
     def _new_framer(self) -> Framer | JsonlFramer | None:
         spec = self.spec
@@ -262,8 +255,6 @@ class Exchange:
 
     def partial(self) -> str:
         """The output since the last reply (for error reports)."""
-        if self._oneshot:
-            return self._raw.decode(self.spec.encoding, "replace")
         return "" if self._framer is None else self._framer.partial()
 
     def wake_at(self) -> float:
@@ -320,13 +311,6 @@ class Exchange:
         self._started = self.clock()
         self._reply_deadline = math.inf if request.deadline is None else request.deadline
 
-    def refused(self, request: Request, error: AimclusterError, *, counted: bool) -> None:
-        """*request*'s process (one-shot) could not be started: it fails with *error*."""
-        if counted:
-            self.sent += 1
-            self.failed += 1
-        request.resolve(error)
-
     def discard_stray(self, frames: int) -> InstanceCrashedError | None:
         """Drop what the process printed while idle (*frames* frames the instance dropped,
         and what is buffered): it belongs to no prompt. Returns :attr:`broken`."""
@@ -343,8 +327,6 @@ class Exchange:
         in flight (resolved already)."""
         framer = self._framer
         try:
-            if self._oneshot:
-                return self._feed_oneshot(framer, data)
             if isinstance(framer, JsonlFramer):
                 return self._replies(framer.feed(data))
             assert framer is not None
@@ -374,23 +356,7 @@ class Exchange:
         if not isinstance(framer, JsonlFramer):
             return _NOTHING
         frames = framer.finish()
-        if self._oneshot:
-            if frames:
-                self._last = frames[-1]
-            return _NOTHING
         return self._replies(frames)
-
-    def _feed_oneshot(self, framer: Framer | JsonlFramer | None, data: bytes) -> Sequence[Outcome]:
-        # A one-shot process's reply is judged when it exits (see conclude).
-        if isinstance(framer, JsonlFramer):
-            frames = framer.feed(data)
-            if frames:
-                self._last = frames[-1]
-        elif len(self._raw) + len(data) > self.spec.max_reply_bytes:
-            size = len(self._raw) + len(data)
-            return (Overflow(size, self._raw.decode(self.spec.encoding, "replace")),)
-        self._raw += data
-        return _NOTHING
 
     def _replies(self, done: list[Frame]) -> Sequence[Outcome]:
         if not done or self._broken is not None:
@@ -461,17 +427,7 @@ class Exchange:
             if self._counted:
                 self.failed += 1
             self.log.info("tool_failed", error=frame.failure[:500], key=request.key)
-            request.resolve(
-                ToolError(
-                    f"instance {self.index} ({self.spec.name}) reported a failed turn for "
-                    f"{request.prompt[:60]!r}: {frame.failure}",
-                    instance=self.index,
-                    prompt=request.prompt,
-                    exit_code=exit_code,
-                    output=frame.raw or frame.text,
-                    events=frame.events,
-                )
-            )
+            request.resolve(tool_error(self.spec, self.index, request, frame, exit_code))
             return
         text = frame.text
         if not self._jsonl:
@@ -497,12 +453,8 @@ class Exchange:
 
     def _account(self, frame: Frame) -> Usage | None:
         """Count the turn's retry events and add up what it cost; return its usage."""
-        retried, extract = self.spec.retry_event, self.spec.usage
         try:
-            retries = 0 if retried is None else sum(1 for e in frame.events if retried(e))
-            usage = None if extract is None else extract(frame.text, frame.events)
-            if usage is not None and not isinstance(usage, Usage):
-                raise TypeError(f"ToolSpec.usage returned {usage!r}, not a Usage or None")
+            retries, usage = read_usage(self.spec, frame)
         except Exception as exc:  # a broken reader costs the count, not the reply
             self.log.warning("usage_not_read", error=repr(exc))
             return None
@@ -516,18 +468,7 @@ class Exchange:
     def _rate_limited(self, request: Request, frame: Frame) -> bool:
         """Whether the reply says the provider rate-limited the prompt; if so, pause the
         pool and have the prompt sent again (not a failure), here or by the failover."""
-        pattern = self.spec.rate_limit
-        if pattern is None or not self._counted:
-            return False
-        # A failed turn's message; a reply's text only for tools without events (a JSON
-        # tool's successful answer may well talk about rate limits).
-        if frame.failure is not None:
-            text = frame.failure
-        elif not self._jsonl:
-            text = frame.text
-        else:
-            return False
-        match = re.search(pattern, text)
+        match = rate_limit_match(self.spec, frame) if self._counted else None
         if match is None:
             return False
         # With a failover order the prompt leaves this pool, whatever its retries left.
@@ -596,53 +537,6 @@ class Exchange:
             return Failure(request, self._stalled(request, partial, "restarting it"), retry=retry)
         timeout = self._timed_out(request, partial, counted, elapsed, "restarting it")
         return Failure(request, timeout, retry=False)
-
-    def conclude(
-        self, exit_code: int | None, *, stderr: str, overflow: Overflow | None
-    ) -> Failure | None:
-        """A one-shot process is gone: its output is the reply of the prompt in flight, or
-        tells why there is none. *exit_code* is ``None`` if it was killed for running out of
-        time or printing too much (*overflow*); *stderr* is the tail of a separate stderr."""
-        request = self._current
-        assert request is not None
-        spec = self.spec
-        output = self._raw.decode(spec.encoding, "replace")
-        last = self._last
-        frame: Frame | None = None
-        if (
-            last is not None
-            and exit_code is not None
-            and (exit_code == 0 or last.failure is not None)
-        ):
-            # A tool that reports its failure in an event (and exits non-zero) gets a ToolError
-            # carrying the event; one that exits without its terminal event crashed.
-            frame = last
-        elif exit_code is not None and exit_code >= 0 and not self._jsonl:
-            if exit_code > 0:
-                output += stderr
-                failure = f"exit code {exit_code}: {output.strip()[-500:]}"
-                frame = Frame(output, failure=failure)
-            else:
-                frame = Frame(output)
-        if frame is not None:
-            self.complete(frame, exit_code=exit_code)
-            return None
-        self._current = None
-        counted = int(self._counted)
-        self.failed += counted
-        elapsed = self.clock() - self._started
-        retry = bool(counted)
-        if overflow is not None:
-            error: AimclusterError = overflow_error(spec, self.index, request, overflow)
-            return Failure(request, error, retry=False)
-        if exit_code is None and self.clock() < self._reply_deadline:
-            return Failure(request, self._stalled(request, output, "killed it"), retry=retry)
-        if exit_code is None:
-            error = self._timed_out(request, output, counted, elapsed, "killed it")
-            return Failure(request, error, retry=False)
-        # Killed by a signal, or no terminal event before the exit: it crashed mid-turn.
-        error = self.crash_error(request, "exited", exit_code, output)
-        return Failure(request, error, retry=retry, exited=True)
 
     # -- errors ---------------------------------------------------------------------------------
 

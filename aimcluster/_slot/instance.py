@@ -79,6 +79,7 @@ from .._base.policy import RestartBudget, RestartPolicy
 from .._base.ratelimit import RateLimiter
 from .._base.request import Request, RequestState
 from .exchange import Exchange
+from .oneshot import OneshotExchange
 from .outcomes import BREAKDOWNS, Overflow
 from .process import EOF_GRACE, EXITED, WAKE, Event, Process
 
@@ -180,7 +181,7 @@ class Instance:
         self._plog = self.log.bind(instance=self.index, pid=None)
         if self.policy is not None:
             self._budget = RestartBudget(self.policy)
-        self._exchange = Exchange(
+        self._exchange = (OneshotExchange if self.spec.oneshot else Exchange)(
             spec=self.spec,
             index=self.index,
             tool=self.tool,
@@ -383,6 +384,7 @@ class Instance:
             return None
         spec = self.spec.for_prompt(request.prompt)
         exchange = self._exchange
+        assert isinstance(exchange, OneshotExchange)
         try:
             process = await Process.spawn(
                 self.transport, spec, index=self.index, exchange=exchange, log=self.log

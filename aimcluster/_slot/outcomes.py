@@ -1,13 +1,14 @@
-"""What an :class:`~.exchange.Exchange` tells its instance, and the errors it judges by.
+"""What an :class:`~.exchange.Exchange` tells its instance, and the verdicts it builds.
 
 The outcomes of output (:class:`Answer`, :class:`Unsolicited`, the breakdowns
 :class:`Overflow`, :class:`TooManyQuestions` and :class:`Desync`), the :class:`Failure` of a
-prompt that got no reply, and the functions that build the error a failed prompt carries:
-plain values, no state and no I/O.
+prompt that got no reply, and the functions that read a turn (its usage, a rate limit) and
+build the error a failed prompt carries: plain values and functions, no state and no I/O.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -20,8 +21,10 @@ from .._base.errors import (
     InstanceStalledError,
     ReplyTimeoutError,
     ReplyTooLargeError,
+    ToolError,
 )
 from .._base.framing import Frame
+from .._base.usage import Usage
 
 if TYPE_CHECKING:
     from .._base.request import Request
@@ -40,8 +43,11 @@ __all__ = [
     "breakdown_error",
     "crash_error",
     "overflow_error",
+    "rate_limit_match",
+    "read_usage",
     "stalled_error",
     "timeout_error",
+    "tool_error",
 ]
 
 
@@ -112,6 +118,53 @@ class Failure:
     unsent: bool = False
     #: The process exited (else it is alive and must be killed).
     exited: bool = False
+
+
+# -- verdicts on a turn ------------------------------------------------------------------------
+
+
+def read_usage(spec: ToolSpec, frame: Frame) -> tuple[int, Usage | None]:
+    """How many model requests the tool retried on its own in this turn, and what it cost.
+
+    :raises Exception: whatever the spec's readers raise; TypeError for a usage that is not one
+    """
+    retried, extract = spec.retry_event, spec.usage
+    retries = 0 if retried is None else sum(1 for e in frame.events if retried(e))
+    usage = None if extract is None else extract(frame.text, frame.events)
+    if usage is not None and not isinstance(usage, Usage):
+        raise TypeError(f"ToolSpec.usage returned {usage!r}, not a Usage or None")
+    return retries, usage
+
+
+def rate_limit_match(spec: ToolSpec, frame: Frame) -> re.Match[str] | None:
+    """Where the turn says the provider rate-limited it: in a failed turn's message, or in a
+    reply's text for tools without events (a JSON tool's successful answer may well talk
+    about rate limits)."""
+    if spec.rate_limit is None:
+        return None
+    if frame.failure is not None:
+        text = frame.failure
+    elif spec.events is None:
+        text = frame.text
+    else:
+        return None
+    return re.search(spec.rate_limit, text)
+
+
+def tool_error(
+    spec: ToolSpec, index: int, request: Request, frame: Frame, exit_code: int | None
+) -> ToolError:
+    """The tool reported a failed turn (an error event, or a one-shot's non-zero exit)."""
+    assert frame.failure is not None
+    return ToolError(
+        f"instance {index} ({spec.name}) reported a failed turn for "
+        f"{request.prompt[:60]!r}: {frame.failure}",
+        instance=index,
+        prompt=request.prompt,
+        exit_code=exit_code,
+        output=frame.raw or frame.text,
+        events=frame.events,
+    )
 
 
 # -- errors -----------------------------------------------------------------------------------
