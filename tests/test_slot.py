@@ -1,9 +1,11 @@
 """A slot, driven with a fake process handle: the fast paths, supervision, leases, probes,
-recycling. No process starts (see ``test_process.py`` for the fake)."""
+recycling. No process starts (see ``test_process.py`` for the fake), and the upkeep schedule
+runs on a fake clock."""
 
 from __future__ import annotations
 
 import math
+import random
 import signal
 from collections.abc import AsyncIterator
 
@@ -16,6 +18,7 @@ from aimcluster._base.dispatch import Dispatcher
 from aimcluster._base.lease import LeaseRequest
 from aimcluster._base.request import Request
 from aimcluster._slot.instance import Instance, InstanceState
+from aimcluster._slot.upkeep import Upkeep
 
 from .test_process import FakeHandle, FakeTransport, Responder, echo, tool
 
@@ -245,3 +248,60 @@ async def test_after_max_prompts_the_process_is_recycled_gracefully(slot_factory
     assert b"p2" not in first.written
     assert slot.instance.restarts == 1
     assert not math.isinf(slot.instance.metrics().latency_p50 or 0.0)
+
+
+# -- the upkeep schedule, on a fake clock ---------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_max_prompts_makes_the_process_due_once_it_served_them() -> None:
+    clock = Clock()
+    upkeep = Upkeep(tool(max_prompts=3, recycle_jitter=0.0), clock)
+    upkeep.start()
+    assert upkeep.wake_at == math.inf  # nothing to wake for: the count is checked per prompt
+    upkeep.count(2)
+    assert not upkeep.due()
+    assert upkeep.recycle_reason() is None
+    upkeep.count(1)
+    assert upkeep.due()
+    assert upkeep.recycle_reason() == "max_prompts"
+    upkeep.start()
+    assert not upkeep.due()
+
+
+def test_max_age_and_probes_wake_the_idle_slot_when_they_are_due() -> None:
+    clock = Clock()
+    spec = tool(max_age=50.0, recycle_jitter=0.0, probe=Probe(command="1", expect="1", interval=10))
+    upkeep = Upkeep(spec, clock)
+    upkeep.start()
+    assert upkeep.wake_at == 110.0
+    clock.now = 110.0
+    assert upkeep.probe_due()
+    assert upkeep.due()
+    assert upkeep.recycle_reason() is None  # a probe, not a recycle
+    upkeep.idle_from_now()
+    assert (upkeep.wake_at, upkeep.due()) == (120.0, False)
+    clock.now = 150.0
+    assert upkeep.recycle_reason() == "max_age"
+
+
+def test_jitter_spreads_max_prompts_and_a_one_shot_slot_is_never_recycled() -> None:
+    clock = Clock()
+    spec = tool(max_prompts=100, recycle_jitter=0.1)
+    upkeep = Upkeep(spec, clock)
+    for seed in range(20):
+        upkeep.start(rng=random.Random(seed))
+        upkeep.count(89)
+        assert not upkeep.due()
+        upkeep.count(22)
+        assert upkeep.due()
+    upkeep.start(recycle=False)
+    upkeep.count(1000)
+    assert not upkeep.due()

@@ -99,9 +99,10 @@ async def test_recycle_jitter_spreads_max_prompts() -> None:
     seen = set()
     async with aimcluster.launch_cluster(spec, count=6) as cluster:
         for instance in cluster._instances:
-            assert instance._recycle_after is not None
-            assert 50 <= instance._recycle_after <= 150
-            seen.add(instance._recycle_after)
+            recycle_after = instance._upkeep.recycle_after
+            assert recycle_after is not None
+            assert 50 <= recycle_after <= 150
+            seen.add(recycle_after)
     assert len(seen) > 1
 
 

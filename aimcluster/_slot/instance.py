@@ -3,12 +3,15 @@
 Theory of operation
 -------------------
 
-An :class:`Instance` is three owners. Its :class:`~.exchange.Exchange` (sans-IO) knows the
-prompt in flight and what output means for it; its :class:`~.process.Process` (one per process,
-replaced on restart) owns the handle, the reader, the stderr tail, the exit watcher and the
-writes; the slot itself, this class, owns supervision (restarts under the policy, recycling,
-probes), the serve loop, leases and the two fast paths. Each reaches the others' state only
-through their methods.
+A slot is four owners. Its :class:`~.exchange.Exchange` (sans-IO; a
+:class:`~.oneshot.OneshotExchange` for a one-shot tool) knows the prompt in flight and what
+output means for it; its :class:`~.process.Process` (one per process, replaced on restart) owns
+the handle, the reader, the stderr tail, the exit watcher and the writes; its
+:class:`~.upkeep.Upkeep` says when the process is due to be recycled or probed; the
+:class:`Instance` itself owns supervision (restarts under the policy), the serve loop, leases,
+probes and the two fast paths. Each reaches the others' state only through their methods. The
+process calls the slot back twice, and only through the callbacks it was given: a reply
+completed (:meth:`Instance._replied`), and wake up (:meth:`Instance._interrupt`).
 
 The data path of a prompt, in order: the dispatcher hands it to the slot's task
 (:meth:`Instance._serve`), which writes it through the process (:meth:`Instance._send_prompt`);
@@ -45,7 +48,8 @@ Invariants:
   are the task's, so that every wait with a cancel scope has its task awake.
 * ``_lease_wait`` is set only while a lease waits for its next prompt; an exit or a breakdown
   while idle cancels it (:meth:`Instance._interrupt`), and the lease is lost with the process.
-  A lease's prompts are never requeued: they need the state built up in this process.
+  A lease's prompts are never sent to another process (written by the task, retries 0, a
+  prompt not sent fails): they need the state built up in this one.
 
 The fast paths add no await, task switch or cancel scope to a plain prompt
 (``tests/test_task_steps.py`` counts them). A one-shot tool has no process between prompts:
@@ -56,7 +60,6 @@ from __future__ import annotations
 
 import enum
 import math
-import random
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -82,6 +85,7 @@ from .exchange import Exchange
 from .oneshot import OneshotExchange
 from .outcomes import BREAKDOWNS, Overflow
 from .process import EOF_GRACE, EXITED, WAKE, Event, Process
+from .upkeep import Upkeep
 
 if TYPE_CHECKING:
     import structlog
@@ -118,10 +122,12 @@ class _Ended(enum.Enum):
 class Instance:
     """A slot in the cluster. Its index is stable; the process behind it comes and goes.
 
-    The slot class keeps supervision, the serve loop, leases, probes, recycling and both fast
-    paths together, over the 450-line guide: they share the few fields the module docstring
-    lists with their invariants (``_pipeline``, ``_offered``, ``_lease_wait``, the recycle
-    counters), and splitting them would make those fields written from two classes.
+    Over the 450-line guide, as is this module over 500, on purpose: supervision, the serve
+    loop, leases, probes and both fast paths share the fields the module docstring lists with
+    their invariants (``_pipeline``, ``_offered``, ``_lease_wait``, ``_leased``), and the fast
+    paths must see the serve loop's state without a hop; split in two classes, those fields
+    would be written from both. What has an owner of its own moved out: the process, the
+    exchange, the upkeep schedule.
     """
 
     #: The instance's index in the cluster, unique across its pools.
@@ -172,15 +178,14 @@ class Instance:
     _pipeline: bool = attrs.field(init=False, default=False)
     #: What an offer took and wrote while the task waited in the dispatcher's get.
     _offered: Request | None = attrs.field(init=False, default=None)
-    _served: int = attrs.field(init=False, default=0)
-    _recycle_after: int | None = attrs.field(init=False, default=None)
-    _recycle_at: float = attrs.field(init=False, default=math.inf)
-    _next_probe_at: float = attrs.field(init=False, default=math.inf)
+    #: When the process is due to be recycled or probed.
+    _upkeep: Upkeep = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._plog = self.log.bind(instance=self.index, pid=None)
         if self.policy is not None:
             self._budget = RestartBudget(self.policy)
+        self._upkeep = Upkeep(self.spec, self.clock)
         self._exchange = (OneshotExchange if self.spec.oneshot else Exchange)(
             spec=self.spec,
             index=self.index,
@@ -348,11 +353,7 @@ class Instance:
     async def _run_slot(self, task_status: TaskStatus[None] | None) -> _Ended:
         """A one-shot tool's slot: no process between prompts, one process per prompt."""
         self._exchange.reset(self._plog)
-        self._served = 0
-        self._recycle_after, self._recycle_at = None, math.inf
-        self._next_probe_at = (
-            math.inf if self.spec.probe is None else self.clock() + self.spec.probe.interval
-        )
+        self._upkeep.start(recycle=False)
         self._set_state(InstanceState.READY)
         self._plog.info("instance_ready", banner="", oneshot=True)
         if task_status is not None:
@@ -444,23 +445,7 @@ class Instance:
             interrupt=self._interrupt,
         )
         self._adopt(process)
-        self._served = 0
-        now = self.clock()
-        spread = self.spec.recycle_jitter
-        rng = random.Random()
-        self._recycle_after = (
-            None
-            if self.spec.max_prompts is None
-            else max(1, round(self.spec.max_prompts * rng.uniform(1 - spread, 1 + spread)))
-        )
-        self._recycle_at = (
-            math.inf
-            if self.spec.max_age is None
-            else now + self.spec.max_age * rng.uniform(1 - spread, 1 + spread)
-        )
-        self._next_probe_at = (
-            math.inf if self.spec.probe is None else now + self.spec.probe.interval
-        )
+        self._upkeep.start()
         return process
 
     def _adopt(self, process: Process) -> None:
@@ -508,7 +493,7 @@ class Instance:
             or self._exchange.resend is not None
             or process.exit_code is not None
             or process.events_pending
-            or min(self._recycle_at, self._next_probe_at) != math.inf  # waits with a timer
+            or self._upkeep.wake_at != math.inf  # the task waits with a timer
             or self._replacement_due()
         ):
             return False
@@ -575,7 +560,7 @@ class Instance:
             if self._exchange.broken is not None:
                 return _Ended.KILL
             item = None
-            wake_at = min(self._next_probe_at, self._recycle_at)
+            wake_at = self._upkeep.wake_at
             if wake_at == math.inf:
                 # A prompt put while we wait may be written by the putter (_try_begin).
                 try:
@@ -591,7 +576,7 @@ class Instance:
                 # Woken without work: the process exited, a restart or retire was asked for,
                 # it is time to recycle, the tool broke down (all checked at the top), or it
                 # is time for a probe.
-                if self._exit_code is None and self.clock() >= self._next_probe_at:
+                if self._exit_code is None and self._upkeep.probe_due():
                     ended = await self._probe()
                     if ended is not None:
                         return ended
@@ -605,8 +590,7 @@ class Instance:
             if ended is not None:
                 return ended
             self._set_state(InstanceState.READY)
-            if self.spec.probe is not None:
-                self._next_probe_at = self.clock() + self.spec.probe.interval
+            self._upkeep.idle_from_now()
 
     def _due(self) -> _Ended | None:
         """Whether the process should be replaced (or retired) now that it is idle."""
@@ -616,13 +600,12 @@ class Instance:
             self._restart_requested = False
             self._plog.info("instance_recycling", reason="restart requested")
             return _Ended.RECYCLE
-        if self._recycle_after is not None and self._served >= self._recycle_after:
-            self._plog.info("instance_recycling", reason="max_prompts", prompts=self._served)
-            return _Ended.RECYCLE
-        if self.clock() >= self._recycle_at:
-            self._plog.info("instance_recycling", reason="max_age")
-            return _Ended.RECYCLE
-        return None
+        reason = self._upkeep.recycle_reason()
+        if reason == "max_prompts":
+            self._plog.info("instance_recycling", reason=reason, prompts=self._upkeep.served)
+        elif reason is not None:
+            self._plog.info("instance_recycling", reason=reason)
+        return None if reason is None else _Ended.RECYCLE
 
     async def _probe(self) -> _Ended | None:
         """Run the idle health check; a wrong or missing answer means restart."""
@@ -636,7 +619,7 @@ class Instance:
             deadline=self.clock() + probe.timeout,
         )
         ended = await self._send_prompt(request, internal=True)
-        self._next_probe_at = self.clock() + probe.interval
+        self._upkeep.idle_from_now()
         self._set_state(InstanceState.READY)
         if ended is not None:
             self._plog.warning("probe_failed", error=str(request.exception()))
@@ -889,15 +872,7 @@ class Instance:
 
     def _replacement_due(self) -> bool:
         """Whether the task has something to do before the next prompt (see _due)."""
-        return (
-            self._retiring
-            or self._restart_requested
-            or (self._recycle_after is not None and self._served >= self._recycle_after)
-            or (
-                min(self._recycle_at, self._next_probe_at) != math.inf
-                and self.clock() >= min(self._recycle_at, self._next_probe_at)
-            )
-        )
+        return self._retiring or self._restart_requested or self._upkeep.due()
 
     def _abandon_in_flight(self, *, counted: int) -> None:
         """The task is leaving (cancelled) with a prompt in flight: that prompt fails."""
@@ -907,7 +882,7 @@ class Instance:
         """Book *request* as written and in flight; returns 1 if it counts in the metrics
         (0 for internal prompts such as probes)."""
         counted = 0 if internal else 1
-        self._served += counted
+        self._upkeep.count(counted)
         self._exchange.written(request, counted=not internal)
         self._set_state(InstanceState.BUSY)
         return counted

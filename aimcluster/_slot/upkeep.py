@@ -1,0 +1,87 @@
+"""When a slot's process is due for replacement or a health check.
+
+An :class:`Upkeep` owns the schedule of one process: how many prompts it served against
+``max_prompts``, when it reaches ``max_age``, when it is next probed. Both spread by
+``recycle_jitter``, so that instances started together are not all replaced at once. The slot
+asks it between prompts, and its fast paths ask :meth:`Upkeep.due` before they write: a
+process due for anything is left to the slot's task.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from .._base.spec import ToolSpec
+
+__all__ = ["Upkeep"]
+
+
+@attrs.define(eq=False)
+class Upkeep:
+    """The recycling and probe schedule of the slot's current process."""
+
+    spec: ToolSpec
+    clock: Callable[[], float]
+    #: Prompts written to this process (probes not counted).
+    served: int = attrs.field(init=False, default=0)
+    _recycle_after: int | None = attrs.field(init=False, default=None)
+    _recycle_at: float = attrs.field(init=False, default=math.inf)
+    _next_probe_at: float = attrs.field(init=False, default=math.inf)
+
+    def start(self, *, recycle: bool = True, rng: random.Random | None = None) -> None:
+        """A process starts: count from zero. Without *recycle* (a one-shot tool's slot,
+        which keeps no process) only probes are scheduled."""
+        spec, now = self.spec, self.clock()
+        self.served = 0
+        self._recycle_after, self._recycle_at = None, math.inf
+        if recycle:
+            rng = rng or random.Random()
+            spread = spec.recycle_jitter
+            if spec.max_prompts is not None:
+                jittered = spec.max_prompts * rng.uniform(1 - spread, 1 + spread)
+                self._recycle_after = max(1, round(jittered))
+            if spec.max_age is not None:
+                self._recycle_at = now + spec.max_age * rng.uniform(1 - spread, 1 + spread)
+        self.idle_from_now()
+
+    @property
+    def recycle_after(self) -> int | None:
+        """How many prompts this process serves before it is recycled (jittered)."""
+        return self._recycle_after
+
+    def count(self, prompts: int) -> None:
+        self.served += prompts
+
+    def idle_from_now(self) -> None:
+        """The process is idle from now on: its next probe is an interval away."""
+        probe = self.spec.probe
+        self._next_probe_at = math.inf if probe is None else self.clock() + probe.interval
+
+    @property
+    def wake_at(self) -> float:
+        """When an idle slot must wake without work: to probe or recycle (inf: never)."""
+        return min(self._next_probe_at, self._recycle_at)
+
+    def due(self) -> bool:
+        """Whether the slot's task has something to do before the next prompt."""
+        if self._recycle_after is not None and self.served >= self._recycle_after:
+            return True
+        wake_at = self.wake_at
+        return wake_at != math.inf and self.clock() >= wake_at
+
+    def recycle_reason(self) -> str | None:
+        """``"max_prompts"`` or ``"max_age"`` if the process is due to be replaced."""
+        if self._recycle_after is not None and self.served >= self._recycle_after:
+            return "max_prompts"
+        if self.clock() >= self._recycle_at:
+            return "max_age"
+        return None
+
+    def probe_due(self) -> bool:
+        return self.clock() >= self._next_probe_at
