@@ -7,6 +7,7 @@ from ._base.errors import AutoAnswerLimitError as AutoAnswerLimitError
 from ._base.errors import ClusterClosedError as ClusterClosedError
 from ._base.errors import DesyncError as DesyncError
 from ._base.errors import InstanceCrashedError as InstanceCrashedError
+from ._base.errors import InstanceStalledError as InstanceStalledError
 from ._base.errors import NoHealthyInstancesError as NoHealthyInstancesError
 from ._base.errors import PromptCancelledError as PromptCancelledError
 from ._base.errors import RateLimitedError as RateLimitedError
@@ -44,7 +45,6 @@ from ._core.pool import Pool as Pool
 from ._core.pool import PoolInfo as PoolInfo
 from ._core.scheduler import JobRun as JobRun
 from ._core.scheduler import run_jobs as run_jobs
-from ._slot.instance import InstanceStalledError as InstanceStalledError
 from ._slot.instance import InstanceState as InstanceState
 from ._transport.local import LocalTransport as LocalTransport
 
