@@ -355,6 +355,15 @@ class Cluster:
         return request
 
     async def _enqueue(self, item: Item, tool: str | None = None) -> None:
+        if self._single is not None and tool is None and not item.pinned:
+            # One pool (the common case, on every prompt): routed in place, and nothing to
+            # fail over to.
+            pool = self._fleet.only
+            if not pool.healthy:
+                raise self._fleet.no_healthy(pool, None)
+            item.target, item.pool = self._fleet.router.route(item.key, pool.healthy), pool.name
+            await pool.dispatcher.put(item)
+            return
         pool = self._fleet.check_pinned(item) if item.pinned else self._fleet.place(item, tool)
         await pool.dispatcher.put(item)
         self._fleet.watch_saturation(item, pool)

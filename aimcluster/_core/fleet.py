@@ -66,6 +66,12 @@ class Fleet:
     _saturation_order: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
     _saturation_changed: anyio.Event | None = attrs.field(init=False, default=None)
 
+    @property
+    def only(self) -> PoolState:
+        """The pool of a cluster of one pool."""
+        (pool,) = self.pools.values()
+        return pool
+
     def instances(self) -> list[Instance]:
         """Every instance, in index order."""
         return [self.by_index[index] for index in sorted(self.by_index)]
@@ -254,14 +260,6 @@ class Fleet:
 
     def place(self, item: Item, tool: str | None) -> PoolState:
         """Decide where a new, unpinned *item* goes; set its pool and target slot."""
-        if len(self.pools) == 1 and tool is None:
-            # One pool (the common case, on every prompt): its prompt was checked already.
-            (pool,) = self.pools.values()
-            if not pool.healthy:
-                raise self.no_healthy(pool, None)
-            item.target = self.router.route(item.key, pool.healthy)
-            item.pool = pool.name
-            return pool
         selected = self.select(tool)
         candidates = [pool for pool in selected if pool.healthy]
         if item.failovers and candidates:

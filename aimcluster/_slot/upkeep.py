@@ -72,7 +72,8 @@ class Upkeep:
         """Whether the slot's task has something to do before the next prompt."""
         if self._recycle_after is not None and self.served >= self._recycle_after:
             return True
-        wake_at = self.wake_at
+        # Asked twice per prompt: no property call on the way.
+        wake_at = min(self._next_probe_at, self._recycle_at)
         return wake_at != math.inf and self.clock() >= wake_at
 
     def recycle_reason(self) -> str | None:
