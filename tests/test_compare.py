@@ -13,8 +13,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -23,7 +25,14 @@ import pytest
 from aimcluster import Job, Pool, ToolSpec, compare_jobs, launch_cluster, tools
 from aimcluster._base.usage import aider_usage
 from aimcluster._cli.demo import DEMO_STEPS, expected_content, make_project
-from tests.test_cli import backends, invoke
+from tests.test_cli import (
+    CliProcess,
+    backends,
+    cli_process,  # noqa: F401 (a fixture)
+    descendants,
+    invoke,
+    wait_gone,
+)
 
 FILES = 20
 
@@ -399,3 +408,29 @@ def test_run_compare_refuses_the_options_it_cannot_honour_before_any_work(
     assert git(root, "branch", "--format=%(refname:short)").split() == [
         git(root, "rev-parse", "--abbrev-ref", "HEAD").strip()
     ]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_ctrl_c_stops_a_compare_run_gracefully_and_says_so(
+    tmp_path: Path,
+    fakes: Fakes,
+    cli_process: Callable[..., CliProcess],  # noqa: F811 (the fixture imported above)
+) -> None:
+    root, _originals = repo_with_project(tmp_path)
+    steps = [arg for step in DEMO_STEPS for arg in ("--step", step)]
+    cli_run = cli_process(
+        *("run", "--compare", "--tool", "mock --delay 0.3=1"),
+        *("--tool", f"{fakes.spec_file('sloppy')}=1", "--grace", "30", *steps, "pkg/**/*.py"),
+        cwd=root,
+    )
+    cli_run.wait_for_line(lambda line: line.startswith("[1/"))
+    agents = descendants(cli_run.process.pid)
+
+    cli_run.process.send_signal(signal.SIGINT)
+    code = cli_run.finish()
+
+    errors = "".join(cli_run.stderr)
+    assert code == 130, cli_run.output + errors
+    assert "[stop] SIGINT: starting no new jobs; waiting up to 30 s" in errors
+    assert "Traceback" not in errors
+    assert wait_gone(agents) == []

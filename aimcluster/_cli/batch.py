@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 import anyio
 import attrs
 import structlog
-from anyio.abc import TaskStatus
 
 from aimcluster import (
     ClusterMetrics,
@@ -38,6 +37,7 @@ from .journal import Journal
 from .progress import Display, Tracker
 from .report import RunSummary, summarize
 from .results import Worktrees
+from .signals import Stopper
 
 __all__ = ["Batch", "BatchOutcome", "run_batch"]
 
@@ -91,46 +91,6 @@ class BatchOutcome:
     #: 0: every item done; 1: some failed; 4: the budget was spent before every item was
     #: done; 128 + N: stopped by signal N.
     exit_code: int
-
-
-@attrs.define(eq=False)
-class _Stopper:
-    """Turns signals into a graceful stop of the run (or of the start-up before it)."""
-
-    grace: float
-    display: Display
-    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
-    run: JobRun | None = None
-    signum: int | None = None
-    received: int = 0
-
-    def on_signal(self, signum: int) -> None:
-        self.received += 1
-        if self.signum is None:
-            self.signum = signum
-        name = signal.Signals(signum).name
-        if self.run is None:
-            self.scope.cancel()
-        elif self.received == 1:
-            self.run.stop(self.grace)
-            self.display.notice(
-                f"{name}: starting no new jobs; waiting up to {self.grace:g} s for the "
-                f"{len(self.run.active)} in flight (Ctrl-C again to cancel them now)"
-            )
-        elif self.received == 2:
-            self.run.stop(0)
-            self.display.notice(f"{name} again: cancelling the jobs in flight")
-        else:
-            self.scope.cancel()
-
-
-async def _watch_signals(
-    stopper: _Stopper, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        task_status.started()
-        async for signum in signals:
-            stopper.on_signal(signum)
 
 
 async def _collect(
@@ -194,14 +154,14 @@ async def _run_batch(
     display: Display,
     logger: structlog.typing.FilteringBoundLogger,
 ) -> BatchOutcome:
-    stopper = _Stopper(grace=batch.grace, display=display)
+    stopper = Stopper(grace=batch.grace, notice=display.notice)
     results: list[JobResult] = []
     metrics: ClusterMetrics | None = None
     not_started = len(batch.jobs)
     budget_spent: str | None = None
     begin = ready = anyio.current_time()
     async with anyio.create_task_group() as signals:
-        await signals.start(_watch_signals, stopper)
+        await signals.start(stopper.watch)
         # A signal before the jobs start cancels this scope: the start-up is abandoned.
         with stopper.scope:
             async with launch_cluster(

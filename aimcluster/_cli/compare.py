@@ -8,10 +8,12 @@ conflict.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
 import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -20,7 +22,6 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 import structlog
-from anyio.abc import TaskStatus
 
 from aimcluster import (
     CompareRun,
@@ -38,6 +39,7 @@ from aimcluster import (
 
 from .items import InputError
 from .results import GitError, Worktrees, open_worktrees
+from .signals import Stopper
 from .terminal import shown
 
 if TYPE_CHECKING:
@@ -96,31 +98,10 @@ class CompareOutcome:
     interrupted: str | None = None
 
 
-@attrs.define(eq=False)
-class _Stopper:
-    """Signals stop the comparison: the first gracefully, the second at once, the third
-    abandons it."""
-
-    grace: float
-    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
-    run: CompareRun | None = None
-    signum: int | None = None
-    received: int = 0
-
-    def on_signal(self, signum: int) -> None:
-        self.received += 1
-        if self.signum is None:
-            self.signum = signum
-        if self.run is None or self.received > 2:
-            self.scope.cancel()
-        else:
-            self.run.stop(self.grace if self.received == 1 else 0)
-
-    async def watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-            task_status.started()
-            async for signum in signals:
-                self.on_signal(signum)
+def _notice(message: str) -> None:
+    """What a stop request did, on stderr (the table goes to stdout)."""
+    with contextlib.suppress(OSError):
+        print(f"[stop] {shown(message)}", file=sys.stderr, flush=True)
 
 
 def _check_names(pools: Sequence[Pool]) -> None:
@@ -188,7 +169,7 @@ async def _run_comparison(
     logger: structlog.typing.FilteringBoundLogger | None,
 ) -> CompareOutcome:
     _check_names(setup.pools)
-    stopper = _Stopper(grace=setup.grace)
+    stopper = Stopper(grace=setup.grace, notice=_notice)
     comparison: Comparison | None = None
     notes: list[str] = []
     async with AsyncExitStack() as stack:
