@@ -254,7 +254,10 @@ async def test_put_blocks_while_max_pending_items_are_queued_and_proceeds_after_
     assert (first.holds_slot, second.holds_slot) == (False, True)
 
 
-async def test_put_nowait_does_not_take_a_slot() -> None:
+async def test_put_nowait_never_waits_but_counts_against_max_pending() -> None:
+    # Requeues and moves between pools go through put_nowait. Before, they took no slot, so
+    # every item a failover moved (its slot freed, and granted to a waiting producer) came
+    # back uncounted, and the queue grew past max_pending with each move.
     dispatcher = Dispatcher(1, max_pending=1)
     requeued = [Item(f"requeued-{i}") for i in range(3)]
 
@@ -262,7 +265,10 @@ async def test_put_nowait_does_not_take_a_slot() -> None:
         dispatcher.put_nowait(item)
 
     assert dispatcher.queued() == 3
-    assert [item.holds_slot for item in requeued] == [False, False, False]
+    assert [item.holds_slot for item in requeued] == [True, True, True]
+    assert await put_completes(dispatcher, Item("new")) is False
+    for _ in requeued:
+        assert await dispatcher.get(0) is not None
     assert await put_completes(dispatcher, Item("new")) is True
 
 

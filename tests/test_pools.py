@@ -420,3 +420,29 @@ async def test_a_prompt_for_any_pool_gets_the_longest_of_their_reply_timeouts(
             await cluster.send("sleep 1", tool="a")
         replies = await cluster.map(["sleep 1", "sleep 1"])
         assert {r.tool for r in replies} == {"a", "b"}
+
+
+async def test_a_prompt_that_waited_for_room_in_a_pool_that_failed_meanwhile_moves_on(
+    vendors: Vendors,
+) -> None:
+    # Before, the producer was granted room as the failed pool's queue was emptied, and its
+    # prompt went into that dead pool's queue, where nobody would ever take it.
+    pools = [Pool(vendors.spec("a"), 1, restart=False), Pool(vendors.spec("b"), 1)]
+    async with aimcluster.launch_cluster(pools, fallback=["a", "b"], max_pending=1) as cluster:
+        busy = await cluster.submit("sleep 30", tool="a")
+        queued = await cluster.submit("queued", tool="a")
+        async with anyio.create_task_group() as tg:
+            waiting: list[aimcluster.Reply] = []
+
+            async def send_when_there_is_room() -> None:
+                waiting.append(await cluster.send("waited", tool="a"))
+
+            tg.start_soon(send_when_there_is_room)
+            await anyio.wait_all_tasks_blocked()
+            cluster.restart_instance(0)  # no restart policy: pool a has failed
+            with anyio.fail_after(20):
+                assert (await queued).tool == "b"
+        with pytest.raises(aimcluster.InstanceCrashedError):
+            await busy
+    (reply,) = waiting
+    assert (reply.tool, reply.failovers, reply.text) == ("b", ("a",), "b: waited")

@@ -92,15 +92,18 @@ class Dispatcher:
 
     # -- producers ------------------------------------------------------------------------
 
-    async def put(self, item: Queued) -> None:
-        """Queue *item*, waiting while ``max_pending`` items are already queued.
+    async def put(self, item: Queued) -> bool:
+        """Queue *item*, waiting while ``max_pending`` items are already queued; return
+        whether it waited (then where it was routed may have gone meanwhile).
 
         Producers that wait get room in the order they came.
         """
         if self._closed:
             raise ClusterClosedError("the cluster is shut down")
+        waited = False
         if self._waiting or self._pending >= self._max_pending:
             await self._wait_for_slot()
+            waited = True
             if self._closed:
                 self._pending -= 1
                 raise ClusterClosedError("the cluster is shut down")
@@ -117,6 +120,7 @@ class Dispatcher:
                 )
             item.target = None
         self.put_nowait(item)
+        return waited
 
     async def _wait_for_slot(self) -> None:
         """Wait in line until a slot is granted to us; on return we hold it."""
@@ -142,7 +146,12 @@ class Dispatcher:
             raise ClusterClosedError("the cluster is shut down")
 
     def put_nowait(self, item: Queued) -> None:
-        """Queue *item* without taking a slot: for requeues, which must never block a worker."""
+        """Queue *item* without waiting: for requeues and moves, which must never block a
+        worker. It takes a slot all the same (past ``max_pending`` if need be), so that the
+        queue's count stays true and producers wait for it."""
+        if not item.holds_slot:
+            item.holds_slot = True
+            self._pending += 1
         if self._closed:
             # A worker requeueing during shutdown: nobody would ever take it.
             self._release(item)

@@ -362,10 +362,12 @@ class Cluster:
             if not pool.healthy:
                 raise self._fleet.no_healthy(pool, None)
             item.target, item.pool = self._fleet.router.route(item.key, pool.healthy), pool.name
-            await pool.dispatcher.put(item)
+            if await pool.dispatcher.put(item):
+                self._fleet.recheck(item, pool)
             return
         pool = self._fleet.check_pinned(item) if item.pinned else self._fleet.place(item, tool)
-        await pool.dispatcher.put(item)
+        if await pool.dispatcher.put(item):
+            self._fleet.recheck(item, pool)
         self._fleet.watch_saturation(item, pool)
 
     async def send(

@@ -25,7 +25,7 @@ import attrs
 import structlog
 
 from .._base.dispatch import Queued
-from .._base.errors import NoHealthyInstancesError, RateLimitedError
+from .._base.errors import NoHealthyInstancesError, RateLimitedError, ReplyTimeoutError
 from .._base.lease import LeaseRequest
 from .._base.metrics import ClusterMetrics, PoolMetrics
 from .._base.request import Request, RequestState
@@ -234,6 +234,8 @@ class Fleet:
 
     def requeue(self, request: Request) -> None:
         """An attempt failed and may be retried: queue the request again."""
+        if self.expired(request):
+            return
         assert request.pool is not None
         pool = self.pools[request.pool]
         if request.pinned:
@@ -357,8 +359,42 @@ class Fleet:
             lease=isinstance(item, LeaseRequest),
         )
 
+    def recheck(self, item: Item, pool: PoolState) -> None:
+        """After a put that waited for room in *pool*: the pool, or the instance the item was
+        routed to, may have failed or been scaled away meanwhile, and nobody would take it.
+        Route it again (to the next pool of the failover order, if need be), or fail it."""
+        if not item.live:
+            return
+        if pool.healthy and (item.target is None or item.target in pool.healthy):
+            return
+        if not pool.dispatcher.withdraw(item):
+            return  # taken already
+        if item.pinned:
+            assert item.target is not None
+            item.resolve(self.no_healthy(pool, pool.instances[item.target].index))
+        else:
+            self.requeue_in(pool, item)
+
+    def expired(self, item: Item) -> bool:
+        """Fail *item* if it is a prompt past its deadline (one going back to a queue: a
+        retry or a move), rather than queue it for an instance to find so later."""
+        if not isinstance(item, Request) or item.deadline is None:
+            return False
+        if self.clock() < item.deadline:
+            return False
+        item.resolve(
+            ReplyTimeoutError(
+                f"no instance took the prompt {item.prompt[:60]!r} before its deadline",
+                prompt=item.prompt,
+                instance=None,
+            )
+        )
+        return True
+
     def move(self, item: Item, pool: PoolState, to: PoolState, *, reason: str) -> None:
         """Queue *item*, taken off *pool*'s queues (or never written), in pool *to*."""
+        if self.expired(item):
+            return
         self.moved(item, pool, to, reason=reason)
         item.pool = to.name
         if isinstance(item, Request):
@@ -424,7 +460,11 @@ class Fleet:
                 if not item.live or item.pool != name:
                     continue
                 following = self.next_pool(item, pool)
-                if following is not None and pool.dispatcher.withdraw(item):
+                if following is None:
+                    # Nowhere to go now (every other pool rate-limited, say): look again
+                    # after another wait, as long as it is still queued here.
+                    self.watch_saturation(item, pool)
+                elif pool.dispatcher.withdraw(item):
                     self.move(item, pool, following, reason="saturated")
 
 

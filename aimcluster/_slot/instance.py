@@ -39,8 +39,13 @@ Invariants:
   event queue for a plain reply; it is cleared (and the slot unparked) as that wait ends, so
   the reader never writes for a task that is about to do something else.
 * ``_offered`` is not None only between an offer's write and the task taking the item from
-  ``get``; whoever writes a prompt books it (``_mark_sent``) before any await, so the exchange
-  has one prompt in flight at a time and its output cannot be read before it is booked.
+  ``get``. A fast path books the prompt it writes (``_mark_sent``) before any await, so the
+  exchange has one prompt in flight at a time and its output cannot be read before it is
+  booked. The task books a prompt once its write is over (``_send_prompt``); a reply that
+  arrived before that would be taken for one while nothing is in flight (a desync), and the
+  prompt, counted as not sent, would go to the next process. A tool that reads whole lines
+  cannot answer one before it has read it all, so only a tool that answers a line's start
+  could, and then failing safe is the point.
 * A fast path writes only what goes out without waiting (``try_write``); the rest of a long
   prompt is sent by the task (``send_unsent``), and nothing else is written in between.
 * Nothing out of the ordinary takes a fast path: a deadline, a watchdog, a lease, a rate-limit
