@@ -391,8 +391,12 @@ class Process:
                 how = await self._stop_gracefully()
             else:
                 handle.signal_group(signal.SIGKILL)
-        code = await handle.wait()
-        handle.kill_all()  # whatever the tool left behind
+        try:
+            code = await handle.wait()
+        finally:
+            # Whatever the tool left behind, also when the caller's time for the stop ran
+            # out before the process could be reaped (stuck in the kernel, say).
+            handle.kill_all()
         if self.exit_code is None:  # the exit watcher was cancelled before it could say so
             self.exit_code = code
             self.log.info("instance_exited", exit_code=code)
