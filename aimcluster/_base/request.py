@@ -137,15 +137,25 @@ class Request:
                 await self._event.wait()
             if not self.done and self.state is RequestState.QUEUED:
                 self.abandoned = True
-                self.resolve(
-                    ReplyTimeoutError(
-                        f"no instance took the prompt {self.prompt[:60]!r} before its deadline",
-                        prompt=self.prompt,
-                        instance=None,
-                    )
-                )
+                self.resolve(self._not_taken())
         await self._event.wait()
         return self.result()
+
+    def expired(self, now: float) -> bool:
+        """Fail the request, unsent, if its deadline has passed by *now*; return whether it
+        did. For whoever is about to send or queue it again: an instance taking it from a
+        queue, a retry, a move to another pool."""
+        if self.deadline is None or now < self.deadline:
+            return False
+        self.resolve(self._not_taken())
+        return True
+
+    def _not_taken(self) -> ReplyTimeoutError:
+        return ReplyTimeoutError(
+            f"no instance took the prompt {self.prompt[:60]!r} before its deadline",
+            prompt=self.prompt,
+            instance=None,
+        )
 
 
 @attrs.define(eq=False)

@@ -25,7 +25,7 @@ import attrs
 import structlog
 
 from .._base.dispatch import Queued
-from .._base.errors import NoHealthyInstancesError, RateLimitedError, ReplyTimeoutError
+from .._base.errors import NoHealthyInstancesError, RateLimitedError
 from .._base.lease import LeaseRequest
 from .._base.metrics import ClusterMetrics, PoolMetrics
 from .._base.request import Request, RequestState
@@ -378,18 +378,7 @@ class Fleet:
     def expired(self, item: Item) -> bool:
         """Fail *item* if it is a prompt past its deadline (one going back to a queue: a
         retry or a move), rather than queue it for an instance to find so later."""
-        if not isinstance(item, Request) or item.deadline is None:
-            return False
-        if self.clock() < item.deadline:
-            return False
-        item.resolve(
-            ReplyTimeoutError(
-                f"no instance took the prompt {item.prompt[:60]!r} before its deadline",
-                prompt=item.prompt,
-                instance=None,
-            )
-        )
-        return True
+        return isinstance(item, Request) and item.expired(self.clock())
 
     def move(self, item: Item, pool: PoolState, to: PoolState, *, reason: str) -> None:
         """Queue *item*, taken off *pool*'s queues (or never written), in pool *to*."""

@@ -77,7 +77,6 @@ from .._base.errors import (
     AimclusterError,
     ClusterClosedError,
     InstanceCrashedError,
-    ReplyTimeoutError,
     StartupError,
 )
 from .._base.errors import InstanceStalledError as InstanceStalledError
@@ -386,7 +385,7 @@ class Instance:
         """Run one process for one prompt; its output up to its exit is the reply. The same
         reader and exit watcher as a lasting process's: the exit (or an overflow, or the
         reply's deadline) ends it, and the exchange concludes."""
-        if self._expired_in_queue(request):
+        if request.expired(self.clock()):
             return None
         spec = self.spec.for_prompt(request.prompt)
         exchange = self._exchange
@@ -717,7 +716,7 @@ class Instance:
             # The prompt was not sent, and this process is done for.
             self._not_sent(request, error, internal=internal)
             return _Ended.KILL
-        if self._expired_in_queue(request):
+        if request.expired(self.clock()):
             return None
         data = self._exchange.wire(request)
         delivered = False
@@ -813,19 +812,6 @@ class Instance:
             return _Ended.KILL
         self._fail(failure.request, failure.error, retry=failure.retry)
         return _Ended.EXITED if failure.exited else _Ended.KILL
-
-    def _expired_in_queue(self, request: Request) -> bool:
-        """Fail (and do not send) a prompt whose deadline passed while it was queued."""
-        if request.deadline is None or self.clock() < request.deadline:
-            return False
-        request.resolve(
-            ReplyTimeoutError(
-                f"no instance took the prompt {request.prompt[:60]!r} before its deadline",
-                prompt=request.prompt,
-                instance=None,
-            )
-        )
-        return True
 
     def _try_begin(self, item: Queued) -> bool:
         """Write *item* now, from the task at hand, if nothing needs this instance's task first.
