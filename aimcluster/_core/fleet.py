@@ -147,17 +147,7 @@ class Fleet:
         """A job that left pool *left* (rate-limited there) got its lease elsewhere."""
         assert lease.pool is not None
         gone, to = self.pools[left], self.pools[lease.pool]
-        gone.failovers_out += 1
-        to.failovers_in += 1
-        self.log.info(
-            "failover",
-            pool=gone.name,
-            to=to.name,
-            reason="rate_limited",
-            key=lease.key,
-            lease=True,
-            job=True,
-        )
+        self._book_move(gone, to, reason="rate_limited", key=lease.key, lease=True, job=True)
 
     def instance(self, index: int) -> Instance:
         try:
@@ -348,16 +338,14 @@ class Fleet:
     def moved(self, item: Item, pool: PoolState, to: PoolState, *, reason: str) -> None:
         """Book *item*'s move from *pool* to *to*."""
         item.failovers += (pool.name,)
+        lease = isinstance(item, LeaseRequest)
+        self._book_move(pool, to, reason=reason, key=item.key, lease=lease)
+
+    def _book_move(self, pool: PoolState, to: PoolState, *, reason: str, **context: object) -> None:
+        """Count a move from *pool* to *to* in both pools' metrics, and log it."""
         pool.failovers_out += 1
         to.failovers_in += 1
-        self.log.info(
-            "failover",
-            pool=pool.name,
-            to=to.name,
-            reason=reason,
-            key=item.key,
-            lease=isinstance(item, LeaseRequest),
-        )
+        self.log.info("failover", pool=pool.name, to=to.name, reason=reason, **context)
 
     def recheck(self, item: Item, pool: PoolState) -> None:
         """After a put that waited for room in *pool*: the pool, or the instance the item was
