@@ -434,3 +434,21 @@ def test_ctrl_c_stops_a_compare_run_gracefully_and_says_so(
     assert "[stop] SIGINT: starting no new jobs; waiting up to 30 s" in errors
     assert "Traceback" not in errors
     assert wait_gone(agents) == []
+
+
+def test_an_item_name_with_control_characters_is_shown_inert_in_the_table() -> None:
+    from rich.console import Console
+
+    from aimcluster import Comparison
+    from aimcluster._cli.compare import render_comparison
+
+    # A file name may hold a newline or an escape sequence: printed raw, it would move the
+    # cursor or recolour the terminal, and split one row into two.
+    item = "evil\n\x1b[31mred.py"
+    comparison = Comparison(tools=("mock",), jobs=(Job(item=item, steps=["x"]),), rows=({},))
+    with open(os.devnull, "w") as devnull:
+        console = Console(record=True, width=120, file=devnull)
+        console.print(render_comparison(comparison))
+    text = console.export_text()
+    assert "\x1b" not in text
+    assert "evil\\n\\x1b[31mred.py" in text

@@ -308,7 +308,9 @@ def render_comparison(comparison: Comparison) -> Table:
         # A verdict is read across a row: it is never broken over two lines.
         table.add_column(tool, no_wrap=True)
     for job, row in zip(comparison.jobs, comparison.rows, strict=True):
-        table.add_row(Text(job.item), *(_cell_text(row.get(tool)) for tool in comparison.tools))
+        table.add_row(
+            Text(shown(job.item)), *(_cell_text(row.get(tool)) for tool in comparison.tools)
+        )
     totals = comparison.totals()
     table.add_section()
     best = max((t.passed for t in totals.values()), default=0)
@@ -363,7 +365,7 @@ def compare_command(
         done += 1
         if progress:
             line = Text(f"[{done}/{total}] {result.tool}  ")
-            line.append_text(Text(result.item))
+            line.append_text(Text(shown(result.item)))
             line.append_text(Text("  ").append_text(_cell_text(result)))
             console.print(line)
 
