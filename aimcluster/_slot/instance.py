@@ -27,11 +27,13 @@ goes out past the slot's task, from the task at hand (:meth:`Instance._try_begin
 * *the offer*: a put that finds the slot idle, its task asleep in the dispatcher's ``get``,
   writes the prompt at once and records it in ``_offered``; the task, when ``get`` returns
   that very request, knows it is written already (``begun``) and only waits for its reply.
-* *the reader's next write*: while the task waits for a plain reply (``_pipeline`` set), the
-  reader, having completed it, calls back (:meth:`Instance._carry_on`): it writes the next
-  queued prompt itself or, with none queued, leaves the slot idle in the dispatcher's books
-  (``park``) with its task still asleep on the event queue. A put then writes its prompt
-  itself (the offer again), or wakes the task with ``WAKE`` when the task must act.
+* *the reader's next write*: while the task waits for a plain reply (``_pipeline`` set), or
+  has yet to take an offer's prompt from ``get`` (``_offered`` set: it then goes straight to
+  that wait), the reader, having completed the reply, calls back (:meth:`Instance._carry_on`):
+  it writes the next queued prompt itself or, with none queued, leaves the slot idle in the
+  dispatcher's books (``park``) with its task still asleep on the event queue. A put then
+  writes its prompt itself (the offer again), or wakes the task with ``WAKE`` when the task
+  must act.
 
 Invariants:
 
@@ -39,13 +41,15 @@ Invariants:
   event queue for a plain reply; it is cleared (and the slot unparked) as that wait ends, so
   the reader never writes for a task that is about to do something else.
 * ``_offered`` is not None only between an offer's write and the task taking the item from
-  ``get``. A fast path books the prompt it writes (``_mark_sent``) before any await, so the
-  exchange has one prompt in flight at a time and its output cannot be read before it is
-  booked. The task books a prompt once its write is over (``_send_prompt``); a reply that
-  arrived before that would be taken for one while nothing is in flight (a desync), and the
-  prompt, counted as not sent, would go to the next process. A tool that reads whole lines
-  cannot answer one before it has read it all, so only a tool that answers a line's start
-  could, and then failing safe is the point.
+  ``get``; the task's next wait is then the plain reply wait, whatever is in flight by then
+  (:meth:`Exchange.give_up` charges what is in flight, not the request it was given).
+* A fast path books the prompt it writes (``_mark_sent``) before any await, so the exchange
+  has one prompt in flight at a time and its output cannot be read before it is booked. The
+  task books a prompt once its write is over (``_send_prompt``); a reply that arrived before
+  that would be taken for one while nothing is in flight (a desync), and the prompt, counted
+  as not sent, would go to the next process. A tool that reads whole lines cannot answer one
+  before it has read it all, so only a tool that answers a line's start could, and then
+  failing safe is the point.
 * A fast path writes only what goes out without waiting (``try_write``); the rest of a long
   prompt is sent by the task (``send_unsent``), and nothing else is written in between.
 * Nothing out of the ordinary takes a fast path: a deadline, a watchdog, a lease, a rate-limit
@@ -468,8 +472,12 @@ class Instance:
     # -- what the process tells the slot ------------------------------------------------------
 
     def _replied(self) -> bool:
-        """The reader completed the last reply of a read: True if the task need not wake."""
-        return self._pipeline and self._carry_on()
+        """The reader completed the last reply of a read: True if the task need not wake.
+
+        The task waits for a plain reply (``_pipeline``), or is on its way to: an offer's
+        prompt answered before the task took it from ``get``. That task goes straight to the
+        wait for whatever is in flight then (``begun``), so the reader may carry on for it."""
+        return (self._pipeline or self._offered is not None) and self._carry_on()
 
     def _interrupt(self) -> None:
         """The process exited, or its output broke down while idle: wake the task wherever it
