@@ -109,6 +109,10 @@ class RawChild:
         await self._send(line.encode() + b"\n")
         return (await self.read_prompt()).decode()
 
+    async def write_line(self, line: str) -> None:
+        """The writing half of :meth:`request`, for callers whose replies another task reads."""
+        await self._send(line.encode() + b"\n")
+
     async def aclose(self) -> None:
         # EOF on its stdin makes the child leave on its own; SIGKILL to its
         # process group only if it has not within the grace period.
@@ -399,16 +403,32 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     baseline: str = RAW
+    more_baselines: dict[str, list[Column]] = field(default_factory=dict)
+    """Figures compared with other contenders of the same case, by contender, in columns
+    after the ratios to ``baseline``. Blank in the rows of every baseline: a baseline's
+    own ratios to ``baseline`` already compare it."""
 
     @property
     def ratios(self) -> list[Column]:
         return [self.ratio, *self.more_ratios]
+
+    @property
+    def compared(self) -> list[Column]:
+        """Every ratio column: to ``baseline``, then to each of ``more_baselines``."""
+        return [*self.ratios, *(c for columns in self.more_baselines.values() for c in columns)]
 
     def add(self, case: str, results: Mapping[str, Samples]) -> None:
         baseline = results.get(self.baseline)
         bases = {
             ratio.header: math.nan if baseline is None else ratio.value(baseline)
             for ratio in self.ratios
+        }
+        other_bases = {
+            other: {
+                column.header: math.nan if other not in results else column.value(results[other])
+                for column in columns
+            }
+            for other, columns in self.more_baselines.items()
         }
         for name, samples in results.items():
             values: dict[str, float | None] = {
@@ -418,31 +438,44 @@ class Report:
                 values[ratio.header] = (
                     None if name == self.baseline else ratio.value(samples) / bases[ratio.header]
                 )
+            for other, columns in self.more_baselines.items():
+                for column in columns:
+                    values[column.header] = (
+                        None
+                        if name == self.baseline or name in self.more_baselines
+                        else column.value(samples) / other_bases[other][column.header]
+                    )
             self.rows.append(Row(case, name, values))
 
     @property
     def headers(self) -> list[str]:
-        return ["case", "contender", *(c.header for c in [*self.columns, *self.ratios])]
+        return ["case", "contender", *(c.header for c in [*self.columns, *self.compared])]
 
     def cells(self, row: Row) -> list[str]:
         cells = [row.case, row.contender]
-        for column in [*self.columns, *self.ratios]:
+        for column in [*self.columns, *self.compared]:
             value = row.values[column.header]
             cells.append("-" if value is None else column.fmt.format(value))
         return cells
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "title": self.title,
             "baseline": self.baseline,
             "ratio": self.ratio.header,
             "more_ratios": [ratio.header for ratio in self.more_ratios],
-            "rows": [
-                {"case": row.case, "contender": row.contender, "values": row.values}
-                for row in self.rows
-            ],
-            "notes": self.notes,
         }
+        if self.more_baselines:  # only where used: other benchmarks' documents stay as they were
+            document["more_baselines"] = {
+                other: [column.header for column in columns]
+                for other, columns in self.more_baselines.items()
+            }
+        document["rows"] = [
+            {"case": row.case, "contender": row.contender, "values": row.values}
+            for row in self.rows
+        ]
+        document["notes"] = self.notes
+        return document
 
 
 def print_report(report: Report) -> None:

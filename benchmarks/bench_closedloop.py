@@ -3,10 +3,14 @@
 The most common use in an async app: N tasks each ``await cluster.send(...)`` in a
 loop on an N-instance cluster of the child. raw anyio gives each of its N tasks a
 child of its own to write a line to and read the reply from, the same raw code as
-the round trip benchmark (pipes, or a PTY read with ``wait_readable``). Both
-fleets stay up for the whole run and take turns, one batch of calls each per
-round. Figures: the latency of each call (p50, p95) and the calls per second over
-the whole batch, from the first call to the last caller's last reply.
+the round trip benchmark (pipes, or a PTY read with ``wait_readable``). raw +
+reader is the shape aimcluster's design mandates, at its cheapest: each child has
+a long-lived reader task of its own, reading to the prompt with that same code and
+handing each reply to a memory stream; the caller writes its line and awaits the
+reply from the stream. All three fleets stay up for the whole run and take turns,
+one batch of calls each per round. Figures: the latency of each call (p50, p95)
+and the calls per second over the whole batch, from the first call to the last
+caller's last reply; each as a ratio to raw, and ours also to raw + reader.
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from _harness import (
+    OURS,
+    RAW,
     Benchmark,
     Cases,
     Column,
     Contender,
     Option,
+    RawChild,
     Report,
     Request,
     Samples,
@@ -42,6 +50,7 @@ from _harness import (
 )
 
 TRANSPORTS = ("pipe", "pty")
+READER = "raw + reader"
 
 
 def make_prompts(callers: int, calls: int) -> list[list[str]]:
@@ -97,6 +106,51 @@ def raw_contender(callers: int, calls: int, *, pty: bool) -> Contender:
     return open_
 
 
+async def read_replies(child: RawChild, replies: MemoryObjectSendStream[str]) -> None:
+    """A child's reader: every reply, read to its prompt whatever the callers do, handed on."""
+    async with replies:
+        while True:
+            await replies.send((await child.read_prompt()).decode())
+
+
+def queued_request(child: RawChild, replies: MemoryObjectReceiveStream[str]) -> Request:
+    """The caller's half: write the line itself, then await the reply its reader hands on."""
+
+    async def request(line: str) -> str:
+        await child.write_line(line)
+        return await replies.receive()
+
+    return request
+
+
+def reader_contender(callers: int, calls: int, *, pty: bool) -> Contender:
+    """raw, with the reading moved to a task per child: what a reader task and a queue cost."""
+
+    @asynccontextmanager
+    async def open_() -> AsyncIterator[Step]:
+        async with (
+            raw_fleet(child_argv(), callers, pty=pty) as children,
+            anyio.create_task_group() as tg,
+        ):
+            queues: list[MemoryObjectReceiveStream[str]] = []
+            try:
+                for child in children:
+                    send, receive = anyio.create_memory_object_stream[str](1)
+                    queues.append(receive)
+                    tg.start_soon(read_replies, child, send)
+                yield closedloop_step(
+                    [queued_request(c, q) for c, q in zip(children, queues, strict=True)], calls
+                )
+            finally:
+                # The readers wait on their children for ever: stop them before the
+                # fleet closes the children under them.
+                tg.cancel_scope.cancel()
+                for receive in queues:
+                    receive.close()
+
+    return open_
+
+
 def ours_contender(callers: int, calls: int, *, pty: bool) -> Contender:
     @asynccontextmanager
     async def open_() -> AsyncIterator[Step]:
@@ -115,11 +169,15 @@ async def measure(args: argparse.Namespace, backend: str) -> Cases:
     for transport in TRANSPORTS:
         pty = transport == "pty"
         for callers in args.callers:
-            contenders = pair(
+            both = pair(
                 args,
                 raw_contender(callers, args.calls, pty=pty),
                 partial(ours_contender, callers, args.calls, pty=pty),
             )
+            # raw + reader sits between the two: the order of the rows, and of the turns.
+            contenders = {RAW: both[RAW], READER: reader_contender(callers, args.calls, pty=pty)}
+            if OURS in both:
+                contenders[OURS] = both[OURS]
             case = f"{backend} {transport} N={callers}"
             cases.append((case, await alternate(contenders, rounds=args.rounds)))
     return cases
@@ -139,7 +197,19 @@ def collect(args: argparse.Namespace) -> list[Report]:
             Column("p95 ÷ raw", stat("latency", 95), "{:.2f}"),
             Column("calls/s ÷ raw", stat("rate"), "{:.2f}"),
         ],
-        notes=["calls/s: the median over rounds of the calls in a batch ÷ its wall time."],
+        more_baselines={
+            READER: [
+                Column("p50 ÷ reader", stat("latency", 50), "{:.2f}"),
+                Column("p95 ÷ reader", stat("latency", 95), "{:.2f}"),
+                Column("calls/s ÷ reader", stat("rate"), "{:.2f}"),
+            ]
+        },
+        notes=[
+            "calls/s: the median over rounds of the calls in a batch ÷ its wall time.",
+            f"{READER}: raw with a reader task per child handing replies to a memory stream"
+            " (buffer 1); the caller writes, then awaits the stream. Its ÷ raw is what that"
+            " shape costs; ÷ reader compares ours with it.",
+        ],
     )
     return run_backends(report, args, measure)
 
