@@ -27,7 +27,7 @@ from aimcluster import (
     Usage,
     tools,
 )
-from aimcluster._base.framing import Frame, JsonlFraming, OneshotFraming, PromptFraming
+from aimcluster._base.framing import JsonlFraming, OneshotFraming, PromptFraming
 from aimcluster._base.ratelimit import RateLimiter
 from aimcluster._base.request import Request, RequestState
 from aimcluster._slot.exchange import (
@@ -40,6 +40,7 @@ from aimcluster._slot.exchange import (
     TooManyQuestions,
     Unsolicited,
 )
+from aimcluster._slot.framer import Frame
 from aimcluster._slot.oneshot import OneshotExchange
 
 

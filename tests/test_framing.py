@@ -9,8 +9,8 @@ from collections.abc import Iterable, Mapping
 import pytest
 
 from aimcluster._base import framing as _framing
-from aimcluster._base.framing import FrameDesync, FrameOverflow, Framer, clean_reply
 from aimcluster._base.spec import ToolSpec
+from aimcluster._slot.framer import FrameDesync, FrameOverflow, Framer, clean_reply
 
 PROMPT = ">>> "
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import aimcluster
 from aimcluster import tools
-from aimcluster._base.framing import clean_reply
+from aimcluster._slot.framer import clean_reply
 
 BACKENDS = ["asyncio", "trio"]
 

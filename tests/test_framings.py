@@ -10,14 +10,8 @@ import pytest
 
 import aimcluster
 from aimcluster._base.errors import ToolError
-from aimcluster._base.framing import (
-    Event,
-    FrameOverflow,
-    Framer,
-    JsonlFramer,
-    JsonlFraming,
-    PromptFraming,
-)
+from aimcluster._base.framing import Event, JsonlFraming, PromptFraming
+from aimcluster._slot.framer import FrameOverflow, Framer, JsonlFramer
 
 # -- Framer with settle ----------------------------------------------------------------------
 

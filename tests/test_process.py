@@ -17,10 +17,10 @@ import pytest
 import structlog
 
 from aimcluster import ToolSpec
-from aimcluster._base.framing import Frame
 from aimcluster._base.ratelimit import RateLimiter
 from aimcluster._base.request import Request
 from aimcluster._slot.exchange import Exchange
+from aimcluster._slot.framer import Frame
 from aimcluster._slot.outcomes import Desync
 from aimcluster._slot.process import EXITED, WAKE, Process
 from aimcluster.abc import ProcessHandle, Transport

@@ -32,18 +32,10 @@ from .._base.errors import (
     InstanceStalledError,
     ReplyTimeoutError,
 )
-from .._base.framing import (
-    Frame,
-    FrameDesync,
-    FrameOverflow,
-    Framer,
-    JsonlFramer,
-    PromptFraming,
-    clean_reply,
-    compile_ready,
-)
+from .._base.framing import PromptFraming, compile_ready
 from .._base.request import Reply, Request, RequestState
 from .._base.usage import Usage
+from .framer import Frame, FrameDesync, FrameOverflow, Framer, JsonlFramer, clean_reply
 from .outcomes import (
     Answer,
     Breakdown,

@@ -84,12 +84,12 @@ from .._base.errors import (
     StartupError,
 )
 from .._base.errors import InstanceStalledError as InstanceStalledError
-from .._base.framing import Frame, clean_reply
 from .._base.metrics import InstanceMetrics, percentile
 from .._base.policy import RestartBudget, RestartPolicy
 from .._base.ratelimit import RateLimiter
 from .._base.request import Request, RequestState
 from .exchange import Exchange
+from .framer import Frame, clean_reply
 from .oneshot import OneshotExchange
 from .outcomes import BREAKDOWNS, Overflow
 from .process import EOF_GRACE, EXITED, WAKE, Event, Process

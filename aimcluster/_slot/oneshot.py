@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .._base.framing import Frame, FrameDesync, FrameOverflow, JsonlFramer
 from .exchange import Exchange
+from .framer import Frame, FrameDesync, FrameOverflow, JsonlFramer
 from .outcomes import Desync, Failure, Outcome, Overflow, overflow_error
 
 if TYPE_CHECKING:

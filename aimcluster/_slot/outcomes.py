@@ -23,8 +23,8 @@ from .._base.errors import (
     ReplyTooLargeError,
     ToolError,
 )
-from .._base.framing import Frame
 from .._base.usage import Usage
+from .framer import Frame
 
 if TYPE_CHECKING:
     from .._base.request import Request

@@ -32,8 +32,8 @@ import attrs
 
 from .._base.channel import Channel
 from .._base.errors import StartupError
-from .._base.framing import Frame
 from .._base.redact import redact_argv
+from .framer import Frame
 from .outcomes import BREAKDOWNS, Answer, Breakdown, Outcome, Unsolicited
 
 if TYPE_CHECKING:
