@@ -214,11 +214,16 @@ class Dispatcher:
             if idle.item is not None:
                 return idle.item
 
-    def park(self, index: int, offer: Offer, wake: Callable[[], None]) -> bool:
+    def park(
+        self, index: int, offer: Offer, wake: Callable[[], None], *, peeked: bool = False
+    ) -> bool:
         """Count instance *index* as idle while its task waits elsewhere: a put offers it the
         item, then calls *wake* if it did not take it. Refused (False) if an item or an
-        interrupt is waiting for it already."""
-        if index in self._interrupted or self.peek(index) is not None:
+        interrupt is waiting for it already (*peeked*: the caller has just found that
+        :meth:`peek` returns ``None``, with nothing run since)."""
+        if not peeked and self.peek(index) is not None:
+            return False
+        if index in self._interrupted:
             return False
         assert index not in self._idle
         self._idle[index] = _Idle(offer, wake, parked=True)

@@ -122,16 +122,17 @@ class Request:
     def exception(self) -> BaseException | None:
         return self._result if isinstance(self._result, BaseException) else None
 
-    async def wait(self) -> Reply:
+    async def wait(self, new_event: Callable[[], anyio.Event] = anyio.Event) -> Reply:
         """Wait for the result, enforcing the deadline while the request is still queued.
 
         Once the request is in flight its worker enforces the deadline (it must also restart
-        the instance), so past that point this only waits.
+        the instance), so past that point this only waits. *new_event*: how to make the
+        event to wait on (the cluster passes its backend's, found once).
         """
         if self.done:
             return self.result()
         if self._event is None:
-            self._event = anyio.Event()
+            self._event = new_event()
         if self.deadline is not None:
             with anyio.move_on_at(self.deadline):
                 await self._event.wait()

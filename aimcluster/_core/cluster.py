@@ -98,6 +98,7 @@ class Cluster:
         self._owner_loop: object = None
         self._current_loop: Callable[[], object] = _no_loop
         self._clock: Callable[[], float] = anyio.current_time
+        self._new_event: Callable[[], anyio.Event] = anyio.Event
 
     def _on_state(self, instance: Instance) -> None:
         if self._changed is not None:
@@ -136,9 +137,10 @@ class Cluster:
         self._completed_in, self._completed_out = anyio.create_memory_object_stream[Request](
             math.inf
         )
-        # anyio.current_time() without looking the backend up at every call: a prompt reads
-        # the clock three times.
+        # anyio.current_time() and anyio.Event() without looking the backend up at every
+        # call: a prompt reads the clock three times, and send() waits on an event.
         self._clock = self._fleet.clock = token.backend_class.current_time
+        self._new_event = token.backend_class.create_event
         async with AsyncExitStack() as stack:
             for described in self._pool_specs:
                 pool = pools[described.name] = PoolState.create(
@@ -398,7 +400,7 @@ class Cluster:
         )
         try:
             await self._enqueue(request, tool)
-            return await request.wait()
+            return await request.wait(self._new_event)
         except anyio.get_cancelled_exc_class():
             request.abandon()
             raise

@@ -137,7 +137,7 @@ class PoolInfo:
 def check_prompt(spec: ToolSpec, prompt: str) -> None:
     """Raise :class:`ValueError` if *spec*'s tool cannot take *prompt* as one input."""
     try:
-        prompt.encode(spec.encoding)
+        encoded = prompt.encode(spec.encoding)
     except UnicodeEncodeError as exc:
         raise ValueError(
             f"the prompt cannot be written in the tool's encoding ({exc.encoding}): "
@@ -147,7 +147,10 @@ def check_prompt(spec: ToolSpec, prompt: str) -> None:
     # largest input number it may go as: a numbered input's line grows with it.
     text = spec.input_for(prompt, 10**9)
     if spec.pty:
-        for line in text.encode(spec.encoding).split(b"\n"):
+        data = encoded if text is prompt else text.encode(spec.encoding)
+        if len(data) <= _PTY_MAX_LINE:
+            return  # no line of it can be too long (the usual case: no split on every prompt)
+        for line in data.split(b"\n"):
             if len(line) > _PTY_MAX_LINE:
                 raise ValueError(
                     f"a prompt line of {len(line)} bytes is longer than a terminal accepts "

@@ -138,10 +138,16 @@ class Exchange:
     #: What the input wire() made tells the framer once it is written: its echo, and how many
     #: times the tool repeats its prompt for it.
     _expected: tuple[str, int] | None = attrs.field(init=False, default=None)
+    #: Whether a reply may carry usage or retry events to count, or say it was rate-limited:
+    #: else a plain reply skips those readers (every reply asks).
+    _accounted: bool = attrs.field(init=False, default=True)
+    _limited: bool = attrs.field(init=False, default=True)
 
     def __attrs_post_init__(self) -> None:
         spec, framing = self.spec, self.spec.framing
         self._jsonl = spec.events is not None
+        self._accounted = spec.usage is not None or spec.retry_event is not None
+        self._limited = spec.rate_limit is not None
         self._plain_input = (
             isinstance(framing, PromptFraming)
             and framing.encode is None
@@ -412,8 +418,8 @@ class Exchange:
         self._current = None
         elapsed = self.clock() - self._started
         # Before the outcome is judged: a failed or rate-limited turn was paid for too.
-        usage = self._account(frame)
-        if self._rate_limited(request, frame):
+        usage = self._account(frame) if self._accounted else None
+        if self._limited and self._rate_limited(request, frame):
             return
         if frame.failure is not None:
             if self._counted:

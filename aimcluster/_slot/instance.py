@@ -509,7 +509,7 @@ class Instance:
             or self._replacement_due()
         ):
             return False
-        if not self.dispatcher.park(self.slot, self._try_begin, self._wake_task):
+        if not self.dispatcher.park(self.slot, self._try_begin, self._wake_task, peeked=True):
             return False
         self._set_state(InstanceState.READY)
         return True
