@@ -86,6 +86,12 @@ class Exchange:
 
     The counters (:attr:`sent`, :attr:`completed`, ...) are the instance's metrics; the rest
     is reset for each process by :meth:`reset`.
+
+    About the 450-line guide, and its module past 500, on purpose: every verdict on the prompt
+    in flight is reached here, from one set of fields (the request, its deadline, the framer,
+    the input numbering, the resend). Split by verdict, those fields would be shared between
+    classes again, which is what this class exists to end. The framers and the outcome types
+    live apart already (:mod:`.framer`, :mod:`.outcomes`).
     """
 
     spec: ToolSpec
