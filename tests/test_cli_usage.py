@@ -10,8 +10,9 @@ from pathlib import Path
 import attrs
 import pytest
 
-from aimcluster import ToolSpec, Usage, tools
+from aimcluster import ToolSpec, Usage
 from aimcluster._base.framing import Event
+from aimcluster._tools.registry import _REGISTRY
 from tests.test_cli import backends, invoke, records
 from tests.test_usage import billed, billing_agent
 
@@ -29,8 +30,8 @@ def counting_agent(**options: object) -> ToolSpec:
 @pytest.fixture(autouse=True)
 def billing_tool(monkeypatch: pytest.MonkeyPatch) -> None:
     # A registered profile, as a plug-in would add one: the agent reports usage as claude does.
-    monkeypatch.setitem(tools._REGISTRY, "billing", billing_agent)
-    monkeypatch.setitem(tools._REGISTRY, "counting", counting_agent)
+    monkeypatch.setitem(_REGISTRY, "billing", billing_agent)
+    monkeypatch.setitem(_REGISTRY, "counting", counting_agent)
 
 
 def billing_run(tmp_path: Path, *extra: str, items: int = 3, count: int = 1) -> list[str]:

@@ -18,6 +18,7 @@ import pytest
 
 import aimcluster
 from aimcluster import InstanceStalledError, ReplyTimeoutError, ToolError, tools
+from aimcluster._tools.codex import _codex_retried
 
 from .clis import real_cli
 from .vendor_codex import Failed, FakeResponses, Stall, Status
@@ -179,7 +180,7 @@ async def test_real_codex_retries_a_429_with_retry_after_itself_up_to_max_retrie
     assert metrics.tool_retries == 2  # ... and the cluster's metrics show it
     retries = [e["message"] for e in reply.events if e["type"] == "error"]
     assert [m.split(" (")[0] for m in retries] == ["Reconnecting... 1/2", "Reconnecting... 2/2"]
-    assert all(tools._codex_retried(e) for e in reply.events if e["type"] == "error")
+    assert all(_codex_retried(e) for e in reply.events if e["type"] == "error")
 
 
 @integration

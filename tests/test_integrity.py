@@ -15,6 +15,7 @@ import pytest
 
 import aimcluster
 from aimcluster import tools
+from aimcluster._tools.repl import _NONCE
 
 pytestmark = pytest.mark.anyio
 
@@ -130,7 +131,7 @@ async def test_a_ready_prompt_naming_another_input_fails_the_prompt_and_restarts
     os.mkfifo(fifo)
     cluster = await cluster_factory("python", restart=aimcluster.RestartPolicy(initial_delay=0.01))
     assert (await cluster.send("1")).text == "1"
-    forged = f"[aimcluster-{tools._NONCE}:1]>>> "
+    forged = f"[aimcluster-{_NONCE}:1]>>> "
     code = f"import os\nprint({forged!r}, end='', flush=True)\nos.open({str(fifo)!r}, os.O_RDONLY)"
     with anyio.fail_after(20), pytest.raises(aimcluster.DesyncError, match="does not end input 2"):
         await cluster.send(code)

@@ -39,18 +39,21 @@ CLI_SIDE = frozenset(
 #: The engine's packages, bottom up, and what each may import of aimcluster besides itself.
 LAYERS = {
     "aimcluster._base": set(),
+    # The built-in tool profiles: specs and framings made of the vocabulary, nothing else.
+    "aimcluster._tools": {"aimcluster._base"},
     "aimcluster._transport": {"aimcluster._base", "aimcluster.abc"},
     "aimcluster._slot": {"aimcluster._base", "aimcluster.abc"},
     "aimcluster._core": {
         "aimcluster._base",
         "aimcluster._slot",
+        "aimcluster._tools",
         "aimcluster._transport",
         "aimcluster.abc",
-        "aimcluster.tools",
     },
-    # The public modules the engine itself uses sit just above the vocabulary.
+    # The public module the engine itself uses sits just above the vocabulary.
     "aimcluster.abc": {"aimcluster._base"},
-    "aimcluster.tools": {"aimcluster._base"},
+    # The profiles' public face, which the engine does not import.
+    "aimcluster.tools": {"aimcluster._tools"},
 }
 
 
@@ -163,6 +166,11 @@ def _cycles() -> list[list[str]]:
 def test_the_command_line_has_a_package_of_its_own() -> None:
     # A module renamed or moved must not drop out of the checks below unnoticed.
     assert {"aimcluster._cli", "aimcluster._cli.main", "aimcluster._cli.batch"} <= CLI_SIDE
+
+
+def test_the_tool_profiles_have_a_package_of_their_own() -> None:
+    # As above: the layer rules below must see the profiles where they live.
+    assert {"aimcluster._tools.registry", "aimcluster._tools.claude"} <= MODULES.keys()
 
 
 def _layer(module: str) -> str | None:

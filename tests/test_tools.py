@@ -9,6 +9,8 @@ import pytest
 
 import aimcluster
 from aimcluster import tools
+from aimcluster._tools.registry import _REGISTRY
+from aimcluster._tools.repl import _NONCE
 
 
 def test_registered_names() -> None:
@@ -27,7 +29,7 @@ def test_register_adds_a_profile() -> None:
         assert tools.get("mine-test") is spec
         assert "mine-test" in tools.names()
     finally:
-        tools._REGISTRY.pop("mine-test")
+        _REGISTRY.pop("mine-test")
 
 
 def test_mock_profile_passes_its_options_as_flags() -> None:
@@ -47,7 +49,7 @@ def test_python_profile_is_the_plain_repl_over_pipes() -> None:
     # Every prompt is one line, and the ready prompt names it.
     wire = spec.input_for("def f():\n    return 1", 7)
     assert wire == "__aimcluster__(7, 'def f():\\n    return 1')"
-    assert re.fullmatch(spec.ready or "", "[aimcluster-" + tools._NONCE + ":7]>>> ")
+    assert re.fullmatch(spec.ready or "", "[aimcluster-" + _NONCE + ":7]>>> ")
 
 
 def test_bash_profile_runs_in_a_pty_without_echo_or_line_editing() -> None:

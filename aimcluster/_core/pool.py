@@ -19,7 +19,7 @@ from .._base.ratelimit import RateLimiter
 from .._base.spec import ToolSpec
 from .._base.statedir import StateDirectory
 from .._slot.instance import InstanceState
-from ..tools import get as get_tool
+from .._tools.registry import get as get_tool
 
 if TYPE_CHECKING:
     from .._slot.instance import Instance
