@@ -15,6 +15,12 @@ tool is started with ``PR_SET_PDEATHSIG`` so that it dies with its actor even wh
 itself is killed or crashes.
 
 Needs ``pip install 'aimcluster[ray]'``, with aimcluster installed on every node.
+
+This module is the driver's side: the handle on a hosted process, the placement on nodes and
+the transport; the actor that runs on a node is :mod:`aimcluster._transport.ray_host`. It is
+a little past the 500-line guide because placement (the feasible nodes, the fewest of our
+instances first, nodes suspected after a loss avoided) and the handle's recovery from a lost
+node share the record of suspect nodes, and read best side by side.
 """
 
 from __future__ import annotations
