@@ -29,10 +29,11 @@ from rich.console import Console
 import aimcluster
 from aimcluster import ToolSpec, tools
 from aimcluster._cli.batch import Batch, BatchOutcome, run_batch
+from aimcluster._cli.common import _logger
 from aimcluster._cli.demo import DEMO_STEPS, expected_content, make_project, verify_project
 from aimcluster._cli.items import InputError, build_jobs, items_from_paths
 from aimcluster._cli.journal import Journal, read_journal
-from aimcluster._cli.main import _logger, cli
+from aimcluster._cli.main import cli
 from aimcluster._cli.progress import LiveDisplay, PlainDisplay, Tracker, format_eta
 from aimcluster._cli.report import FailureSummary, InstanceSummary, RunSummary, render_summary
 from aimcluster._cli.terminal import shown

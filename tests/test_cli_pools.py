@@ -18,8 +18,8 @@ from rich.console import Console
 
 from aimcluster import Pool, tools
 from aimcluster._cli.batch import Batch, BatchOutcome, run_batch
+from aimcluster._cli.common import _logger
 from aimcluster._cli.journal import read_journal
-from aimcluster._cli.main import _logger
 from aimcluster._cli.progress import LiveDisplay, Tracker
 from aimcluster._cli.toolref import resolve_tool
 from aimcluster._core.jobs import Job
