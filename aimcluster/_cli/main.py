@@ -82,8 +82,11 @@ def cli(verbose: int, backend: str) -> None:
     """Run a fleet of interactive CLI tools (AI coding agents, REPLs) as one cluster."""
 
 
-for command in (run, show, demo, list_tools, check):
-    cli.add_command(command)
+cli.add_command(run)
+cli.add_command(show)
+cli.add_command(demo)
+cli.add_command(list_tools)
+cli.add_command(check)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
