@@ -7,12 +7,14 @@ do and the batch runs it (:mod:`.run_execute`); last come the report and the sum
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from aimcluster import ROUTINGS, RestartPolicy, tools
 
 from .common import _console, _progress_option
-from .isolation import ISOLATIONS, IsolationName
+from .isolation import ISOLATIONS
 from .run_execute import compare_run, execute_run, finish_run
 from .run_plan import DEFAULT_RUN_TIMEOUT, RunOptions, plan_run
 
@@ -246,44 +248,7 @@ from .run_plan import DEFAULT_RUN_TIMEOUT, RunOptions, plan_run
 )
 @_progress_option
 @click.pass_context
-def run(
-    ctx: click.Context,
-    paths: tuple[str, ...],
-    globs: tuple[str, ...],
-    items_file: str | None,
-    jsonl: str | None,
-    item_field: str,
-    steps: tuple[str, ...],
-    tool_options: tuple[str, ...],
-    count: int,
-    routing: str | None,
-    timeout: float | None,
-    retries: int,
-    sticky_by: str | None,
-    isolation: IsolationName,
-    journal: str,
-    no_journal: bool,
-    fresh: bool,
-    report: str | None,
-    cwd: str,
-    grace: float,
-    progress: str,
-    fail_on: tuple[str, ...],
-    no_default_fail_on: bool,
-    verify: str | None,
-    excludes: tuple[str, ...],
-    limit: int | None,
-    dry_run: bool,
-    max_restarts: int,
-    restart_window: float,
-    result_branch: str | None = None,
-    keep_worktrees: bool = False,
-    max_cost: float | None = None,
-    max_tokens: int | None = None,
-    fallback: str | None = None,
-    failover_after: float | None = None,
-    compare: bool = False,
-) -> int:
+def run(ctx: click.Context, /, **given: Any) -> int:
     """Run a job script (the --step prompts) for every item, on a cluster of TOOL.
 
     Items are files (paths or globs), lines of --items-file, or objects of --jsonl. Each job
@@ -306,46 +271,11 @@ def run(
       aimcluster run --tool mock 'pkg/**/*.py' \\
         --step '/add {item}' --step 'Add a DOC_ID header to {item}' --step '/drop {item}'
     """
-    options = RunOptions(
-        paths=paths,
-        globs=globs,
-        items_file=items_file,
-        jsonl=jsonl,
-        item_field=item_field,
-        steps=steps,
-        tool_options=tool_options,
-        count=count,
-        routing=routing,
-        timeout=timeout,
-        retries=retries,
-        sticky_by=sticky_by,
-        isolation=isolation,
-        journal=journal,
-        no_journal=no_journal,
-        fresh=fresh,
-        report=report,
-        cwd=cwd,
-        grace=grace,
-        progress=progress,
-        fail_on=fail_on,
-        no_default_fail_on=no_default_fail_on,
-        verify=verify,
-        excludes=excludes,
-        limit=limit,
-        dry_run=dry_run,
-        max_restarts=max_restarts,
-        restart_window=restart_window,
-        result_branch=result_branch,
-        keep_worktrees=keep_worktrees,
-        max_cost=max_cost,
-        max_tokens=max_tokens,
-        fallback=fallback,
-        failover_after=failover_after,
-        compare=compare,
-    )
+    # One keyword per option, named as RunOptions' fields: attrs refuses a missing or extra one.
+    options = RunOptions(**given)
     console = _console()
     plan = plan_run(options)
-    if compare:
+    if options.compare:
         compare_run(ctx, console, options, plan)
     ran = execute_run(ctx, console, options, plan)
     finish_run(console, options, plan, ran)
