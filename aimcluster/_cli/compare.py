@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import re
 import signal
 import sys
@@ -38,6 +37,7 @@ from aimcluster import (
 )
 
 from .items import InputError
+from .report import write_report
 from .results import GitError, Worktrees, open_worktrees
 from .signals import Stopper
 from .terminal import shown
@@ -407,13 +407,7 @@ def compare_command(
             "interrupted": outcome.interrupted,
             "notes": list(outcome.notes),
         }
-        try:
-            Path(report).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        except OSError as exc:
-            click.echo(
-                f"aimcluster: error: cannot write the report {shown(report)}: {shown(str(exc))}",
-                err=True,
-            )
+        write_report(report, data)
     console.print(render_comparison(outcome.comparison))
     # Below the table, whole: a branch name is copied from here.
     for tool, branch in outcome.comparison.branches.items():

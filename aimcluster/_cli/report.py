@@ -8,12 +8,15 @@ rendered as rich tables for people (:func:`render_summary`) and as JSON for prog
 from __future__ import annotations
 
 import itertools
+import json
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import click
 from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -37,6 +40,7 @@ __all__ = [
     "RunSummary",
     "render_summary",
     "summarize",
+    "write_report",
 ]
 
 #: Failures listed one by one; the rest are counted (the journal has them all).
@@ -668,3 +672,15 @@ def render_summary(summary: RunSummary) -> RenderableType:
         parts.append(_failures(summary))
     parts.append(verdict)
     return Group(*parts)
+
+
+def write_report(path: str, data: dict[str, Any]) -> None:
+    """Write a ``--report`` as JSON. A report that cannot be written is said on stderr and
+    changes nothing else: the run is over, and its exit code stands."""
+    try:
+        Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        click.echo(
+            f"aimcluster: error: cannot write the report {shown(path)}: {shown(str(exc))}",
+            err=True,
+        )

@@ -6,10 +6,8 @@ execution; then the report and the summary.
 from __future__ import annotations
 
 import contextlib
-import json
 import shlex
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 import attrs
@@ -33,7 +31,7 @@ from .compare import CompareSetup, compare_command
 from .isolation import Isolation, WorktreeOptions, isolate
 from .items import InputError
 from .journal import Journal, JournalContents, JournalInUseError
-from .report import render_summary
+from .report import render_summary, write_report
 from .results import state_path_for
 from .run_plan import DEFAULT_RUN_TIMEOUT, Plan, RunOptions
 from .terminal import shown
@@ -101,13 +99,7 @@ def _write_report(path: str, outcome: BatchOutcome, extra: dict[str, Any]) -> No
         "metrics": None if outcome.metrics is None else outcome.metrics.as_dict(),
         **extra,
     }
-    try:
-        Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    except OSError as exc:
-        click.echo(
-            f"aimcluster: error: cannot write the report {shown(path)}: {shown(str(exc))}",
-            err=True,
-        )
+    write_report(path, data)
 
 
 def compare_run(ctx: click.Context, console: Console, options: RunOptions, plan: Plan) -> NoReturn:
