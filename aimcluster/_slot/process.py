@@ -101,9 +101,6 @@ class Process:
     _stderr_tail: bytearray = attrs.field(init=False, factory=bytearray)
     #: Held while a task waits to write: one waiter per fd at a time.
     _write_lock: anyio.Lock = attrs.field(init=False, factory=lambda: anyio.Lock(fast_acquire=True))
-    #: Tasks in :meth:`write`, the lock's holder and those waiting for it: counted here so that
-    #: :meth:`writable_now`, asked on every plain prompt, need not ask the lock.
-    _writers: int = attrs.field(init=False, default=0)
     #: The end of a prompt :meth:`try_write` could not write at once: the owner sends it.
     _unsent: bytes = attrs.field(init=False, default=b"")
     #: From the reader and the exit watcher to the owner's task.
@@ -347,7 +344,7 @@ class Process:
     def writable_now(self) -> bool:
         """Whether :meth:`try_write` may write: it runs, nothing is left to send, and no task
         waits to write (the owner's, or the reader answering a question)."""
-        return self.exit_code is None and not self._unsent and not self._writers
+        return self.exit_code is None and not self._unsent and not self._write_lock.locked()
 
     def try_write(self, data: bytes) -> int:
         """Write what can be written of *data* without waiting; return how much. The rest,
@@ -372,12 +369,8 @@ class Process:
 
         :raises anyio.BrokenResourceError: if the process no longer reads its input
         """
-        self._writers += 1
-        try:
-            async with self._write_lock:
-                await self.handle.send(data)
-        finally:
-            self._writers -= 1
+        async with self._write_lock:
+            await self.handle.send(data)
 
     # -- the end -------------------------------------------------------------------------------
 
