@@ -35,7 +35,8 @@ from aimcluster._cli.items import InputError, build_jobs, items_from_paths
 from aimcluster._cli.journal import Journal, read_journal
 from aimcluster._cli.main import cli
 from aimcluster._cli.progress import LiveDisplay, PlainDisplay, Tracker, format_eta
-from aimcluster._cli.report import FailureSummary, InstanceSummary, RunSummary, render_summary
+from aimcluster._cli.report import FailureSummary, InstanceSummary, RunSummary
+from aimcluster._cli.summary_render import render_summary
 from aimcluster._cli.terminal import shown
 from aimcluster._cli.toolref import resolve_tool
 from aimcluster._core.jobs import Job, JobResult

@@ -18,7 +18,8 @@ from rich.console import Console
 from aimcluster import tools
 from aimcluster._cli.journal import read_journal
 from aimcluster._cli.main import cli
-from aimcluster._cli.report import FailureSummary, RunSummary, render_summary
+from aimcluster._cli.report import FailureSummary, RunSummary
+from aimcluster._cli.summary_render import render_summary
 from aimcluster._cli.terminal import shown
 from aimcluster._core.jobs import Job
 

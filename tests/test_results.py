@@ -15,15 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from aimcluster._cli.git import commit_message, item_of_message
 from aimcluster._cli.items import InputError
 from aimcluster._cli.journal import Journal, read_journal
-from aimcluster._cli.results import (
-    Worktrees,
-    commit_message,
-    item_of_message,
-    open_worktrees,
-    state_path_for,
-)
+from aimcluster._cli.results import Worktrees, state_path_for
+from aimcluster._cli.worktree_open import open_worktrees
 from aimcluster._core.jobs import Job, JobResult
 
 pytestmark = [

@@ -36,11 +36,13 @@ from aimcluster import (
     single_error,
 )
 
+from .git import GitError
 from .items import InputError
 from .report import write_report
-from .results import GitError, Worktrees, open_worktrees
+from .results import Worktrees
 from .signals import Stopper
 from .terminal import shown
+from .worktree_open import open_worktrees
 
 if TYPE_CHECKING:
     from rich.console import Console

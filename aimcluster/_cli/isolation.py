@@ -26,8 +26,10 @@ import attrs
 
 from aimcluster import Job, ToolSpec
 
+from .git import GitError
 from .items import InputError
-from .results import GitError, Worktrees, open_worktrees
+from .results import Worktrees
+from .worktree_open import open_worktrees
 
 __all__ = ["ISOLATIONS", "Isolation", "IsolationName", "WorktreeOptions", "isolate"]
 

@@ -25,7 +25,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .report import seconds
+from .summary_render import seconds
 from .terminal import shown
 
 if TYPE_CHECKING:

@@ -34,214 +34,40 @@ end of each run unless ``keep`` is asked; a resume adds them again on their bran
 
 Every git call is ``anyio.run_process`` with an argv list (never a shell), file names go as
 arguments after ``--`` or come back NUL-separated (``-z``), so any name git can store works.
+
+This module owns :class:`Worktrees` (the worktree around each job, the landing, the cleanup,
+the state file); :mod:`.worktree_open` opens them, :mod:`.landing` builds the result branch and
+:mod:`.git` runs git.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import shutil
-import subprocess
-import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import attrs
 
-from aimcluster import AimclusterError, Job, JobResult
+from aimcluster import Job, JobResult
 
-from .items import InputError
+from .git import Git, GitError, commit_message, remove_worktree
+from .landing import Landing, cherry_pick, conflict_result, item_commits, pick_commit
 
 if TYPE_CHECKING:
     from .journal import Journal
 
 __all__ = [
-    "Conflict",
-    "GitError",
-    "LandedItem",
-    "Landing",
+    "STATE_VERSION",
+    "Place",
     "Worktrees",
-    "item_of_message",
-    "open_worktrees",
     "state_path_for",
 ]
 
-#: The trailer that names a commit's item, as a JSON string (one line, any name).
-ITEM_TRAILER = "Aimcluster-Item"
 #: The state file's format.
 STATE_VERSION = 1
-#: How long one git command may take before the run gives up on it.
-GIT_TIMEOUT = 120.0
-#: Commits cherry-picked by one git process (an argv stays far below the system's limit).
-_PICK_CHUNK = 500
-# Variables that would point git at another repository than the worktree it runs in.
-_GIT_LOCATION_VARIABLES = (
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_COMMON_DIR",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_NAMESPACE",
-    "GIT_CEILING_DIRECTORIES",
-)
-
-
-class GitError(AimclusterError):
-    """A git command failed."""
-
-    def __init__(self, args: Sequence[str], exit_code: int | None, stderr: str) -> None:
-        last = stderr.strip().splitlines()
-        detail = last[-1] if last else "no message"
-        code = "did not finish" if exit_code is None else f"exited with code {exit_code}"
-        super().__init__(f"git {' '.join(args[:3])} {code}: {detail}")
-        self.args_ = tuple(args)
-        self.exit_code = exit_code
-        self.stderr = stderr
-
-
-class Git:
-    """Runs git in one repository, with an identity for commits when the user has none."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = dict(env)
-
-    @classmethod
-    def from_environment(cls) -> Git:
-        env = {k: v for k, v in os.environ.items() if k not in _GIT_LOCATION_VARIABLES}
-        env["GIT_TERMINAL_PROMPT"] = "0"
-        # Commits are made by the program: no editor, no pager, no signing prompt.
-        env["GIT_EDITOR"] = "true"
-        env["GIT_PAGER"] = "cat"
-        return cls(env)
-
-    async def run(
-        self, *args: str, cwd: Path, input: bytes | None = None, check: bool = True
-    ) -> tuple[int, bytes, str]:
-        """Run ``git args`` in *cwd*: (exit code, stdout, stderr).
-
-        :raises GitError: if *check* and it exits non-zero, or it overruns ``GIT_TIMEOUT``
-        """
-        # The user's hooks are not run: a failing or slow hook (post-checkout on ``worktree
-        # add``, prepare-commit-msg on ``cherry-pick``) would fail the landing of work that is
-        # done, and a hook may prompt. With no input, stdin is /dev/null: git never reads the
-        # terminal the run's display is on.
-        argv = [
-            "git",
-            "-c",
-            "commit.gpgSign=false",
-            "-c",
-            "core.quotePath=false",
-            "-c",
-            f"core.hooksPath={os.devnull}",
-            *args,
-        ]
-        try:
-            with anyio.fail_after(GIT_TIMEOUT):
-                done = await anyio.run_process(
-                    argv,
-                    cwd=cwd,
-                    input=input,
-                    stdin=subprocess.DEVNULL if input is None else None,
-                    env=self.env,
-                    check=False,
-                )
-        except TimeoutError:
-            raise GitError(args, None, f"no answer within {GIT_TIMEOUT:g} s") from None
-        stderr = done.stderr.decode("utf-8", "replace")
-        if check and done.returncode != 0:
-            raise GitError(args, done.returncode, stderr)
-        return done.returncode, done.stdout, stderr
-
-    async def out(self, *args: str, cwd: Path) -> str:
-        """The stripped stdout of ``git args`` (names decoded as the file system has them)."""
-        _, stdout, _ = await self.run(*args, cwd=cwd)
-        return os.fsdecode(stdout).strip()
-
-    async def ok(self, *args: str, cwd: Path) -> bool:
-        code, _, _ = await self.run(*args, cwd=cwd, check=False)
-        return code == 0
-
-    async def ensure_identity(self, cwd: Path) -> None:
-        """Commit as ``aimcluster`` where the user has configured no name or e-mail."""
-        for role in ("AUTHOR", "COMMITTER"):
-            if not await self.ok("var", f"GIT_{role}_IDENT", cwd=cwd):
-                self.env.setdefault(f"GIT_{role}_NAME", "aimcluster")
-                self.env.setdefault(f"GIT_{role}_EMAIL", "aimcluster@localhost")
-
-
-# -- commit messages ------------------------------------------------------------------------------
-
-
-def commit_message(item: str, key: str) -> bytes:
-    """One commit's message: the item in the subject (escaped if it is not printable UTF-8) and
-    as a JSON trailer, which any name survives."""
-    try:
-        subject = item if item.isprintable() else json.dumps(item)[1:-1]
-        subject.encode("utf-8")
-    except UnicodeEncodeError:
-        subject = json.dumps(item)[1:-1]
-    trailer = json.dumps(item, ensure_ascii=True)
-    return (f"aimcluster: {subject}\n\n{ITEM_TRAILER}: {trailer}\nAimcluster-Run: {key}\n").encode()
-
-
-def item_of_message(message: str) -> str | None:
-    """The item named by a commit message's trailer, if it has one."""
-    prefix = f"{ITEM_TRAILER}: "
-    for line in reversed(message.splitlines()):
-        if line.startswith(prefix):
-            try:
-                value = json.loads(line[len(prefix) :])
-            except ValueError:
-                return None
-            return value if isinstance(value, str) else None
-    return None
-
-
-# -- what landed --------------------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class LandedItem:
-    """An item whose change is on the result branch."""
-
-    item: str
-    #: Its commit on its instance's branch, and the commit it became on the result branch.
-    commit: str
-    landed: str
-
-
-@attrs.frozen(kw_only=True)
-class Conflict:
-    """An item whose commit does not apply on top of the items before it."""
-
-    item: str
-    commit: str
-    #: The instance branch that keeps the commit.
-    branch: str
-    #: The paths that conflict.
-    paths: tuple[str, ...]
-
-
-@attrs.frozen(kw_only=True)
-class Landing:
-    """Where a run's results are: the result branch and what it holds."""
-
-    #: The branch that holds every done item's change, and the commits it starts from and
-    #: ends at.
-    branch: str
-    base: str
-    tip: str
-    #: The items with a change on :attr:`branch`, in item order.
-    commits: tuple[LandedItem, ...]
-    #: Items done that changed nothing.
-    unchanged: tuple[str, ...]
-    conflicts: tuple[Conflict, ...]
-    #: The instance branches and worktrees left in place (for a resume, or as asked).
-    kept_branches: tuple[str, ...] = ()
-    kept_worktrees: tuple[str, ...] = ()
 
 
 # -- the worktrees ------------------------------------------------------------------------------
@@ -254,7 +80,7 @@ def state_path_for(journal: str | os.PathLike[str]) -> Path:
 
 
 @attrs.define(eq=False)
-class _Place:
+class Place:
     """One instance's worktree. Only the job holding the instance touches it."""
 
     path: Path
@@ -285,7 +111,7 @@ class Worktrees:
     result_branch: str
     #: Branches of every instance the run (key) ever had, by index.
     branches: list[str]
-    places: dict[int, _Place]
+    places: dict[int, Place]
     #: The jobs of the run, in item order, done ones included, and the items done before it.
     jobs: Sequence[Job]
     done: frozenset[str]
@@ -369,46 +195,6 @@ class Worktrees:
 
     # -- at the end ---------------------------------------------------------------------------
 
-    async def _item_commits(self) -> dict[str, list[tuple[str, str]]]:
-        """Every item's commits on the instance branches: item -> [(commit, branch)], newest
-        first."""
-        found: dict[str, list[tuple[str, str]]] = {}
-        for branch in self.branches:
-            if not await self.git.ok(
-                "rev-parse", "-q", "--verify", f"refs/heads/{branch}", cwd=self.top
-            ):
-                continue
-            _, stdout, _ = await self.git.run(
-                "log", "-z", "--format=%H%n%B", f"{self.base}..refs/heads/{branch}", cwd=self.top
-            )
-            for entry in stdout.decode("utf-8", "replace").split("\0"):
-                commit, _, message = entry.partition("\n")
-                item = item_of_message(message)
-                if commit and item is not None:
-                    found.setdefault(item, []).append((commit, branch))
-        return found
-
-    def _pick(
-        self,
-        item: str,
-        result: JobResult | None,
-        found: Mapping[str, list[tuple[str, str]]],
-    ) -> tuple[str, str] | None:
-        """The commit (and its branch) that holds *item*'s change, if it has one."""
-        candidates = found.get(item, [])
-        wanted = []
-        if result is not None and result.commit:
-            wanted.append(result.commit)
-        if item in self.journaled:
-            wanted.append(self.journaled[item])
-        for commit in wanted:
-            for candidate in candidates:
-                if candidate[0] == commit:
-                    return candidate
-        # No record names it (the process died between the commit and the record, and the
-        # item's next run found its change already there): the newest commit for the item.
-        return candidates[0] if candidates else None
-
     async def land(
         self,
         results: Sequence[JobResult],
@@ -438,7 +224,7 @@ class Worktrees:
         fingerprints: Mapping[str, str] | None,
     ) -> tuple[list[JobResult], int]:
         by_item = {result.item: result for result in results}
-        found = await self._item_commits()
+        found = await item_commits(self.git, self.top, self.base, self.branches)
         picks: list[tuple[Job, str, str]] = []
         unchanged: list[str] = []
         done_items = 0
@@ -449,7 +235,7 @@ class Worktrees:
             if result is None and job.item not in self.done:
                 continue
             done_items += 1
-            pick = self._pick(job.item, result, found)
+            pick = pick_commit(job.item, result, found, self.journaled)
             if pick is None and result is None and job.item in self.journaled:
                 # Done and landed by an earlier, completed run of this journal: not this
                 # branch's to hold.
@@ -458,14 +244,14 @@ class Worktrees:
                 unchanged.append(job.item)
             else:
                 picks.append((job, *pick))
-        tip, landed, conflicts = await self._cherry_pick(picks)
+        tip, landed, conflicts = await cherry_pick(
+            self.git, self.top, self.base, self.home / "result", picks
+        )
         branch = await self._write_result(tip)
         replaced = list(results)
         reopened = 0
         for conflict in conflicts:
-            failed = _conflict_result(
-                conflict, by_item.get(conflict.item), self._job(conflict.item)
-            )
+            failed = conflict_result(conflict, by_item.get(conflict.item), self._job(conflict.item))
             if conflict.item in by_item:
                 replaced[replaced.index(by_item[conflict.item])] = failed
             else:
@@ -531,76 +317,6 @@ class Worktrees:
     def _job(self, item: str) -> Job:
         return next(job for job in self.jobs if job.item == item)
 
-    async def _cherry_pick(
-        self, picks: Sequence[tuple[Job, str, str]]
-    ) -> tuple[str, list[LandedItem], list[Conflict]]:
-        """Cherry-pick *picks* in order onto the base in a scratch worktree: (tip, landed,
-        conflicts)."""
-        if not picks:
-            return self.base, [], []
-        scratch = self.home / "result"
-        await self._remove_worktree(scratch)
-        await self.git.run(
-            "worktree", "add", "-q", "--detach", str(scratch), self.base, cwd=self.top
-        )
-        conflicts: list[Conflict] = []
-        branch_of = {commit: branch for _, commit, branch in picks}
-        item_of = {commit: job.item for job, commit, _ in picks}
-        try:
-            commits = [commit for _, commit, _ in picks]
-            for start in range(0, len(commits), _PICK_CHUNK):
-                chunk = commits[start : start + _PICK_CHUNK]
-                # An item whose change is already there (the same edit twice) gets an empty
-                # commit, instead of stopping the sequence.
-                code, _, stderr = await self.git.run(
-                    "cherry-pick", "--keep-redundant-commits", *chunk, cwd=scratch, check=False
-                )
-                while code != 0:
-                    stopped = await self.git.run(
-                        "rev-parse", "-q", "--verify", "CHERRY_PICK_HEAD", cwd=scratch, check=False
-                    )
-                    commit = stopped[1].decode().strip()
-                    if stopped[0] != 0 or commit not in item_of:
-                        raise GitError(("cherry-pick", *chunk), code, stderr)
-                    _, names, _ = await self.git.run(
-                        "diff", "--name-only", "-z", "--diff-filter=U", cwd=scratch
-                    )
-                    paths = tuple(os.fsdecode(n) for n in names.split(b"\0") if n)
-                    conflicts.append(
-                        Conflict(
-                            item=item_of[commit],
-                            commit=commit,
-                            branch=branch_of[commit],
-                            paths=paths,
-                        )
-                    )
-                    code, _, stderr = await self.git.run(
-                        "cherry-pick", "--skip", cwd=scratch, check=False
-                    )
-            tip = await self.git.out("rev-parse", "HEAD", cwd=scratch)
-            _, stdout, _ = await self.git.run(
-                "log", "-z", "--format=%H%n%B", f"{self.base}..HEAD", cwd=scratch
-            )
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._remove_worktree(scratch)
-        landed_by_item: dict[str, str] = {}
-        for entry in stdout.decode("utf-8", "replace").split("\0"):
-            commit, _, message = entry.partition("\n")
-            item = item_of_message(message)
-            if commit and item is not None:
-                landed_by_item.setdefault(item, commit)
-        failed = {conflict.item for conflict in conflicts}
-        landed = [
-            LandedItem(item=job.item, commit=commit, landed=landed_by_item.get(job.item, ""))
-            for job, commit, _ in picks
-            if job.item not in failed
-        ]
-        return tip, landed, conflicts
-
-    async def _remove_worktree(self, path: Path) -> None:
-        await _remove_worktree(self.git, self.top, path)
-
     async def close(self) -> None:
         """Remove the worktrees (unless kept); drop the instance branches and the state once
         the run is complete (or, not resumable, once all they hold has landed); say what is
@@ -612,7 +328,7 @@ class Worktrees:
         # than the run that began it would otherwise leave the others' worktrees, and with
         # them their branches (git keeps a branch that a worktree has checked out).
         for index in range(self.first, len(self.branches)):
-            await self._remove_worktree(self.home / f"instance-{index}")
+            await remove_worktree(self.git, self.top, self.home / f"instance-{index}")
         # A landing that failed (a git error) leaves everything for a look, or a resume.
         landing = self.landing
         if landing is not None and not self._branches_needed(bool(landing.conflicts)):
@@ -672,17 +388,6 @@ class Worktrees:
         os.replace(temporary, self.state_path)
 
 
-async def _remove_worktree(git: Git, top: Path, path: Path) -> None:
-    """Remove the worktree at *path*, changes and all, and forget it."""
-    if await anyio.Path(path).exists():
-        await git.run("worktree", "remove", "--force", str(path), cwd=top, check=False)
-        if await anyio.Path(path).exists():
-            await anyio.to_thread.run_sync(
-                functools.partial(shutil.rmtree, path, ignore_errors=True)
-            )
-    await git.run("worktree", "prune", cwd=top, check=False)
-
-
 def with_rmdir(path: Path) -> None:
     """Remove *path* and its parent ``aimcluster`` directory if they are empty."""
     for directory in (path, path.parent):
@@ -690,218 +395,3 @@ def with_rmdir(path: Path) -> None:
             directory.rmdir()
         except OSError:
             return
-
-
-def _conflict_result(conflict: Conflict, result: JobResult | None, job: Job) -> JobResult:
-    paths = ", ".join(json.dumps(path, ensure_ascii=False) for path in conflict.paths)
-    message = (
-        f"its change (commit {conflict.commit[:12]}) conflicts with the items before it in "
-        f"{paths or 'the tree'}; the commit stays on {conflict.branch} (to take it by hand: "
-        f"git cherry-pick {conflict.commit[:12]} on the result branch)"
-    )
-    if result is not None:
-        return attrs.evolve(
-            result,
-            status="failed",
-            error_type="ConflictError",
-            error=message,
-            commit=conflict.commit,
-        )
-    now = time.time()
-    return JobResult(
-        job=job,
-        status="failed",
-        instance=None,
-        replies=(),
-        attempts=0,
-        started_at=now,
-        ended_at=now,
-        elapsed=0.0,
-        error_type="ConflictError",
-        error=message,
-        commit=conflict.commit,
-    )
-
-
-def _journaled_commits(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """Item -> the commit its last ``ok`` record names (a later record without one clears it)."""
-    commits: dict[str, str] = {}
-    for record in records:
-        item = record.get("item")
-        if not isinstance(item, str) or record.get("status") != "ok":
-            continue
-        commit = record.get("commit")
-        if isinstance(commit, str) and commit:
-            commits[item] = commit
-        else:
-            commits.pop(item, None)
-    return commits
-
-
-def _load_state(path: Path | None, top: Path) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read the worktree state {path}: {exc}") from None
-    if not isinstance(state, dict) or state.get("v") != STATE_VERSION:
-        raise InputError(f"the worktree state {path} is not one this version of aimcluster wrote")
-    if state.get("repo") != str(top):
-        return None
-    return state
-
-
-async def open_worktrees(
-    root: Path,
-    count: int,
-    *,
-    run: str,
-    jobs: Sequence[Job],
-    done: Iterable[str] = (),
-    records: Iterable[Mapping[str, Any]] = (),
-    state_path: Path | None = None,
-    result_branch: str | None = None,
-    keep: bool = False,
-    fresh: bool = False,
-    first: int = 0,
-    resumable: bool = True,
-) -> Worktrees:
-    """Make (or, with the state of an earlier run of the same journal, reuse) one worktree for
-    each of *count* instances, for the repository that holds *root*.
-
-    The instances are numbered from *first* (a pool of a cluster of several pools). A run that
-    is not *resumable* deletes its instance branches once all they hold has landed.
-
-    :raises InputError: if git is missing, *root* is not in a repository with a commit, or
-        *result_branch* is not a valid branch name or names a branch that is not this run's
-    """
-    if shutil.which("git") is None:
-        raise InputError("--isolation worktree needs git, which was not found on PATH")
-    git = Git.from_environment()
-    code, stdout, _ = await git.run("rev-parse", "--show-toplevel", cwd=root, check=False)
-    if code != 0:
-        raise InputError(f"--isolation worktree needs --cwd inside a git repository: {root}")
-    top = Path(os.fsdecode(stdout).strip())
-    if not await git.ok("rev-parse", "--verify", "-q", "HEAD", cwd=top):
-        raise InputError(f"--isolation worktree needs a commit to start from; {top} has none")
-    git_dir = Path(
-        await git.out("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=top)
-    )
-    await git.ensure_identity(top)
-    subdir = Path(await git.out("rev-parse", "--show-prefix", cwd=root))
-    notes: list[str] = []
-    state = _load_state(state_path, top)
-    if fresh and state is not None:
-        # A fresh run starts from HEAD again; the old run's worktrees go, its branches stay.
-        for entry in state["instances"]:
-            await _remove_worktree(git, top, Path(entry["worktree"]))
-        notes.append(
-            f"--fresh: the earlier run's branches ({state['result_branch']}, "
-            f"aimcluster/{state['key']}/instance-*) are left as they were"
-        )
-        state = None
-    if state is None:
-        head = await git.out("rev-parse", "HEAD", cwd=top)
-        key, base, branches, ours = run, head, [], None
-        _, status, _ = await git.run("status", "--porcelain", "--untracked-files=no", cwd=top)
-        if status.strip():
-            notes.append(
-                f"{top} has uncommitted changes; the worktrees start from HEAD {head[:12]} "
-                "without them"
-            )
-    else:
-        key, base = str(state["key"]), str(state["base"])
-        branches = [str(entry["branch"]) for entry in state["instances"]]
-        ours = str(state["result_branch"])
-    branch = result_branch or ours or f"aimcluster/run-{key}"
-    # What the run last wrote there; a branch that is not the run's own must not exist yet.
-    result_tip: str | None = ""
-    if state is not None and branch == ours:
-        recorded = state.get("result_tip", None)
-        result_tip = recorded if isinstance(recorded, str) else None
-    if not await git.ok("check-ref-format", "--branch", branch, cwd=top):
-        raise InputError(f"--result-branch {branch!r} is not a valid branch name")
-    _, listing, _ = await git.run("worktree", "list", "--porcelain", "-z", cwd=top)
-    if f"branch refs/heads/{branch}".encode() in listing.split(b"\0"):
-        raise InputError(
-            f"the result branch {branch!r} is checked out; switch to another branch first "
-            "(the run moves it), or name another with --result-branch"
-        )
-    if branch != ours and await git.ok(
-        "rev-parse", "-q", "--verify", f"refs/heads/{branch}", cwd=top
-    ):
-        raise InputError(
-            f"the branch {branch!r} already exists; name another with --result-branch "
-            "(the run's results go there), or delete it"
-        )
-    worktrees = Worktrees(
-        git=git,
-        top=top,
-        git_dir=git_dir,
-        subdir=subdir,
-        key=key,
-        base=base,
-        result_branch=branch,
-        branches=branches,
-        places={},
-        jobs=jobs,
-        done=frozenset(done),
-        journaled=_journaled_commits(records),
-        state_path=state_path,
-        keep=keep,
-        notes=notes,
-        result_tip=result_tip,
-        first=first,
-        resumable=resumable,
-    )
-    while len(branches) < first + count:
-        branches.append(f"aimcluster/{key}/instance-{len(branches)}")
-    # Saved before the first worktree is added: a run killed at any point is found again.
-    worktrees.save()
-    pruned = False
-    for index in range(first, first + count):
-        path = worktrees.home / f"instance-{index}"
-        place = _Place(path=path, branch=branches[index])
-        if await anyio.Path(path / ".git").exists():
-            # Left by a run that was killed, or kept: whatever it holds is not committed.
-            place.dirty = True
-        else:
-            if not pruned:
-                await git.run("worktree", "prune", cwd=top, check=False)
-                pruned = True
-            ref = f"refs/heads/{place.branch}"
-            if await git.ok("rev-parse", "-q", "--verify", ref, cwd=top):
-                await git.run("worktree", "add", "-q", str(path), place.branch, cwd=top)
-            else:
-                await git.run("worktree", "add", "-q", "-b", place.branch, str(path), base, cwd=top)
-        place.tip = await git.out("rev-parse", f"refs/heads/{place.branch}", cwd=top)
-        if state is not None:
-            await _rewind_unrecorded(worktrees, place, notes)
-        place.tree = await git.out("rev-parse", f"{place.tip}^{{tree}}", cwd=top)
-        worktrees.places[index] = place
-    return worktrees
-
-
-async def _rewind_unrecorded(worktrees: Worktrees, place: _Place, notes: list[str]) -> None:
-    """Take off the instance branch the commits no journal record names, of items not done:
-    a run killed between an item's commit and its record. The item runs again from the state
-    before that commit, so that its new commit holds all of its change (one on top would hold
-    only what the new run added, and land alone)."""
-    git, top = worktrees.git, worktrees.top
-    recorded = set(worktrees.journaled.values())
-    while place.tip != worktrees.base and place.tip not in recorded:
-        message = await git.out("log", "-1", "--format=%B", place.tip, cwd=top)
-        item = item_of_message(message)
-        if item is None or item in worktrees.done:
-            return
-        parent = await git.out("rev-parse", f"{place.tip}^", cwd=top)
-        ref = f"refs/heads/{place.branch}"
-        await git.run("update-ref", ref, parent, place.tip, cwd=top)
-        notes.append(
-            f"took the commit {place.tip[:12]} of {item!r} off {place.branch}: no journal "
-            "record names it (the run was stopped after it), so the item runs again"
-        )
-        place.tip, place.dirty = parent, True

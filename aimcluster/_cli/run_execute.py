@@ -31,9 +31,10 @@ from .compare import CompareSetup, compare_command
 from .isolation import Isolation, WorktreeOptions, isolate
 from .items import InputError
 from .journal import Journal, JournalContents, JournalInUseError
-from .report import render_summary, write_report
+from .report import write_report
 from .results import state_path_for
 from .run_plan import DEFAULT_RUN_TIMEOUT, Plan, RunOptions
+from .summary_render import render_summary
 from .terminal import shown
 
 

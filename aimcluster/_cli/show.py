@@ -12,7 +12,8 @@ from rich.console import Console
 from aimcluster import Usage
 
 from .common import EXIT_OK, _console, _fail, _plural, _read_contents
-from .report import last_lines, seconds
+from .report import last_lines
+from .summary_render import seconds
 from .terminal import shown
 
 

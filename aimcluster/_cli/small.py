@@ -35,7 +35,7 @@ from .common import (
 from .demo import DEMO_STEPS, Verification, examples, make_project, unified_diff, verify_project
 from .items import InputError, build_jobs, items_from_paths
 from .journal import Journal
-from .report import render_summary, seconds
+from .summary_render import render_summary, seconds
 from .terminal import shown
 from .toolref import resolve_tool
 
