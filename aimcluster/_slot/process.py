@@ -199,10 +199,10 @@ class Process:
                     scope.deadline = exchange.watchdog()
                 outcomes = exchange.feed(data)
                 if outcomes and await self._hand_over(outcomes):
-                    # Let whoever a reply went to run before this looks for more output (as
-                    # trio's own pipe streams do before every read): the caller sends its next
-                    # prompt, the other readers do their work, and by then the next reply is
-                    # often in, read without waking up for it. One pass per reply, no polling.
+                    # Let whoever a reply went to run before this waits for more output: the
+                    # caller writes its next prompt first. One pass per reply, no polling.
+                    # Measured: waiting at once instead makes a single caller's round trip
+                    # 1.2-1.6x slower on asyncio, for 5-10% less CPU per call from 8 callers on.
                     await anyio.lowlevel.checkpoint()
         finally:
             eof.set()
