@@ -9,7 +9,9 @@ Running it
 ``python path/to/aimcluster/mock_agent.py [flags]``.  Only the standard
 library is used and every module beyond ``os``/``sys``/``time`` is imported
 lazily, because benchmarks start hundreds of these at once.  The script form
-skips ``aimcluster/__init__.py`` entirely and is therefore the fastest.
+skips ``aimcluster/__init__.py`` entirely and is therefore the fastest. That
+is also why it is one self-contained module, past the project's 500-line
+guide: the script form must run without the package.
 
 Protocol
 --------
