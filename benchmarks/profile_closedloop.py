@@ -2,22 +2,22 @@
 
 cProfile's hook on every call and return inflates small functions several times over,
 and the library is made of small functions; a sampling profiler outside the process
-changes nothing in it. This runs one contender of ``bench_closedloop`` under py-spy
-twice, the same workload each time: once recording every sample of the running
-thread, once only the samples in which it holds the GIL. What the first has over the
-second is time in system calls (``os.read``, ``os.write``, epoll), which run without
-the GIL. The Python samples are split by the module of the innermost frame: the
-library, the event loop (anyio, its backend and their helpers), the benchmark's own
-callers, and the rest. Each share is applied to the parent's CPU per call
-(``getrusage``), measured in the same runs. Import-time samples are left out; the
-warm-up batch is the same work as the measured ones and is kept.
+changes nothing in it. This runs one contender of ``bench_closedloop`` under py-spy,
+recording only the samples in which the thread holds the GIL: it is running Python
+code or C called from it, not waiting in a system call. ``getrusage`` in the same run
+gives the parent's CPU per call, split into system time (the kernel: reads, writes,
+epoll) and user time. The user time is shared out by the module of the innermost
+frame of those samples: the library, the event loop (anyio, its backend and their
+helpers), the benchmark's callers, and the rest. Import-time samples are left out;
+the warm-up batch is the same work as the measured ones and is kept.
 
 Needs py-spy (in the ``bench`` extra) and the right to trace a child process::
 
     python benchmarks/profile_closedloop.py --backend trio --transport pty --callers 8
 
-The shares are of samples, not of CPU: a thread preempted while it holds the GIL is
-still sampled as running Python. On a loaded machine read them as proportions.
+The split of the user time is by samples, not by CPU: a thread preempted while it
+holds the GIL is still sampled. Read the shares as proportions, and compare
+contenders run back to back.
 """
 
 from __future__ import annotations
@@ -81,46 +81,42 @@ def bucket_of(frame: str) -> str:
     return "other Python"
 
 
-def summarise(every: Path, gil: Path, cpu_per_call: float, top: int) -> None:
-    running = sum(count for _, count in sample_stacks(every))
+def summarise(gil: Path, user: float, top: int) -> None:
     python = collections.Counter[str]()
     functions = collections.Counter[str]()
     for stack, count in sample_stacks(gil):
-        python[bucket_of(stack[-1])] += count
-        if bucket_of(stack[-1]) == "aimcluster":
-            functions[re.sub(r":\d+\)$", ")", stack[-1]).replace(str(Path.cwd()) + "/", "")] += (
-                count
-            )
+        bucket = bucket_of(stack[-1])
+        python[bucket] += count
+        if bucket == "aimcluster":
+            functions[re.sub(r":\d+\)$", ")", stack[-1])] += count
     held = sum(python.values())
-    if not running or not held:
+    if not held:
         raise SystemExit("py-spy recorded no samples: is the process traceable here?")
-    # Both runs do the same calls: the GIL-held share of the running samples.
-    python_share = min(1.0, held / running)
-    rows = [("system calls (GIL released)", 1 - python_share)]
-    rows += [(name, python_share * count / held) for name, count in python.most_common()]
-    for name, share in rows:
-        print(f"  {name:28} {share:6.1%}  {share * cpu_per_call:6.1f} µs")
+    for name, count in python.most_common():
+        print(f"    {name:24} {count / held:6.1%}  {user * count / held:6.1f} µs")
     if functions:
-        print(f"  aimcluster's {top} largest functions (own time, share of all):")
+        print(f"  aimcluster's {top} largest functions (own time, share of the user time):")
         for name, count in functions.most_common(top):
-            print(f"    {python_share * count / held:5.1%}  {name}")
+            print(f"    {count / held:5.1%}  {name}")
 
 
-async def run_workload(args: argparse.Namespace) -> float:
-    """The workload py-spy watches; returns the parent's CPU per call (median of batches)."""
+async def run_workload(args: argparse.Namespace) -> dict[str, float]:
+    """The workload py-spy watches; returns the parent's user and system µs per call
+    (medians over the batches)."""
     contender: Contender = CONTENDERS[args.contender](
         args.callers, args.calls, pty=args.transport == "pty"
     )
-    figures = []
+    user, system = [], []
     async with contender() as step:
         await step()
         for _ in range(args.batches):
             before = resource.getrusage(resource.RUSAGE_SELF)
             samples = await step()
             after = resource.getrusage(resource.RUSAGE_SELF)
-            spent = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-            figures.append(spent / len(samples["latency"]) * 1e6)
-    return statistics.median(figures)
+            calls = len(samples["latency"])
+            user.append((after.ru_utime - before.ru_utime) / calls * 1e6)
+            system.append((after.ru_stime - before.ru_stime) / calls * 1e6)
+    return {"user": statistics.median(user), "system": statistics.median(system)}
 
 
 def find_py_spy() -> str:
@@ -131,26 +127,20 @@ def find_py_spy() -> str:
 
 
 def record(args: argparse.Namespace, contender: str, scratch: Path) -> None:
-    py_spy = find_py_spy()
-    cpu = []
-    raw: dict[bool, Path] = {}
-    for gil in (False, True):
-        raw[gil] = scratch / f"{contender}-{'gil' if gil else 'all'}.txt"
-        out = scratch / f"{contender}-{gil}.json"
-        command = [py_spy, "record", "--rate", str(args.rate), "--format", "raw"]
-        command += ["--output", str(raw[gil]), *(["--gil"] if gil else []), "--"]
-        command += [sys.executable, __file__, "--workload", "--out", str(out)]
-        command += ["--contender", contender, "--backend", args.backend]
-        command += ["--transport", args.transport, "--callers", str(args.callers)]
-        command += ["--calls", str(args.calls), "--batches", str(args.batches)]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        cpu.append(json.loads(out.read_text())["cpu_per_call"])
-    cpu_per_call = statistics.mean(cpu)
+    raw, out = scratch / f"{contender}.txt", scratch / f"{contender}.json"
+    command = [find_py_spy(), "record", "--rate", str(args.rate), "--format", "raw", "--gil"]
+    command += ["--output", str(raw), "--", sys.executable, __file__, "--workload"]
+    command += ["--out", str(out), "--contender", contender, "--backend", args.backend]
+    command += ["--transport", args.transport, "--callers", str(args.callers)]
+    command += ["--calls", str(args.calls), "--batches", str(args.batches)]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cpu = json.loads(out.read_text())
     print(
-        f"{args.backend} {args.transport} N={args.callers}, {contender}: "
-        f"parent CPU {cpu_per_call:.1f} µs per call (runs: {cpu[0]:.1f}, {cpu[1]:.1f})"
+        f"{args.backend} {args.transport} N={args.callers}, {contender}: parent CPU "
+        f"{cpu['user'] + cpu['system']:.1f} µs per call: system {cpu['system']:.1f}, "
+        f"user {cpu['user']:.1f}"
     )
-    summarise(raw[False], raw[True], cpu_per_call, args.top)
+    summarise(raw, cpu["user"], args.top)
 
 
 def main() -> None:
@@ -173,8 +163,8 @@ def main() -> None:
         raise_nofile_limit()
         configure_logs("warning")
         backend, options = BACKENDS[args.backend]
-        cpu_per_call = anyio.run(run_workload, args, backend=backend, backend_options=options)
-        Path(args.out).write_text(json.dumps({"cpu_per_call": cpu_per_call}))
+        cpu = anyio.run(run_workload, args, backend=backend, backend_options=options)
+        Path(args.out).write_text(json.dumps(cpu))
         return
     with tempfile.TemporaryDirectory(prefix="aimcluster-profile-") as scratch:
         for contender in args.contender or ["reader", "ours"]:
