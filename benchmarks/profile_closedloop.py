@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20000, help="calls per batch")
     parser.add_argument("--batches", type=int, default=3, help="measured batches, after a warm-up")
     parser.add_argument(
-        "--contender", action="append", choices=sorted(CONTENDERS), help="default: reader, ours"
+        "--contender", action="append", choices=sorted(CONTENDERS), help="default: all three"
     )
     parser.add_argument("--rate", type=int, default=1000, help="samples per second")
     parser.add_argument("--top", type=int, default=12, help="library functions to list")
@@ -167,7 +167,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(cpu))
         return
     with tempfile.TemporaryDirectory(prefix="aimcluster-profile-") as scratch:
-        for contender in args.contender or ["reader", "ours"]:
+        for contender in args.contender or list(CONTENDERS):
             record(args, contender, Path(scratch))
 
 
