@@ -108,9 +108,10 @@ class Request:
         self._result = result
         if self._event is not None:
             self._event.set()
-        for callback in self._callbacks:
-            callback(self)
-        self._callbacks.clear()
+        if self._callbacks:  # map() and read_any(); not a plain send
+            for callback in self._callbacks:
+                callback(self)
+            self._callbacks.clear()
         return True
 
     def result(self) -> Reply:

@@ -45,9 +45,6 @@ class Frame:
     raw: str = ""
 
 
-_CRLF = re.compile(r"\r+\n")
-
-
 class FrameOverflow(Exception):
     """More than ``max_bytes`` of output arrived without a ready prompt."""
 
@@ -458,7 +455,9 @@ def clean_reply(raw: str) -> str:
     A terminal's echo of the prompt is not here to strip: the framer skipped it (see
     :meth:`Framer.begin`).
     """
-    text = _CRLF.sub("\n", raw) if "\r" in raw else raw
+    text = raw
+    while "\r\n" in text:  # a pass per \r of the longest run ("\r\r\n": ONLCR on "\r\n")
+        text = text.replace("\r\n", "\n")
     if text.endswith("\n"):
         text = text[:-1]
     return text

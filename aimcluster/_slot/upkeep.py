@@ -30,7 +30,12 @@ class Upkeep:
     clock: Callable[[], float]
     #: Prompts written to this process (probes not counted).
     served: int = attrs.field(init=False, default=0)
+    #: When an idle slot must wake without work, to probe or recycle (inf: never). Kept
+    #: with the two times it is the earlier of, because the fast paths read it on every prompt.
+    wake_at: float = attrs.field(init=False, default=math.inf)
     _recycle_after: int | None = attrs.field(init=False, default=None)
+    # _recycle_after as a number to compare with (inf: none), for the same reason.
+    _recycle_limit: float = attrs.field(init=False, default=math.inf)
     _recycle_at: float = attrs.field(init=False, default=math.inf)
     _next_probe_at: float = attrs.field(init=False, default=math.inf)
 
@@ -39,13 +44,13 @@ class Upkeep:
         which keeps no process) only probes are scheduled."""
         spec, now = self.spec, self.clock()
         self.served = 0
-        self._recycle_after, self._recycle_at = None, math.inf
+        self._recycle_after, self._recycle_limit, self._recycle_at = None, math.inf, math.inf
         if recycle:
             rng = rng or random.Random()
             spread = spec.recycle_jitter
             if spec.max_prompts is not None:
                 jittered = spec.max_prompts * rng.uniform(1 - spread, 1 + spread)
-                self._recycle_after = max(1, round(jittered))
+                self._recycle_after = self._recycle_limit = max(1, round(jittered))
             if spec.max_age is not None:
                 self._recycle_at = now + spec.max_age * rng.uniform(1 - spread, 1 + spread)
         self.idle_from_now()
@@ -62,19 +67,14 @@ class Upkeep:
         """The process is idle from now on: its next probe is an interval away."""
         probe = self.spec.probe
         self._next_probe_at = math.inf if probe is None else self.clock() + probe.interval
-
-    @property
-    def wake_at(self) -> float:
-        """When an idle slot must wake without work: to probe or recycle (inf: never)."""
-        return min(self._next_probe_at, self._recycle_at)
+        self.wake_at = min(self._next_probe_at, self._recycle_at)
 
     def due(self) -> bool:
         """Whether the slot's task has something to do before the next prompt."""
-        if self._recycle_after is not None and self.served >= self._recycle_after:
-            return True
-        # Asked twice per prompt: no property call on the way.
-        wake_at = min(self._next_probe_at, self._recycle_at)
-        return wake_at != math.inf and self.clock() >= wake_at
+        # Asked twice per prompt: two comparisons when nothing is scheduled.
+        return self.served >= self._recycle_limit or (
+            self.wake_at != math.inf and self.clock() >= self.wake_at
+        )
 
     def recycle_reason(self) -> str | None:
         """``"max_prompts"`` or ``"max_age"`` if the process is due to be replaced."""
