@@ -84,6 +84,8 @@ class Cluster:
         )
         # The spec of a cluster of one pool (None: several), for the per-prompt checks.
         self._single = pools[0].tool if len(pools) == 1 else None
+        # Its pool, once entered: routed to without a look-up on every prompt.
+        self._single_pool: PoolState | None = None
         self._stack: AsyncExitStack | None = None
         self._closing = False
         self._task_group: anyio.abc.TaskGroup
@@ -154,6 +156,8 @@ class Cluster:
                 count = next(p.count for p in self._pool_specs if p.name == pool.name)
                 pool.instances = [self._fleet.add_instance(pool, slot) for slot in range(count)]
                 pool.refresh_healthy()
+            if self._single is not None:
+                self._single_pool = self._fleet.only
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._shutdown_shielded)
             launch = _Launch(self._count)
@@ -357,10 +361,10 @@ class Cluster:
         return request
 
     async def _enqueue(self, item: Item, tool: str | None = None) -> None:
-        if self._single is not None and tool is None and not item.pinned:
+        pool = self._single_pool
+        if pool is not None and tool is None and not item.pinned:
             # One pool (the common case, on every prompt): routed in place, and nothing to
             # fail over to.
-            pool = self._fleet.only
             if not pool.healthy:
                 raise self._fleet.no_healthy(pool, None)
             item.target, item.pool = self._fleet.router.route(item.key, pool.healthy), pool.name
