@@ -52,7 +52,8 @@ CONTENDERS = {
 }
 # Innermost frame's file -> bucket. The first pattern that matches wins.
 BUCKETS = (
-    ("aimcluster", re.compile(r"(^|/)aimcluster/")),
+    # attrs generates the __init__ of aimcluster's classes (Request, Reply, Frame).
+    ("aimcluster", re.compile(r"(^|/)aimcluster/|<attrs generated methods aimcluster\.")),
     (
         "event loop",
         re.compile(
