@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from typing import NoReturn
@@ -14,6 +15,7 @@ import structlog
 
 import aimcluster
 from aimcluster import tools
+from aimcluster._transport.handle import _FdProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -190,3 +192,33 @@ async def test_the_readme_sqlite_spec_answers_and_passes_its_probe(
         await passed.wait()
     assert "probe_failed" not in seen
     assert cluster.metrics().restarts == 0
+
+
+async def test_a_reader_woken_after_its_handle_closed_reads_nothing() -> None:
+    """The fd turned readable and the reader was woken, but the handle was closed before the
+    reader ran: notify_closing found no waiter to wake, and the fd number may belong to another
+    file by now. The reader must end without reading. The window is made by marking the handle
+    closed while its reader waits (as aclose() does first) and then making the fd readable."""
+    echo_once = "import sys; sys.stdout.write(sys.stdin.readline())"
+    spec = aimcluster.ToolSpec(name="echo-once", argv=[sys.executable, "-c", echo_once], ready="> ")
+    handle = await aimcluster.LocalTransport().spawn(spec, instance=0)
+    assert isinstance(handle, _FdProcess)
+    read: list[bytes | None] = []
+
+    async def reader() -> None:
+        try:
+            read.append(await handle.receive())
+        except anyio.EndOfStream:
+            read.append(None)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            await anyio.wait_all_tasks_blocked()
+            handle._closed = True
+            assert handle._input is not None
+            os.write(handle._input, b"x\n")  # the child echoes it: the output turns readable
+        assert read == [None]
+    finally:
+        handle._closed = False
+        await handle.aclose()

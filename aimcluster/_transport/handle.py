@@ -69,7 +69,7 @@ class _FdProcess(ProcessHandle):
         # Wait, then read. When the reader comes back for more, the next output is rarely in
         # yet (the child needs a wake-up to answer): a read tried first mostly failed with
         # EAGAIN or, through a pty, took only the echo of the prompt just written, and cost
-        # 5-10% more CPU per call from 8 callers on (benchmarks/README.md). Waiting first
+        # 4-8% more CPU per call from 8 callers on (benchmarks/README.md). Waiting first
         # also yields on every read, so that a flood cannot keep the other tasks from running.
         while True:
             if self._closed:
@@ -78,6 +78,10 @@ class _FdProcess(ProcessHandle):
                 await anyio.wait_readable(fd)
             except anyio.ClosedResourceError:
                 raise anyio.EndOfStream from None
+            if self._closed:
+                # Closed after the fd turned readable but before this task ran: notify_closing
+                # found no waiter to wake, and the fd number may belong to another file now.
+                raise anyio.EndOfStream
             try:
                 data = os.read(fd, _READ_SIZE)
             except BlockingIOError:
