@@ -369,10 +369,18 @@ def test_discard_forgets_what_begin_said() -> None:
         pytest.param("a\r\r\nb\r\r\n", "a\nb", id="cr-cr-lf"),
         pytest.param("50%\r100%\n", "50%\r100%", id="lone-cr-kept"),
         pytest.param("a\nb\n", "a\nb", id="lf-unchanged"),
+        pytest.param("a\r\r\r\r\nb\r\n\r\r\n", "a\nb\n", id="runs-of-cr"),
     ],
 )
 def test_clean_reply_turns_crlf_into_lf(raw: str, expected: str) -> None:
     assert clean_reply(raw) == expected
+
+
+def test_clean_reply_takes_a_long_run_of_carriage_returns_in_one_pass() -> None:
+    # A spinner, or hostile output, up to max_reply_bytes: a pass per carriage return of
+    # the run would take hours; the suite's timeout fails the test long before.
+    raw = "progress" + "\r" * 200_000 + "\ndone\n"
+    assert clean_reply(raw) == re.sub(r"\r+\n", "\n", raw)[:-1] == "progress\ndone"
 
 
 @pytest.mark.parametrize(

@@ -449,15 +449,18 @@ class JsonlFramer(_CappedFramer):
         return self._nbytes
 
 
+_CRLF = re.compile(r"\r+\n")
+
+
 def clean_reply(raw: str) -> str:
     """Normalise a framed reply: ``\\r\\n`` to ``\\n``, and one trailing newline stripped.
 
     A terminal's echo of the prompt is not here to strip: the framer skipped it (see
     :meth:`Framer.begin`).
     """
-    text = raw
-    while "\r\n" in text:  # a pass per \r of the longest run ("\r\r\n": ONLCR on "\r\n")
-        text = text.replace("\r\n", "\n")
+    text = raw.replace("\r\n", "\n")  # the usual case, cheaper than the regex
+    if "\r\n" in text:  # a run of carriage returns ("\r\r\n": ONLCR on "\r\n"), in one pass
+        text = _CRLF.sub("\n", text)
     if text.endswith("\n"):
         text = text[:-1]
     return text
