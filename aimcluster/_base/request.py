@@ -108,7 +108,7 @@ class Request:
         self._result = result
         if self._event is not None:
             self._event.set()
-        if self._callbacks:  # map() and read_any(); not a plain send
+        if self._callbacks:  # submit() (for read_any) and map(); not a plain send
             for callback in self._callbacks:
                 callback(self)
             self._callbacks.clear()

@@ -183,6 +183,9 @@ class Process:
                     if settle is not None and exchange.pending:
                         # The output ends with the prompt: the reply is complete unless more
                         # output arrives within `settle` (each chunk starts the timer over).
+                        # Silence is judged by the event loop's clock: a loop that lags by more
+                        # than `settle` can end the reply before output that is already waiting
+                        # is read (receive() yields first). A heuristic framing's limit.
                         with anyio.move_on_after(settle):
                             data = await handle.receive()
                     else:

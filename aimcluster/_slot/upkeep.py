@@ -30,8 +30,8 @@ class Upkeep:
     clock: Callable[[], float]
     #: Prompts written to this process (probes not counted).
     served: int = attrs.field(init=False, default=0)
-    #: When an idle slot must wake without work, to probe or recycle (inf: never). Kept
-    #: with the two times it is the earlier of, because the fast paths read it on every prompt.
+    #: When an idle slot must wake without work, to probe or recycle (inf: never). Set here
+    #: only, with the two times it is the earlier of: the fast paths read it on every prompt.
     wake_at: float = attrs.field(init=False, default=math.inf)
     _recycle_after: int | None = attrs.field(init=False, default=None)
     # _recycle_after as a number to compare with (inf: none), for the same reason.
