@@ -1,22 +1,25 @@
 """Where the parent's CPU goes per call in the closed loop, by a sampling profiler.
 
 cProfile's hook on every call and return inflates small functions several times over,
-and the library is made of small functions; a sampling profiler outside the process
-changes nothing in it. This runs one contender of ``bench_closedloop`` under py-spy,
-recording only the samples in which the thread holds the GIL: it is running Python
-code or C called from it, not waiting in a system call. ``getrusage`` in the same run
-gives the parent's CPU per call, split into system time (the kernel: reads, writes,
-epoll) and user time. The user time is shared out by the module of the innermost
-frame of those samples: the library, the event loop (anyio, its backend and their
-helpers), the benchmark's callers, and the rest. Import-time samples are left out;
-the warm-up batch is the same work as the measured ones and is kept.
+and the library is made of small functions. A sampling profiler reads the process from
+outside; with ``--nonblocking`` it does not even pause it. This runs one contender of
+``bench_closedloop`` under py-spy, recording only the samples in which the thread holds
+the GIL: it is running Python code or C called from it, not waiting in a system call.
+``getrusage`` in the same run gives the parent's CPU per call, split into system time
+(the kernel: reads, writes, epoll) and user time. The user time is shared out by the
+module of the innermost frame of those samples: the library, the event loop (anyio, its
+backend and their helpers), the benchmark's callers, and the rest. Import-time samples
+are left out; the start of the fleet, its shutdown and the warm-up batch are kept (the
+warm-up is the same work as the measured batches, the rest is small beside them).
 
 Needs py-spy (in the ``bench`` extra) and the right to trace a child process::
 
     python benchmarks/profile_closedloop.py --backend trio --transport pty --callers 8
 
 The split of the user time is by samples, not by CPU: a thread preempted while it
-holds the GIL is still sampled. Read the shares as proportions, and compare
+holds the GIL is still sampled, and user time spent without the GIL has no samples to
+be counted under (uvloop's libuv runs its loop so: on uvloop the event loop's share is
+too low and the others too high). Read the shares as proportions, and compare
 contenders run back to back.
 """
 
@@ -53,7 +56,7 @@ CONTENDERS = {
 # Innermost frame's file -> bucket. The first pattern that matches wins.
 BUCKETS = (
     # attrs generates the __init__ of aimcluster's classes (Request, Reply, Frame).
-    ("aimcluster", re.compile(r"(^|/)aimcluster/|<attrs generated methods aimcluster\.")),
+    ("aimcluster", re.compile(r"(^|/)aimcluster/|<attrs generated \w+ aimcluster\.")),
     (
         "event loop",
         re.compile(
@@ -130,11 +133,15 @@ def find_py_spy() -> str:
 def record(args: argparse.Namespace, contender: str, scratch: Path) -> None:
     raw, out = scratch / f"{contender}.txt", scratch / f"{contender}.json"
     command = [find_py_spy(), "record", "--rate", str(args.rate), "--format", "raw", "--gil"]
+    command += ["--nonblocking"]
     command += ["--output", str(raw), "--", sys.executable, __file__, "--workload"]
     command += ["--out", str(out), "--contender", contender, "--backend", args.backend]
     command += ["--transport", args.transport, "--callers", str(args.callers)]
     command += ["--calls", str(args.calls), "--batches", str(args.batches)]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        # py-spy's own errors (ptrace refused, say) and the workload's traceback.
+        raise SystemExit(f"py-spy failed ({done.returncode}):\n{done.stderr}")
     cpu = json.loads(out.read_text())
     print(
         f"{args.backend} {args.transport} N={args.callers}, {contender}: parent CPU "
