@@ -29,8 +29,8 @@ BACKENDS = {
 }
 
 
-async def cpu_per_call(contender: Contender, batches: int) -> list[float]:
-    """µs of the parent's user + system time per call, one figure per batch."""
+async def rusage_per_call(contender: Contender, batches: int) -> list[tuple[float, float]]:
+    """µs of the parent's user and system time per call, one pair per batch."""
     figures = []
     async with contender() as step:
         await step()  # warm-up: children started, caches filled
@@ -38,9 +38,24 @@ async def cpu_per_call(contender: Contender, batches: int) -> list[float]:
             before = resource.getrusage(resource.RUSAGE_SELF)
             samples = await step()
             after = resource.getrusage(resource.RUSAGE_SELF)
-            spent = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-            figures.append(spent / len(samples["latency"]) * 1e6)
+            calls = len(samples["latency"])
+            user = (after.ru_utime - before.ru_utime) / calls * 1e6
+            figures.append((user, (after.ru_stime - before.ru_stime) / calls * 1e6))
     return figures
+
+
+async def cpu_per_call(contender: Contender, batches: int) -> list[float]:
+    """µs of the parent's user + system time per call, one figure per batch."""
+    return [user + system for user, system in await rusage_per_call(contender, batches)]
+
+
+def add_case_options(parser: argparse.ArgumentParser, *, transport: str, calls: int) -> None:
+    """The options that pick a closed-loop case and its batches (shared with the profiler)."""
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default="trio")
+    parser.add_argument("--transport", choices=bench_closedloop.TRANSPORTS, default=transport)
+    parser.add_argument("--callers", type=int, default=8, help="caller tasks (and instances)")
+    parser.add_argument("--calls", type=int, default=calls, help="calls per batch")
+    parser.add_argument("--batches", type=int, default=3, help="measured batches, after a warm-up")
 
 
 async def measure(args: argparse.Namespace) -> None:
@@ -61,11 +76,7 @@ async def measure(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
-    parser.add_argument("--backend", choices=sorted(BACKENDS), default="trio")
-    parser.add_argument("--transport", choices=bench_closedloop.TRANSPORTS, default="pipe")
-    parser.add_argument("--callers", type=int, default=8, help="caller tasks (and instances)")
-    parser.add_argument("--calls", type=int, default=8000, help="calls per batch")
-    parser.add_argument("--batches", type=int, default=3, help="measured batches, after a warm-up")
+    add_case_options(parser, transport="pipe", calls=8000)
     args = parser.parse_args()
     raise_nofile_limit()
     configure_logs("warning")

@@ -29,7 +29,6 @@ import argparse
 import collections
 import json
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -42,12 +41,8 @@ import anyio
 
 import bench_closedloop
 from _harness import Contender, configure_logs, raise_nofile_limit
+from cpu_closedloop import BACKENDS, add_case_options, rusage_per_call
 
-BACKENDS = {
-    "asyncio": ("asyncio", {}),
-    "uvloop": ("asyncio", {"use_uvloop": True}),
-    "trio": ("trio", {}),
-}
 CONTENDERS = {
     "raw": bench_closedloop.raw_contender,
     "reader": bench_closedloop.reader_contender,
@@ -110,17 +105,11 @@ async def run_workload(args: argparse.Namespace) -> dict[str, float]:
     contender: Contender = CONTENDERS[args.contender](
         args.callers, args.calls, pty=args.transport == "pty"
     )
-    user, system = [], []
-    async with contender() as step:
-        await step()
-        for _ in range(args.batches):
-            before = resource.getrusage(resource.RUSAGE_SELF)
-            samples = await step()
-            after = resource.getrusage(resource.RUSAGE_SELF)
-            calls = len(samples["latency"])
-            user.append((after.ru_utime - before.ru_utime) / calls * 1e6)
-            system.append((after.ru_stime - before.ru_stime) / calls * 1e6)
-    return {"user": statistics.median(user), "system": statistics.median(system)}
+    figures = await rusage_per_call(contender, args.batches)
+    return {
+        "user": statistics.median(user for user, _ in figures),
+        "system": statistics.median(system for _, system in figures),
+    }
 
 
 def find_py_spy() -> str:
@@ -153,11 +142,7 @@ def record(args: argparse.Namespace, contender: str, scratch: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
-    parser.add_argument("--backend", choices=sorted(BACKENDS), default="trio")
-    parser.add_argument("--transport", choices=bench_closedloop.TRANSPORTS, default="pty")
-    parser.add_argument("--callers", type=int, default=8, help="caller tasks (and instances)")
-    parser.add_argument("--calls", type=int, default=20000, help="calls per batch")
-    parser.add_argument("--batches", type=int, default=3, help="measured batches, after a warm-up")
+    add_case_options(parser, transport="pty", calls=20000)
     parser.add_argument(
         "--contender", action="append", choices=sorted(CONTENDERS), help="default: all three"
     )
