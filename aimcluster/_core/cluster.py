@@ -82,9 +82,8 @@ class Cluster:
             fallback=tuple(fallback),
             failover_after=failover_after,
         )
-        # The spec of a cluster of one pool (None: several), for the per-prompt checks.
-        self._single = pools[0].tool if len(pools) == 1 else None
-        # Its pool, once entered: routed to without a look-up on every prompt.
+        # The pool of a cluster of one pool (None: several, or not entered yet): the common
+        # case, checked and routed to without a look-up on every prompt.
         self._single_pool: PoolState | None = None
         self._stack: AsyncExitStack | None = None
         self._closing = False
@@ -156,7 +155,7 @@ class Cluster:
                 count = next(p.count for p in self._pool_specs if p.name == pool.name)
                 pool.instances = [self._fleet.add_instance(pool, slot) for slot in range(count)]
                 pool.refresh_healthy()
-            if self._single is not None:
+            if len(pools) == 1:
                 self._single_pool = self._fleet.only
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._shutdown_shielded)
@@ -344,10 +343,11 @@ class Cluster:
             check_prompt(self._fleet.pools[held.tool].spec, prompt)
             request.pool, request.target = held.tool, held.slot
             default = held.spec.reply_timeout
-        elif self._single is not None and tool is None:
+        elif self._single_pool is not None and tool is None:
             # One pool (the common case, on every prompt).
-            check_prompt(self._single, prompt)
-            default = self._single.reply_timeout
+            spec = self._single_pool.spec
+            check_prompt(spec, prompt)
+            default = spec.reply_timeout
         else:
             pools = self._fleet.select(tool)
             self._fleet.taking(pools, prompt)

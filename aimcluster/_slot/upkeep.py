@@ -33,8 +33,8 @@ class Upkeep:
     #: When an idle slot must wake without work, to probe or recycle (inf: never). Set here
     #: only, with the two times it is the earlier of: the fast paths read it on every prompt.
     wake_at: float = attrs.field(init=False, default=math.inf)
-    _recycle_after: int | None = attrs.field(init=False, default=None)
-    # _recycle_after as a number to compare with (inf: none), for the same reason.
+    # Prompts this process serves before it is recycled (inf: no limit): a number to compare
+    # with, for the same reason.
     _recycle_limit: float = attrs.field(init=False, default=math.inf)
     _recycle_at: float = attrs.field(init=False, default=math.inf)
     _next_probe_at: float = attrs.field(init=False, default=math.inf)
@@ -44,13 +44,13 @@ class Upkeep:
         which keeps no process) only probes are scheduled."""
         spec, now = self.spec, self.clock()
         self.served = 0
-        self._recycle_after, self._recycle_limit, self._recycle_at = None, math.inf, math.inf
+        self._recycle_limit, self._recycle_at = math.inf, math.inf
         if recycle:
             rng = rng or random.Random()
             spread = spec.recycle_jitter
             if spec.max_prompts is not None:
                 jittered = spec.max_prompts * rng.uniform(1 - spread, 1 + spread)
-                self._recycle_after = self._recycle_limit = max(1, round(jittered))
+                self._recycle_limit = max(1, round(jittered))
             if spec.max_age is not None:
                 self._recycle_at = now + spec.max_age * rng.uniform(1 - spread, 1 + spread)
         self.idle_from_now()
@@ -58,7 +58,7 @@ class Upkeep:
     @property
     def recycle_after(self) -> int | None:
         """How many prompts this process serves before it is recycled (jittered)."""
-        return self._recycle_after
+        return None if self._recycle_limit == math.inf else int(self._recycle_limit)
 
     def count(self, prompts: int) -> None:
         self.served += prompts
@@ -78,7 +78,7 @@ class Upkeep:
 
     def recycle_reason(self) -> str | None:
         """``"max_prompts"`` or ``"max_age"`` if the process is due to be replaced."""
-        if self._recycle_after is not None and self.served >= self._recycle_after:
+        if self.served >= self._recycle_limit:
             return "max_prompts"
         if self.clock() >= self._recycle_at:
             return "max_age"
