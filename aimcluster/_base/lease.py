@@ -32,6 +32,10 @@ class SessionHost(Protocol):
         """Restart *instance* once its current lease ends."""
         ...
 
+    async def _await_reply(self, request: Request) -> Reply:
+        """The reply of *request*, submitted."""
+        ...
+
 
 @attrs.define(eq=False)
 class LeaseRequest:
@@ -174,7 +178,7 @@ class Session:
         request.key, request.failovers = self._lease.key, self._lease.failovers
         self._lease.submit(request)
         try:
-            return await request.wait()
+            return await self._cluster._await_reply(request)
         except anyio.get_cancelled_exc_class():
             request.abandon()
             raise
