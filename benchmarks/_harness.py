@@ -109,6 +109,13 @@ class RawChild:
         await self._send(line.encode() + b"\n")
         return (await self.read_prompt()).decode()
 
+    async def send(self, data: bytes) -> None:
+        await self._send(data)
+
+    async def receive(self) -> bytes:
+        """The next chunk of output, as one read returned it."""
+        return await self._receive()
+
     async def write_line(self, line: str) -> None:
         """The writing half of :meth:`request`, for callers whose replies another task reads."""
         await self._send(line.encode() + b"\n")

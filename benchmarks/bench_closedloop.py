@@ -183,9 +183,10 @@ async def measure(args: argparse.Namespace, backend: str) -> Cases:
     return cases
 
 
-def collect(args: argparse.Namespace) -> list[Report]:
-    report = Report(
-        title=f"Closed loop (N callers awaiting send in a loop, N instances, {args.calls} calls)",
+def new_report(calls: int) -> Report:
+    """The closed loop's table, empty: its columns, ratios and notes."""
+    return Report(
+        title=f"Closed loop (N callers awaiting send in a loop, N instances, {calls} calls)",
         columns=[
             Column("n", count_of("latency"), "{:.0f}"),
             Column("p50 µs", stat("latency", 50, 1e-3)),
@@ -211,6 +212,10 @@ def collect(args: argparse.Namespace) -> list[Report]:
             " shape costs; ÷ reader compares ours with it.",
         ],
     )
+
+
+def collect(args: argparse.Namespace) -> list[Report]:
+    report = new_report(args.calls)
     return run_backends(report, args, measure)
 
 

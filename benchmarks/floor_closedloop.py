@@ -1,0 +1,160 @@
+"""The closed loop's floor: raw + reader plus only the work every prompt of aimcluster must do.
+
+``bench_closedloop``'s ``raw + reader`` is the design's shape with no library code: a reader
+task per child, and a caller that writes its line and awaits the reply the reader hands on.
+``floor`` is that shape plus the least of aimcluster's own work per prompt, its real code and
+nothing else:
+
+- the caller makes a ``Request``, checks the prompt, has the child's ``Exchange`` encode it and
+  book it as written, writes it, and awaits the request (with one pass of the loop first when
+  it is the only caller on trio, as ``Cluster.send`` does);
+- the reader feeds each chunk it reads to the ``Exchange``, which frames the reply (a PTY's
+  echo skipped), builds the ``Reply`` and resolves the request.
+
+No routing, queue, supervision, instance state, metrics or restarts. Where ``floor`` is past
+1.3x raw, so is any implementation of this design that frames its replies. The four
+contenders run in turns on one case; figures as in ``bench_closedloop``.
+
+    python benchmarks/floor_closedloop.py --backend uvloop --transport pty --callers 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import anyio.lowlevel
+import structlog
+
+import bench_closedloop
+from _harness import (
+    OURS,
+    RAW,
+    Contender,
+    RawChild,
+    Report,
+    Step,
+    alternate,
+    child_argv,
+    child_spec,
+    configure_logs,
+    print_report,
+    raise_nofile_limit,
+    raw_fleet,
+)
+from cpu_closedloop import BACKENDS
+
+FLOOR = "floor"
+
+
+class _FloorChild:
+    """One child, its exchange, and the caller's and the reader's halves of a prompt."""
+
+    def __init__(self, child: RawChild, spec: object, callers: list[int], trio: bool) -> None:
+        # Private modules on purpose: the floor is the engine's own per-prompt code.
+        from aimcluster._base.ratelimit import RateLimiter
+        from aimcluster._base.request import Request
+        from aimcluster._core.pool import check_prompt
+        from aimcluster._slot.exchange import Exchange
+
+        self._request_type, self._check = Request, check_prompt
+        log = structlog.get_logger("aimcluster").bind()
+        self._exchange = Exchange(
+            spec=spec,  # type: ignore[arg-type]
+            index=0,
+            tool="echo",
+            clock=anyio.current_time,
+            limiter=RateLimiter(),
+            log=log,
+            failover=None,
+        )
+        self._exchange.reset(log)
+        self._child, self._spec = child, spec
+        self._callers, self._trio = callers, trio  # callers awaiting, shared by the fleet
+
+    async def request(self, line: str) -> str:
+        request = self._request_type(prompt=line, key=None, target=None, deadline=None)
+        self._check(self._spec, line)  # type: ignore[arg-type]
+        exchange = self._exchange
+        data = exchange.wire(request)
+        exchange.begin_input()
+        exchange.written(request, counted=True)
+        await self._child.send(data)
+        self._callers[0] += 1
+        try:
+            if self._trio and self._callers[0] == 1:
+                await anyio.lowlevel.checkpoint()
+            return str((await request.wait()).text)
+        finally:
+            self._callers[0] -= 1
+
+    async def read(self) -> None:
+        while True:
+            if self._exchange.feed(await self._child.receive()):
+                await anyio.lowlevel.checkpoint()  # as aimcluster's reader does after a reply
+
+
+def floor_contender(callers: int, calls: int, *, pty: bool) -> Contender:
+    @asynccontextmanager
+    async def open_() -> AsyncIterator[Step]:
+        spec = child_spec(pty=pty)
+        trio = "trio" in sys.modules and isinstance(
+            anyio.lowlevel.current_token().native_token, sys.modules["trio"].lowlevel.TrioToken
+        )
+        awaiting = [0]
+        async with (
+            raw_fleet(child_argv(), callers, pty=pty) as children,
+            anyio.create_task_group() as tg,
+        ):
+            floors = [_FloorChild(child, spec, awaiting, trio) for child in children]
+            try:
+                for floor in floors:
+                    tg.start_soon(floor.read)
+                yield bench_closedloop.closedloop_step([f.request for f in floors], calls)
+            finally:
+                # The readers wait on their children for ever: stop them before the fleet
+                # closes the children under them.
+                tg.cancel_scope.cancel()
+
+    return open_
+
+
+async def measure(args: argparse.Namespace) -> Report:
+    pty = args.transport == "pty"
+    n, calls = args.callers, args.calls
+    contenders = {
+        RAW: bench_closedloop.raw_contender(n, calls, pty=pty),
+        bench_closedloop.READER: bench_closedloop.reader_contender(n, calls, pty=pty),
+        FLOOR: floor_contender(n, calls, pty=pty),
+        OURS: bench_closedloop.ours_contender(n, calls, pty=pty),
+    }
+    report = bench_closedloop.new_report(calls)
+    report.title = f"Closed loop's floor ({calls} calls a batch)"
+    report.notes.append(
+        f"{FLOOR}: {bench_closedloop.READER} plus aimcluster's least work per prompt (the"
+        " request, its check, the exchange's turn); no routing, queue or supervision."
+    )
+    case = f"{args.backend} {args.transport} N={n}"
+    report.add(case, await alternate(contenders, rounds=args.rounds))
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default="trio")
+    parser.add_argument("--transport", choices=bench_closedloop.TRANSPORTS, default="pty")
+    parser.add_argument("--callers", type=int, default=1, help="caller tasks (and children)")
+    parser.add_argument("--calls", type=int, default=4000, help="calls per batch")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds kept, after a warm-up")
+    args = parser.parse_args()
+    raise_nofile_limit()
+    configure_logs("warning")
+    backend, options = BACKENDS[args.backend]
+    print_report(anyio.run(measure, args, backend=backend, backend_options=options))
+
+
+if __name__ == "__main__":
+    main()
