@@ -92,8 +92,11 @@ class RawChild:
         send: Callable[[bytes], Awaitable[None]],
         receive: Callable[[], Awaitable[bytes]],
         close: Callable[[], Awaitable[None]],
+        pty_fd: int | None = None,
     ) -> None:
         self.process = process
+        #: The parent's end of the child's PTY; None for pipes.
+        self.pty_fd = pty_fd
         self._send = send
         self._receive = receive
         self._close = close
@@ -204,7 +207,7 @@ async def _open_pty_child(argv: list[str]) -> RawChild:
         # The child has its own copies; ours would keep the PTY from hanging up.
         os.close(slave)
     pty = _PtyMaster(master)
-    return RawChild(process, pty.send, pty.receive, pty.aclose)
+    return RawChild(process, pty.send, pty.receive, pty.aclose, pty_fd=master)
 
 
 async def spawn_raw(argv: list[str], *, pty: bool = False) -> RawChild:

@@ -12,8 +12,15 @@ nothing else:
   echo skipped), builds the ``Reply`` and resolves the request.
 
 No routing, queue, supervision, instance state, metrics or restarts. Where ``floor`` is past
-1.3x raw, so is any implementation of this design that frames its replies. The four
-contenders run in turns on one case; figures as in ``bench_closedloop``.
+1.3x raw, so is any implementation of this design that frames its replies and reads the way
+raw does. The contenders run in turns on one case; figures as in ``bench_closedloop``.
+
+``--loop-reader`` (asyncio and uvloop, PTY) adds ``floor, loop reader``: the same floor,
+reading the PTY through the event loop's own read transport (``loop.connect_read_pipe`` and
+an ``asyncio.StreamReader``: the descriptor stays registered, and the loop reads it as soon
+as it is readable) instead of ``wait_readable`` and ``os.read`` at each read, which is how
+raw, raw + reader and aimcluster read a PTY. On pipes, asyncio's raw streams are that
+transport already.
 
     python benchmarks/floor_closedloop.py --backend uvloop --transport pty --callers 1
 """
@@ -21,8 +28,10 @@ contenders run in turns on one case; figures as in ``bench_closedloop``.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -48,12 +57,20 @@ from _harness import (
 from cpu_closedloop import BACKENDS
 
 FLOOR = "floor"
+LOOP_FLOOR = "floor, loop reader"
 
 
 class _FloorChild:
     """One child, its exchange, and the caller's and the reader's halves of a prompt."""
 
-    def __init__(self, child: RawChild, spec: object, callers: list[int], trio: bool) -> None:
+    def __init__(
+        self,
+        child: RawChild,
+        spec: object,
+        callers: list[int],
+        trio: bool,
+        receive: Callable[[], Awaitable[bytes]] | None = None,
+    ) -> None:
         # Private modules on purpose: the floor is the engine's own per-prompt code.
         from aimcluster._base.ratelimit import RateLimiter
         from aimcluster._base.request import Request
@@ -73,6 +90,7 @@ class _FloorChild:
         )
         self._exchange.reset(log)
         self._child, self._spec = child, spec
+        self._receive = child.receive if receive is None else receive
         self._callers, self._trio = callers, trio  # callers awaiting, shared by the fleet
 
     async def request(self, line: str) -> str:
@@ -93,11 +111,28 @@ class _FloorChild:
 
     async def read(self) -> None:
         while True:
-            if self._exchange.feed(await self._child.receive()):
+            if self._exchange.feed(await self._receive()):
                 await anyio.lowlevel.checkpoint()  # as aimcluster's reader does after a reply
 
 
-def floor_contender(callers: int, calls: int, *, pty: bool) -> Contender:
+async def loop_reader(fd: int) -> tuple[Callable[[], Awaitable[bytes]], asyncio.BaseTransport]:
+    """Read *fd* (a copy of it) through the running asyncio loop's read-pipe transport."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(fd), "rb", buffering=0)
+    )
+
+    async def receive() -> bytes:
+        data = await reader.read(65536)
+        if not data:
+            raise anyio.EndOfStream
+        return data
+
+    return receive, transport
+
+
+def floor_contender(callers: int, calls: int, *, pty: bool, via_loop: bool = False) -> Contender:
     @asynccontextmanager
     async def open_() -> AsyncIterator[Step]:
         spec = child_spec(pty=pty)
@@ -109,7 +144,14 @@ def floor_contender(callers: int, calls: int, *, pty: bool) -> Contender:
             raw_fleet(child_argv(), callers, pty=pty) as children,
             anyio.create_task_group() as tg,
         ):
-            floors = [_FloorChild(child, spec, awaiting, trio) for child in children]
+            floors, transports = [], []
+            for child in children:
+                receive = None
+                if via_loop:
+                    assert child.pty_fd is not None
+                    receive, transport = await loop_reader(child.pty_fd)
+                    transports.append(transport)
+                floors.append(_FloorChild(child, spec, awaiting, trio, receive))
             try:
                 for floor in floors:
                     tg.start_soon(floor.read)
@@ -118,6 +160,8 @@ def floor_contender(callers: int, calls: int, *, pty: bool) -> Contender:
                 # The readers wait on their children for ever: stop them before the fleet
                 # closes the children under them.
                 tg.cancel_scope.cancel()
+                for transport in transports:
+                    transport.close()
 
     return open_
 
@@ -129,8 +173,12 @@ async def measure(args: argparse.Namespace) -> Report:
         RAW: bench_closedloop.raw_contender(n, calls, pty=pty),
         bench_closedloop.READER: bench_closedloop.reader_contender(n, calls, pty=pty),
         FLOOR: floor_contender(n, calls, pty=pty),
-        OURS: bench_closedloop.ours_contender(n, calls, pty=pty),
     }
+    if args.loop_reader:
+        if not pty or args.backend == "trio":
+            raise SystemExit("--loop-reader: asyncio or uvloop, through a PTY")
+        contenders[LOOP_FLOOR] = floor_contender(n, calls, pty=pty, via_loop=True)
+    contenders[OURS] = bench_closedloop.ours_contender(n, calls, pty=pty)
     report = bench_closedloop.new_report(calls)
     report.title = f"Closed loop's floor ({calls} calls a batch)"
     report.notes.append(
@@ -149,6 +197,9 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=1, help="caller tasks (and children)")
     parser.add_argument("--calls", type=int, default=4000, help="calls per batch")
     parser.add_argument("--rounds", type=int, default=5, help="rounds kept, after a warm-up")
+    parser.add_argument(
+        "--loop-reader", action="store_true", help="add the floor read by the loop's transport"
+    )
     args = parser.parse_args()
     raise_nofile_limit()
     configure_logs("warning")
