@@ -37,6 +37,20 @@ class ProcessHandle(metaclass=ABCMeta):
         :raises anyio.EndOfStream: when the output is closed for good
         """
 
+    async def receive_joined(self) -> bytes:
+        """Return the next chunk of output, as :meth:`receive` does, but read a pass of the
+        event loop after it turns readable, so that output following at once comes with it
+        (a reply right behind the echo of its prompt, through a pty).
+
+        The slot asks for this while at most one prompt is in flight in the cluster, where a
+        second read and wake-up for the rest would cost more than the pass, and for
+        :meth:`receive`, which may read as soon as the output is readable, otherwise. The
+        default is :meth:`receive`.
+
+        :raises anyio.EndOfStream: when the output ends
+        """
+        return await self.receive()
+
     async def receive_stderr(self) -> bytes:
         """Return the next chunk of the separate stderr stream, if there is one.
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from typing import NoReturn
 
 import anyio
@@ -16,6 +19,7 @@ import structlog
 import aimcluster
 from aimcluster import tools
 from aimcluster._transport.handle import _FdProcess
+from aimcluster._transport.loopread import LoopReader
 
 pytestmark = pytest.mark.anyio
 
@@ -198,7 +202,10 @@ async def test_a_reader_woken_after_its_handle_closed_reads_nothing() -> None:
     """The fd turned readable and the reader was woken, but the handle was closed before the
     reader ran: notify_closing found no waiter to wake, and the fd number may belong to another
     file by now. The reader must end without reading. The window is made by marking the handle
-    closed while its reader waits (as aclose() does first) and then making the fd readable."""
+    closed while its reader waits (as aclose() does first) and then making the fd readable.
+
+    On asyncio this is the joined read's window (an eager read happens in the loop's callback,
+    which aclose() takes out of the loop before it closes the fd)."""
     echo_once = "import sys; sys.stdout.write(sys.stdin.readline())"
     spec = aimcluster.ToolSpec(name="echo-once", argv=[sys.executable, "-c", echo_once], ready="> ")
     handle = await aimcluster.LocalTransport().spawn(spec, instance=0)
@@ -207,7 +214,7 @@ async def test_a_reader_woken_after_its_handle_closed_reads_nothing() -> None:
 
     async def reader() -> None:
         try:
-            read.append(await handle.receive())
+            read.append(await handle.receive_joined())
         except anyio.EndOfStream:
             read.append(None)
 
@@ -216,9 +223,191 @@ async def test_a_reader_woken_after_its_handle_closed_reads_nothing() -> None:
             tg.start_soon(reader)
             await anyio.wait_all_tasks_blocked()
             handle._closed = True
+            for loop_reader in (handle._readers or {}).values():
+                loop_reader._closed = True
             assert handle._input is not None
             os.write(handle._input, b"x\n")  # the child echoes it: the output turns readable
         assert read == [None]
     finally:
         handle._closed = False
         await handle.aclose()
+
+
+# -- reading through the asyncio loop's own callbacks (LoopReader) -------------------------------
+# asyncio only, by nature: on trio the handle waits with anyio.wait_readable. uvloop implements
+# the loop's reader callbacks apart from asyncio's selector loop, so both run.
+
+on_asyncio_loops = pytest.mark.parametrize(
+    "anyio_backend",
+    [
+        pytest.param(("asyncio", {}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+    ],
+)
+
+
+@contextlib.contextmanager
+def loop_reader_on_a_pipe() -> Iterator[tuple[LoopReader, int]]:
+    """A LoopReader on the read end of a new pipe, and the write end."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    reader = LoopReader(asyncio.get_running_loop(), read_end, 1024)
+    try:
+        yield reader, write_end
+    finally:
+        reader.close()
+        os.close(read_end)
+        os.close(write_end)
+
+
+@on_asyncio_loops
+async def test_an_eager_read_keeps_the_descriptor_registered_between_reads() -> None:
+    got: list[bytes] = []
+    with loop_reader_on_a_pipe() as (reader, write_end):
+
+        async def receive() -> None:
+            got.append(await reader.receive(eager=True))
+
+        for n in range(3):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(receive)
+                await anyio.wait_all_tasks_blocked()
+                os.write(write_end, b"chunk %d" % n)
+            assert got[-1] == b"chunk %d" % n
+            assert reader._registered  # read in the loop's callback, and still registered
+
+
+@on_asyncio_loops
+async def test_output_nobody_waits_for_stays_in_the_kernel_and_is_read_later() -> None:
+    with loop_reader_on_a_pipe() as (reader, write_end):
+        os.write(write_end, b"first")
+        assert await reader.receive(eager=True) == b"first"
+        # Nobody waits now: the loop reports the pipe readable once, and the callback takes
+        # it out of the loop rather than spin on it or read what no task would get.
+        os.write(write_end, b"second")
+        with anyio.fail_after(5):
+            while reader._registered:
+                await anyio.lowlevel.checkpoint()
+        for _ in range(10):  # many more passes: it stays out, the data stays in the pipe
+            await anyio.lowlevel.checkpoint()
+        assert not reader._registered
+        assert await reader.receive(eager=True) == b"second"
+
+
+@on_asyncio_loops
+async def test_a_joined_read_is_done_by_the_task_a_pass_after_the_wake_up() -> None:
+    with loop_reader_on_a_pipe() as (reader, write_end):
+        os.write(write_end, b"echo")
+        assert await reader.receive(eager=False) == b"echo"
+        # As anyio.wait_readable: registered for the wait only.
+        assert not reader._registered
+        os.write(write_end, b"then eager")
+        assert await reader.receive(eager=True) == b"then eager"
+
+
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
+async def test_a_chunk_read_for_a_cancelled_receive_goes_to_the_next() -> None:
+    """The callback read a chunk for the waiting task, and the task was cancelled before it
+    ran (asyncio's own cancellation; anyio's waits for the task to take what it was given).
+    The chunk must not be lost. The callback is run by hand to make that window."""
+    with loop_reader_on_a_pipe() as (reader, write_end):
+        task = asyncio.ensure_future(reader.receive(eager=True))
+        await anyio.wait_all_tasks_blocked()
+        reader._unregister()  # the loop must not run the callback itself
+        os.write(write_end, b"read for nobody")
+        reader._ready()
+        assert reader._waiter is not None
+        assert reader._waiter.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await reader.receive(eager=True) == b"read for nobody"
+        os.write(write_end, b"next")
+        assert await reader.receive(eager=True) == b"next"
+
+
+@on_asyncio_loops
+async def test_closing_a_loop_reader_ends_its_wait_and_leaves_the_loop() -> None:
+    with loop_reader_on_a_pipe() as (reader, write_end):
+        ended: list[type[BaseException]] = []
+
+        async def receive() -> None:
+            with pytest.raises(anyio.EndOfStream):
+                await reader.receive(eager=True)
+            ended.append(anyio.EndOfStream)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(receive)
+            await anyio.wait_all_tasks_blocked()
+            assert reader._registered
+            reader.close()
+        assert ended == [anyio.EndOfStream]
+        assert not reader._registered
+        # Not read after close, even with output waiting.
+        os.write(write_end, b"late")
+        with pytest.raises(anyio.EndOfStream):
+            await reader.receive(eager=True)
+
+
+@on_asyncio_loops
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "joined"])
+async def test_a_loop_reader_reports_the_end_of_the_stream(eager: bool) -> None:
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    reader = LoopReader(asyncio.get_running_loop(), read_end, 1024)
+    try:
+        os.write(write_end, b"last")
+        os.close(write_end)
+        assert await reader.receive(eager=eager) == b"last"
+        with pytest.raises(anyio.EndOfStream):
+            await reader.receive(eager=eager)
+        assert not reader._registered  # a hung-up descriptor stays readable: not in the loop
+    finally:
+        reader.close()
+        os.close(read_end)
+
+
+@on_asyncio_loops
+@pytest.mark.parametrize("pty", [False, True], ids=["pipe", "pty"])
+async def test_every_caller_gets_its_own_reply_on_asyncio_loops(pty: bool) -> None:
+    """Through the local transport's loop readers: one caller alone (joined reads), then eight
+    at once (eager reads) on four instances, each reply checked against its own prompt."""
+    spec = (
+        attrs.evolve(tools.python(), pty=True)
+        if pty
+        else aimcluster.ToolSpec(
+            name="echo", argv=[sys.executable, "-u", "-c", _ECHO_TOOL], ready=r"> $"
+        )
+    )
+    async with aimcluster.launch_cluster(spec, 4) as cluster:
+        for n in range(20):
+            assert (await cluster.send(f"{n} * 3" if pty else f"one {n}")).text == (
+                str(n * 3) if pty else f"ok one {n}"
+            )
+
+        async def caller(c: int) -> None:
+            for n in range(25):
+                prompt, want = (
+                    (f"{c} * 1000 + {n}", str(c * 1000 + n))
+                    if pty
+                    else (
+                        f"c{c} n{n}",
+                        f"ok c{c} n{n}",
+                    )
+                )
+                assert (await cluster.send(prompt)).text == want
+
+        async with anyio.create_task_group() as tg:
+            for c in range(8):
+                tg.start_soon(caller, c)
+        assert cluster._fleet.busy.count == 0
+
+
+_ECHO_TOOL = """
+import sys
+sys.stdout.write("> ")
+sys.stdout.flush()
+for line in sys.stdin:
+    sys.stdout.write("ok " + line + "> ")
+    sys.stdout.flush()
+"""

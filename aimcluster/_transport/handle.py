@@ -7,14 +7,16 @@ Owns the tool's side of the data path (``os.read`` and ``os.write`` on non-block
 
 from __future__ import annotations
 
-import errno
+import asyncio
 import os
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 
 from ..abc import ProcessHandle
 from .containment import _kill_session, _signal_group
+from .loopread import LoopReader, read_chunk
 
 if TYPE_CHECKING:
     from anyio.abc import Process
@@ -31,11 +33,12 @@ class _FdProcess(ProcessHandle):
     They are non-blocking and used with ``os.read``/``os.write``. A write is tried first and
     waits with ``anyio.wait_writable`` only when there is no room: a prompt that fits costs one
     system call and no pass of the event loop (a stream wrapper takes a checkpoint on every
-    call), on every backend. A read waits with ``anyio.wait_readable`` first (see
-    :meth:`_read`).
+    call), on every backend. A read waits first: on asyncio through a :class:`.LoopReader`,
+    which keeps the descriptor registered with the loop, elsewhere with
+    ``anyio.wait_readable`` (see :meth:`_read`).
     """
 
-    __slots__ = ("_cgroup", "_closed", "_errors", "_input", "_output", "_process")
+    __slots__ = ("_cgroup", "_closed", "_errors", "_input", "_output", "_process", "_readers")
 
     def __init__(
         self,
@@ -52,25 +55,43 @@ class _FdProcess(ProcessHandle):
         # None when stderr is merged into the output (at the OS level, in order).
         self._errors = errors
         self._closed = False
+        # On asyncio (uvloop included), the readers of the output and of a separate stderr.
+        # Made here, in the event loop the handle is used in.
+        self._readers: dict[int, LoopReader] | None = None
+        loop = anyio.lowlevel.current_token().native_token
+        if isinstance(loop, asyncio.AbstractEventLoop):
+            self._readers = {
+                fd: LoopReader(loop, fd, _READ_SIZE) for fd in (output, errors) if fd is not None
+            }
 
     @property
     def pid(self) -> int:
         return self._process.pid
 
     async def receive(self) -> bytes:
-        return await self._read(self._output)
+        return await self._read(self._output, eager=True)
+
+    async def receive_joined(self) -> bytes:
+        return await self._read(self._output, eager=False)
 
     async def receive_stderr(self) -> bytes:
         if self._errors is None:
             raise anyio.EndOfStream
-        return await self._read(self._errors)
+        return await self._read(self._errors, eager=True)
 
-    async def _read(self, fd: int) -> bytes:
+    async def _read(self, fd: int, *, eager: bool) -> bytes:
         # Wait, then read. When the reader comes back for more, the next output is rarely in
         # yet (the child needs a wake-up to answer): a read tried first mostly failed with
         # EAGAIN or, through a pty, took only the echo of the prompt just written, and cost
         # 4-8% more CPU per call from 8 callers on (benchmarks/README.md). Waiting first
         # also yields on every read, so that a flood cannot keep the other tasks from running.
+        if self._closed:
+            raise anyio.EndOfStream
+        readers = self._readers
+        if readers is not None:
+            return await readers[fd].receive(eager=eager)
+        # trio (one-shot epoll registrations, re-armed at each wait): wait, and read a pass
+        # after the wake-up, whichever way the caller asked.
         while True:
             if self._closed:
                 raise anyio.EndOfStream
@@ -82,18 +103,9 @@ class _FdProcess(ProcessHandle):
                 # Closed after the fd turned readable but before this task ran: notify_closing
                 # found no waiter to wake, and the fd number may belong to another file now.
                 raise anyio.EndOfStream
-            try:
-                data = os.read(fd, _READ_SIZE)
-            except BlockingIOError:
-                continue  # readable, then not (a spurious wake-up): wait again
-            except OSError as exc:
-                # Linux reports a hung-up pty (every slave fd closed) as EIO, BSD as b"".
-                if exc.errno == errno.EIO:
-                    raise anyio.EndOfStream from None
-                raise
-            if not data:
-                raise anyio.EndOfStream
-            return data
+            data = read_chunk(fd, _READ_SIZE)
+            if data is not None:
+                return data
 
     async def send(self, data: bytes) -> None:
         fd = self._input
@@ -139,6 +151,8 @@ class _FdProcess(ProcessHandle):
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
+            for reader in (self._readers or {}).values():
+                reader.close()  # out of the loop before the descriptor is closed
             for fd in {self._output, self._input, self._errors} - {None}:
                 assert fd is not None
                 # Wakes a task waiting on it (with ClosedResourceError) before it is reused.
