@@ -22,7 +22,7 @@ from aimcluster._base.request import Request
 from aimcluster._slot.exchange import Exchange
 from aimcluster._slot.framer import Frame
 from aimcluster._slot.outcomes import Desync
-from aimcluster._slot.process import EXITED, WAKE, Process
+from aimcluster._slot.process import EXITED, WAKE, Busy, Process
 from aimcluster.abc import ProcessHandle, Transport
 
 pytestmark = pytest.mark.anyio
@@ -53,6 +53,8 @@ class FakeHandle(ProcessHandle):
         self.sends = 0
         self.signals: list[int] = []
         self.closed = False
+        #: Which way each read was asked for (see ProcessHandle.receive_joined).
+        self.reads: list[str] = []
         self.print(b"> ")
 
     @property
@@ -79,6 +81,11 @@ class FakeHandle(ProcessHandle):
             self.respond(self, line.decode())
 
     async def receive(self) -> bytes:
+        self.reads.append("eager")
+        return await self._out_reader.receive()
+
+    async def receive_joined(self) -> bytes:
+        self.reads.append("joined")
         return await self._out_reader.receive()
 
     async def send(self, data: bytes) -> None:
@@ -168,7 +175,7 @@ class Owner:
 
 
 async def start(
-    spec: ToolSpec, owner: Owner, transport: FakeTransport | None = None
+    spec: ToolSpec, owner: Owner, transport: FakeTransport | None = None, busy: Busy | None = None
 ) -> tuple[Process, FakeHandle, Exchange]:
     transport = transport or FakeTransport()
     exchange = new_exchange(spec)
@@ -180,6 +187,7 @@ async def start(
         log=structlog.get_logger(),
         carry_on=owner.carry_on,
         interrupt=owner.interrupt,
+        busy=busy,
     )
     return process, transport.handles[-1], exchange
 
@@ -209,6 +217,27 @@ async def test_the_reader_hands_a_reply_to_the_task_unless_the_owner_carries_on(
         process.wake()  # nothing else is queued: the reply went no further than the owner
         assert await process.next_event() is WAKE
         assert owner.replies == 2
+    await process.terminate(graceful=False)
+
+
+async def test_the_reader_reads_joined_with_one_instance_busy_at_most() -> None:
+    """With one prompt in flight in the cluster, a reply is best read with its echo; with
+    more, as soon as output is readable. The count is the cluster's, kept by its instances."""
+    spec, owner, busy = tool(), Owner(), Busy()
+    process, handle, exchange = await start(spec, owner, busy=busy)
+    async with process.watched():
+        await process.next_event()  # the start-up prompt: read with nothing busy
+        for count, way in [(1, "joined"), (2, "eager"), (0, "joined"), (8, "eager")]:
+            busy.count = count
+            before = len(handle.reads)
+            request = write(process, exchange, way)
+            assert isinstance(await process.next_event(), Frame)
+            assert request.result().text == f"ok {way}"
+            # The read that took the reply was asked for before the count changed; the one
+            # after it, the reader's wait for more, is this count's.
+            await anyio.wait_all_tasks_blocked()
+            assert handle.reads[before:] == [way]
+    assert handle.reads[0] == "joined"
     await process.terminate(graceful=False)
 
 

@@ -114,6 +114,40 @@ async def test_the_reader_writes_each_next_prompt_and_the_task_writes_none(
     assert slot.instance.metrics().completed == 21
 
 
+async def test_the_busy_count_follows_the_prompt_in_flight_through_a_crash(slot_factory) -> None:
+    """The cluster's count of busy instances (which decides how readers read) goes up with a
+    prompt in flight and back down when it ends, however it ends."""
+    held: list[FakeHandle] = []
+
+    def respond(handle: FakeHandle, line: str) -> None:
+        if line == "hold":
+            held.append(handle)
+        elif line == "crash":
+            handle.exit(1)
+        else:
+            echo(handle, line)
+
+    slot = await slot_factory(respond=respond)
+    busy = slot.instance.busy
+    assert await slot.send("warm") == "ok warm"
+    await anyio.wait_all_tasks_blocked()
+    assert busy.count == 0
+    request = await slot.put("hold")
+    await anyio.wait_all_tasks_blocked()
+    assert busy.count == 1
+    held[0].print(b"ok late\n> ")
+    assert (await request.wait()).text == "ok late"
+    await anyio.wait_all_tasks_blocked()
+    assert busy.count == 0
+    request = await slot.put("crash")
+    with pytest.raises(InstanceCrashedError):
+        await request.wait()
+    await slot.transport.spawned(2)
+    assert await slot.send("after") == "ok after"
+    await anyio.wait_all_tasks_blocked()
+    assert busy.count == 0
+
+
 async def test_a_crash_mid_reply_fails_the_prompt_and_the_policy_restarts_it(slot_factory) -> None:
     def crashing(handle: FakeHandle, line: str) -> None:
         if line == "crash":

@@ -32,6 +32,7 @@ from .._base.request import Request, RequestState
 from .._base.routing import Router
 from .._base.statedir import resolve as resolve_state
 from .._slot.instance import Instance, InstanceState
+from .._slot.process import Busy
 from ..abc import Transport
 from .pool import PoolState, check_prompt
 
@@ -58,6 +59,8 @@ class Fleet:
     #: Every instance by index (a pool shrunk by scale() may leave a gap in a cluster of
     #: several pools, until another instance takes that index).
     by_index: dict[int, Instance] = attrs.field(factory=dict)
+    #: How many instances are busy, kept by the instances for their readers.
+    busy: Busy = attrs.field(factory=Busy)
     #: The cluster is shutting down: nothing is moved any more.
     closing: bool = False
     # Items queued with a failover wait: (due, order, item, pool name), earliest first, and
@@ -97,6 +100,7 @@ class Fleet:
             requeue=self.requeue,
             limiter=pool.limiter,
             clock=self.clock,
+            busy=self.busy,
             failover=self.on_failover if pool.name in self.fallback else None,
         )
         self.by_index[index] = instance

@@ -92,7 +92,7 @@ from .exchange import Exchange
 from .framer import Frame, clean_reply
 from .oneshot import OneshotExchange
 from .outcomes import BREAKDOWNS, Overflow
-from .process import EOF_GRACE, EXITED, WAKE, Event, Process
+from .process import EOF_GRACE, EXITED, WAKE, Busy, Event, Process
 from .upkeep import Upkeep
 
 if TYPE_CHECKING:
@@ -160,6 +160,8 @@ class Instance:
     #: limited), and whether it is held in a lease; returns whether it took the prompt over
     #: (moved it to another pool, or failed it so that its job can move).
     failover: Callable[[Request, bool], bool] | None = None
+    #: The cluster's count of busy instances, which this one's state changes keep.
+    busy: Busy = attrs.field(factory=Busy)
 
     state: InstanceState = attrs.field(init=False, default=InstanceState.STARTING)
     pid: int | None = attrs.field(init=False, default=None)
@@ -321,8 +323,13 @@ class Instance:
             self.restarts += 1
 
     def _set_state(self, state: InstanceState) -> None:
-        if state is not self.state:
+        old = self.state
+        if state is not old:
             self.state = state
+            if state is InstanceState.BUSY:
+                self.busy.count += 1
+            elif old is InstanceState.BUSY:
+                self.busy.count -= 1
             self.on_state(self)
 
     # -- one process ----------------------------------------------------------------------
@@ -451,6 +458,7 @@ class Instance:
             log=self.log,
             carry_on=self._replied,
             interrupt=self._interrupt,
+            busy=self.busy,
         )
         self._adopt(process)
         self._upkeep.start()

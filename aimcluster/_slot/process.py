@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ..abc import ProcessHandle, Transport
     from .exchange import Exchange
 
-__all__ = ["EXITED", "WAKE", "Event", "Process", "Signal"]
+__all__ = ["EXITED", "WAKE", "Busy", "Event", "Process", "Signal"]
 
 # After the process exits, how long its output may take to reach EOF. Only a grandchild that left
 # our process group (setsid) can hold the stream open past the group SIGKILL.
@@ -78,6 +78,16 @@ def _never() -> bool:
     return False
 
 
+@attrs.define(eq=False)
+class Busy:
+    """How many instances of a cluster are busy (a prompt in flight, or leased), shared by
+    them: kept by :meth:`Instance._set_state`, read by the readers. Only how a reader reads
+    depends on it (:meth:`ProcessHandle.receive_joined` at one at most), never what it reads.
+    """
+
+    count: int = 0
+
+
 def _nothing() -> None:
     pass
 
@@ -95,6 +105,8 @@ class Process:
     carry_on: Callable[[], bool] = _never
     #: The owner's task must wake wherever it waits (an exit, a breakdown while idle).
     interrupt: Callable[[], None] = _nothing
+    #: The cluster's busy instances: the reader reads joined at one at most.
+    busy: Busy = attrs.field(factory=Busy)
 
     #: Set by the exit watcher once the process is gone and its output read (or by terminate).
     exit_code: int | None = attrs.field(init=False, default=None)
@@ -123,6 +135,7 @@ class Process:
         log: structlog.typing.FilteringBoundLogger,
         carry_on: Callable[[], bool] = _never,
         interrupt: Callable[[], None] = _nothing,
+        busy: Busy | None = None,
     ) -> Process:
         """Start *spec*'s process for instance *index*; the exchange starts over with it.
 
@@ -140,7 +153,7 @@ class Process:
         plog = log.bind(instance=index, pid=handle.pid)
         exchange.reset(plog)
         plog.info("instance_started", argv=redact_argv(spec.argv), node=handle.node)
-        return cls(handle, spec, exchange, plog, carry_on, interrupt)
+        return cls(handle, spec, exchange, plog, carry_on, interrupt, busy or Busy())
 
     @property
     def pid(self) -> int | None:
@@ -173,12 +186,16 @@ class Process:
     async def _read(self, eof: anyio.Event) -> None:
         """The reader: output -> exchange -> event queue. Waits for the owner only with the
         queue full and a reply or a breakdown to hand over."""
-        exchange, handle = self.exchange, self.handle
+        exchange, handle, busy = self.exchange, self.handle, self.busy
         stall = self.spec.stall_timeout
         settle = exchange.settle
         try:
             while True:
                 data = b""
+                # With one prompt in flight at most, the event loop has a pass to spare, and a
+                # reply read with its echo saves a wake-up; with more, read as soon as output
+                # is readable (see ProcessHandle.receive_joined).
+                receive = handle.receive_joined if busy.count <= 1 else handle.receive
                 try:
                     if settle is not None and exchange.pending:
                         # The output ends with the prompt: the reply is complete unless more
@@ -187,9 +204,9 @@ class Process:
                         # than `settle` can end the reply before output that is already waiting
                         # is read (receive() yields first). A heuristic framing's limit.
                         with anyio.move_on_after(settle):
-                            data = await handle.receive()
+                            data = await receive()
                     else:
-                        data = await handle.receive()
+                        data = await receive()
                 except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
                     await self._hand_over(exchange.eof())
                     return
