@@ -42,7 +42,7 @@ class ProcessHandle(metaclass=ABCMeta):
         event loop after it turns readable, so that output following at once comes with it
         (a reply right behind the echo of its prompt, through a pty).
 
-        The slot asks for this while at most one prompt is in flight in the cluster, where a
+        The slot asks for this while at most one instance of the cluster is busy, where a
         second read and wake-up for the rest would cost more than the pass, and for
         :meth:`receive`, which may read as soon as the output is readable, otherwise. The
         default is :meth:`receive`.

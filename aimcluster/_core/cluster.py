@@ -129,16 +129,18 @@ class Cluster:
     async def _await_reply(self, request: Request) -> Reply:
         """Await the reply of *request*, whose prompt is queued or written.
 
-        A caller alone (no other send awaits a reply) on trio first gives the event loop one
-        pass: its prompt was written before this (unless it is queued), and a fast child's
-        reply is often in by the end of that pass, so the loop takes it without putting the
-        thread to sleep in the kernel and waking it again. Measured in turns on one cluster
-        of the closed-loop benchmark's child, one caller on trio: p50 11-18% lower and 6-19%
-        more calls/s, at the same CPU per call, on pipes and a PTY. Not on asyncio or uvloop,
-        where it gained nothing (0.91-1.04x the calls/s), nor with other callers awaiting,
-        where the pass is one more step each for nothing (8 callers: 10% fewer calls/s
-        through a PTY). One checkpoint, not a poll: the reply is taken as soon as its bytes
-        are read, whenever they come.
+        A caller alone (no other send awaits a reply) first gives the event loop one pass,
+        on trio, and on asyncio and uvloop when no pool runs its tool in a PTY: its prompt
+        was written before this (unless it is queued), and a fast child's reply is often in
+        by the end of that pass, so the loop takes it without putting the thread to sleep in
+        the kernel and waking it again. Measured on the closed-loop benchmark's child, one
+        caller: on trio, in turns on one cluster, p50 11-18% lower and 6-19% more calls/s,
+        at the same CPU per call, on pipes and a PTY; through pipes on uvloop, p50 0.94-0.95x
+        raw instead of 1.12-1.13x, and on asyncio 0.95-0.97x instead of 0.99-1.04x. Not
+        through a PTY on asyncio or uvloop, where the echo comes first, and the pass made
+        p50 5-9% higher. Nor with other callers awaiting, where the pass is one more step
+        each for nothing (8 callers: 10% fewer calls/s through a PTY). One checkpoint, not a
+        poll: the reply is taken as soon as its bytes are read, whenever they come.
         """
         self._awaiting += 1
         try:
@@ -169,7 +171,9 @@ class Cluster:
         # call: a prompt reads the clock three times, and send() waits on an event.
         self._clock = self._fleet.clock = token.backend_class.current_time
         self._new_event = token.backend_class.create_event
-        self._pass_first = _is_trio(token.native_token)
+        self._pass_first = _is_trio(token.native_token) or not any(
+            described.tool.pty for described in self._pool_specs
+        )
         async with AsyncExitStack() as stack:
             for described in self._pool_specs:
                 pool = pools[described.name] = PoolState.create(
