@@ -7,9 +7,13 @@ nothing else:
 
 - the caller makes a ``Request``, checks the prompt, has the child's ``Exchange`` encode it and
   book it as written, writes it, and awaits the request (with one pass of the loop first when
-  it is the only caller on trio, as ``Cluster.send`` does);
-- the reader feeds each chunk it reads to the ``Exchange``, which frames the reply (a PTY's
-  echo skipped), builds the ``Reply`` and resolves the request.
+  it is the only caller, where ``Cluster.send`` gives one: on trio, and on asyncio and uvloop
+  through pipes);
+- the reader reads as aimcluster's does (a PTY on asyncio and uvloop through the engine's
+  ``LoopReader``: in the loop's callback, or joined with one caller; pipes there through
+  anyio's streams, which are asyncio's transports; ``wait_readable`` on trio) and feeds each
+  chunk to the ``Exchange``, which frames the reply (a PTY's echo skipped), builds the
+  ``Reply`` and resolves the request.
 
 No routing, queue, supervision, instance state, metrics or restarts. Where ``floor`` is past
 1.3x raw, so is any implementation of this design that frames its replies and reads the way
@@ -18,9 +22,8 @@ raw does. The contenders run in turns on one case; figures as in ``bench_closedl
 ``--loop-reader`` (asyncio and uvloop, PTY) adds ``floor, loop reader``: the same floor,
 reading the PTY through the event loop's own read transport (``loop.connect_read_pipe`` and
 an ``asyncio.StreamReader``: the descriptor stays registered, and the loop reads it as soon
-as it is readable) instead of ``wait_readable`` and ``os.read`` at each read, which is how
-raw, raw + reader and aimcluster read a PTY. On pipes, asyncio's raw streams are that
-transport already.
+as it is readable), the experiment that led to ``LoopReader``. On pipes, asyncio's raw
+streams are that transport already.
 
     python benchmarks/floor_closedloop.py --backend uvloop --transport pty --callers 1
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -67,7 +71,7 @@ class _FloorChild:
         child: RawChild,
         spec: object,
         callers: list[int],
-        trio: bool,
+        pass_first: bool,
         receive: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
         # Private modules on purpose: the floor is the engine's own per-prompt code.
@@ -90,7 +94,7 @@ class _FloorChild:
         self._exchange.reset(log)
         self._child, self._spec = child, spec
         self._receive = child.receive if receive is None else receive
-        self._callers, self._trio = callers, trio  # callers awaiting, shared by the fleet
+        self._callers, self._pass = callers, pass_first  # callers awaiting, shared by the fleet
 
     async def request(self, line: str) -> str:
         request = self._request_type(prompt=line, key=None, target=None, deadline=None)
@@ -102,7 +106,7 @@ class _FloorChild:
         await self._child.send(data)
         self._callers[0] += 1
         try:
-            if self._trio and self._callers[0] == 1:
+            if self._pass and self._callers[0] == 1:
                 await anyio.lowlevel.checkpoint()
             return str((await request.wait()).text)
         finally:
@@ -137,21 +141,29 @@ def floor_contender(callers: int, calls: int, *, pty: bool, via_loop: bool = Fal
         spec = child_spec(pty=pty)
         # The engine's own test, so that the floor takes the pass exactly where send does.
         from aimcluster._core.cluster import _is_trio
+        from aimcluster._transport.loopread import LoopReader
 
-        trio = _is_trio(anyio.lowlevel.current_token().native_token)
+        loop = anyio.lowlevel.current_token().native_token
+        pass_first = _is_trio(loop) or not pty
         awaiting = [0]
         async with (
             raw_fleet(child_argv(), callers, pty=pty) as children,
             anyio.create_task_group() as tg,
         ):
-            floors, transports = [], []
+            floors, transports, readers = [], [], []
             for child in children:
                 receive = None
                 if via_loop:
                     assert child.pty_fd is not None
                     receive, transport = await loop_reader(child.pty_fd)
                     transports.append(transport)
-                floors.append(_FloorChild(child, spec, awaiting, trio, receive))
+                elif pty and isinstance(loop, asyncio.AbstractEventLoop):
+                    assert child.pty_fd is not None
+                    reader = LoopReader(loop, child.pty_fd, 65536)
+                    readers.append(reader)
+                    # aimcluster reads joined with at most one instance busy.
+                    receive = functools.partial(reader.receive, eager=callers > 1)
+                floors.append(_FloorChild(child, spec, awaiting, pass_first, receive))
             try:
                 for floor in floors:
                     tg.start_soon(floor.read)
@@ -162,6 +174,8 @@ def floor_contender(callers: int, calls: int, *, pty: bool, via_loop: bool = Fal
                 tg.cancel_scope.cancel()
                 for transport in transports:
                     transport.close()
+                for reader in readers:
+                    reader.close()
 
     return open_
 
