@@ -108,6 +108,34 @@ async def test_output_flood_does_not_grow_parent_memory_past_the_cap(cluster_fac
     assert (await cluster.send("after")).text == "echo: after"
 
 
+@pytest.mark.parametrize(
+    "anyio_backend",
+    [
+        pytest.param(("asyncio", {}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+        pytest.param(("trio", {}), id="trio"),
+    ],
+)
+async def test_a_flood_read_eagerly_is_capped_and_spoils_no_other_instance(
+    cluster_factory,
+) -> None:
+    """With another instance busy (leased), the flooding one's output is read in the event
+    loop's callback on asyncio and uvloop (see ProcessHandle.receive_joined): still capped,
+    still the flooding prompt's error alone, and the lease's instance goes on answering."""
+    spec = attrs.evolve(tools.mock(), max_reply_bytes=1 << 20)
+    cluster = await cluster_factory(spec, 2, restart=FAST_RESTART)
+    async with cluster.lease() as session:
+        assert (await session.send("held")).text == "echo: held"
+        before = _rss_kib()
+        with pytest.raises(aimcluster.ReplyTooLargeError) as info:
+            await cluster.send("/flood 100000000")
+        growth_kib = _rss_kib() - before
+        assert len(info.value.partial_output) <= 65536
+        assert growth_kib < 16 * 1024, f"parent grew by {growth_kib} KiB during a 100 MB flood"
+        assert (await session.send("still held")).text == "echo: still held"
+        assert (await cluster.send("after")).text == "echo: after"
+
+
 async def test_stalled_reply_is_killed_by_the_watchdog_and_restarted(cluster_factory) -> None:
     spec = attrs.evolve(tools.mock(), stall_timeout=0.3)
     cluster = await cluster_factory(spec, restart=FAST_RESTART)
