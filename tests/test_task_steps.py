@@ -19,7 +19,7 @@ import trio.lowlevel
 import aimcluster
 
 # A line tool with a fixed prompt: prompts go out as they are, with no framing of their own.
-_TOOL = """
+LINE_TOOL = """
 import sys
 sys.stdout.write("> ")
 sys.stdout.flush()
@@ -44,7 +44,9 @@ class _Steps(trio.abc.Instrument):
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 @pytest.mark.anyio
 async def test_plain_prompts_wake_only_the_reader_and_the_caller(anyio_backend: str) -> None:
-    spec = aimcluster.ToolSpec(name="plain", argv=[sys.executable, "-u", "-c", _TOOL], ready=r"> $")
+    spec = aimcluster.ToolSpec(
+        name="plain", argv=[sys.executable, "-u", "-c", LINE_TOOL], ready=r"> $"
+    )
     counter = _Steps()
     caller = trio.lowlevel.current_task()
     trio.lowlevel.add_instrument(counter)
@@ -79,7 +81,9 @@ async def test_plain_prompts_wake_only_the_reader_and_the_caller(anyio_backend: 
 @pytest.mark.anyio
 async def test_callers_that_are_not_alone_take_no_pass(anyio_backend: str) -> None:
     """With another send awaiting its reply, a send waits at once: one step per prompt."""
-    spec = aimcluster.ToolSpec(name="plain", argv=[sys.executable, "-u", "-c", _TOOL], ready=r"> $")
+    spec = aimcluster.ToolSpec(
+        name="plain", argv=[sys.executable, "-u", "-c", LINE_TOOL], ready=r"> $"
+    )
     counter = _Steps()
     # Prompts answered while both callers were at it: once one has finished, the other is
     # alone, and then rightly takes the pass.

@@ -21,6 +21,8 @@ from aimcluster import tools
 from aimcluster._transport.handle import _FdProcess
 from aimcluster._transport.loopread import LoopReader
 
+from .test_task_steps import LINE_TOOL
+
 pytestmark = pytest.mark.anyio
 
 INTERLEAVE = (
@@ -376,7 +378,7 @@ async def test_every_caller_gets_its_own_reply_on_asyncio_loops(pty: bool) -> No
         attrs.evolve(tools.python(), pty=True)
         if pty
         else aimcluster.ToolSpec(
-            name="echo", argv=[sys.executable, "-u", "-c", _ECHO_TOOL], ready=r"> $"
+            name="echo", argv=[sys.executable, "-u", "-c", LINE_TOOL], ready=r"> $"
         )
     )
     async with aimcluster.launch_cluster(spec, 4) as cluster:
@@ -401,13 +403,3 @@ async def test_every_caller_gets_its_own_reply_on_asyncio_loops(pty: bool) -> No
             for c in range(8):
                 tg.start_soon(caller, c)
         assert cluster._fleet.busy.count == 0
-
-
-_ECHO_TOOL = """
-import sys
-sys.stdout.write("> ")
-sys.stdout.flush()
-for line in sys.stdin:
-    sys.stdout.write("ok " + line + "> ")
-    sys.stdout.flush()
-"""
