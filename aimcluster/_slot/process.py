@@ -192,9 +192,9 @@ class Process:
         try:
             while True:
                 data = b""
-                # With one prompt in flight at most, the event loop has a pass to spare, and a
-                # reply read with its echo saves a wake-up; with more, read as soon as output
-                # is readable (see ProcessHandle.receive_joined).
+                # With one instance of the cluster busy at most, the event loop has a pass to
+                # spare, and a reply read with its echo saves a wake-up; with more, read as
+                # soon as output is readable (see ProcessHandle.receive_joined).
                 receive = handle.receive_joined if busy.count <= 1 else handle.receive
                 try:
                     if settle is not None and exchange.pending:
