@@ -311,21 +311,75 @@ async def test_a_joined_read_is_done_by_the_task_a_pass_after_the_wake_up() -> N
 async def test_a_chunk_read_for_a_cancelled_receive_goes_to_the_next() -> None:
     """The callback read a chunk for the waiting task, and the task was cancelled before it
     ran (asyncio's own cancellation; anyio's waits for the task to take what it was given).
-    The chunk must not be lost. The callback is run by hand to make that window."""
-    with loop_reader_on_a_pipe() as (reader, write_end):
-        task = asyncio.ensure_future(reader.receive(eager=True))
-        await anyio.wait_all_tasks_blocked()
-        reader._unregister()  # the loop must not run the callback itself
+    The chunk must not be lost, nor the end of the stream met in the callback. The callback
+    is run by hand to make that window."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    reader = LoopReader(asyncio.get_running_loop(), read_end, 1024)
+    try:
+
+        async def cancelled_after_the_callback() -> None:
+            task = asyncio.ensure_future(reader.receive(eager=True))
+            await anyio.wait_all_tasks_blocked()
+            reader._unregister()  # the loop must not run the callback itself
+            reader._ready()
+            assert reader._waiter is not None
+            assert reader._waiter.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
         os.write(write_end, b"read for nobody")
-        reader._ready()
-        assert reader._waiter is not None
-        assert reader._waiter.done()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancelled_after_the_callback()
         assert await reader.receive(eager=True) == b"read for nobody"
         os.write(write_end, b"next")
         assert await reader.receive(eager=True) == b"next"
+        os.close(write_end)
+        write_end = -1
+        await cancelled_after_the_callback()
+        with pytest.raises(anyio.EndOfStream):
+            await reader.receive(eager=True)
+    finally:
+        reader.close()
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+
+
+@on_asyncio_loops
+async def test_a_spurious_wake_up_leaves_the_receive_waiting() -> None:
+    """The loop reported the descriptor readable, but nothing was there to read."""
+    got: list[bytes] = []
+    with loop_reader_on_a_pipe() as (reader, write_end):
+
+        async def receive() -> None:
+            got.append(await reader.receive(eager=True))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(receive)
+            await anyio.wait_all_tasks_blocked()
+            reader._ready()  # nothing in the pipe: EAGAIN
+            assert reader._waiter is not None
+            assert not reader._waiter.done()
+            os.write(write_end, b"real")
+        assert got == [b"real"]
+
+
+@on_asyncio_loops
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "joined"])
+async def test_a_loop_reader_reports_a_hung_up_pty_as_the_end(eager: bool) -> None:
+    """Linux reports a pty whose every slave descriptor is closed as EIO: the end."""
+    master, slave = os.openpty()
+    os.set_blocking(master, False)
+    reader = LoopReader(asyncio.get_running_loop(), master, 1024)
+    try:
+        os.close(slave)
+        with pytest.raises(anyio.EndOfStream):
+            await reader.receive(eager=eager)
+        assert not reader._registered
+    finally:
+        reader.close()
+        os.close(master)
 
 
 @on_asyncio_loops
