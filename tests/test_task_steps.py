@@ -113,3 +113,42 @@ async def test_callers_that_are_not_alone_take_no_pass(anyio_backend: str) -> No
     # send took while the other had yet to. With a pass per prompt it would be twice.
     for task, prompts in answered.items():
         assert counter.steps[task] <= prompts + 5, (counter.steps[task], prompts)
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+@pytest.mark.anyio
+async def test_readers_take_no_pass_after_a_reply_with_other_instances_busy(
+    anyio_backend: str,
+) -> None:
+    """A reader gives the loop a pass after a reply only while at most one instance is busy:
+    with eight callers on eight instances, most replies are followed by a wait at once, so
+    the readers take well under two steps a prompt (output in, and the pass): 1.2 measured."""
+    spec = aimcluster.ToolSpec(
+        name="plain", argv=[sys.executable, "-u", "-c", LINE_TOOL], ready=r"> $"
+    )
+    callers = 8
+    counter = _Steps()
+    answered = 0
+
+    async def call(cluster: aimcluster.Cluster, name: str) -> None:
+        nonlocal answered
+        for n in range(PROMPTS):
+            assert (await cluster.send(f"{name}{n}")).text == f"ok {name}{n}"
+            if counter.counting:
+                answered += 1
+        counter.counting = False  # the first to finish ends the count: the rest are fewer
+
+    trio.lowlevel.add_instrument(counter)
+    try:
+        async with aimcluster.launch_cluster(spec, callers) as cluster:
+            for n in range(5):
+                await cluster.send(f"warm {n}")
+            counter.counting = True
+            async with trio.open_nursery() as nursery:
+                for c in range(callers):
+                    nursery.start_soon(call, cluster, f"c{c}-")
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    readers = sum(steps for task, steps in counter.steps.items() if task.name.endswith("._read"))
+    assert answered >= callers * PROMPTS // 2, answered
+    assert readers <= 1.6 * answered, (readers, answered)
