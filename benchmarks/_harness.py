@@ -93,10 +93,14 @@ class RawChild:
         receive: Callable[[], Awaitable[bytes]],
         close: Callable[[], Awaitable[None]],
         pty_fd: int | None = None,
+        read_fd: int | None = None,
     ) -> None:
         self.process = process
         #: The parent's end of the child's PTY; None for pipes.
         self.pty_fd = pty_fd
+        #: The descriptor its output is read from, where it is one of ours (a PTY's master, or
+        #: pipes opened with ``fd_pipes``); None behind anyio's streams.
+        self.read_fd = read_fd
         self._send = send
         self._receive = receive
         self._close = close
@@ -155,12 +159,14 @@ async def _open_pipe_child(argv: list[str]) -> RawChild:
     return RawChild(process, stdin.send, stdout.receive, close)
 
 
-class _PtyMaster:
-    """The parent's end of a PTY, read with wait_readable + a non-blocking os.read."""
+class _FdEnds:
+    """The parent's ends of a child's input and output, file descriptors of our own (a PTY's
+    master is both), read with wait_readable + a non-blocking os.read."""
 
-    def __init__(self, fd: int) -> None:
-        os.set_blocking(fd, False)
-        self.fd = fd
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        for fd in {read_fd, write_fd}:
+            os.set_blocking(fd, False)
+        self.fd, self.write_fd = read_fd, write_fd
 
     async def receive(self) -> bytes:
         while True:
@@ -182,16 +188,18 @@ class _PtyMaster:
         view = memoryview(data)
         while view:
             try:
-                view = view[os.write(self.fd, view) :]
+                view = view[os.write(self.write_fd, view) :]
             except BlockingIOError:
-                await anyio.wait_writable(self.fd)
+                await anyio.wait_writable(self.write_fd)
 
     async def aclose(self) -> None:
         if self.fd >= 0:
-            # Closing the master hangs up the child's terminal: its read ends.
-            anyio.notify_closing(self.fd)
-            os.close(self.fd)
-            self.fd = -1
+            # Closing the master hangs up the child's terminal (closing its input pipe, EOF):
+            # its read ends.
+            for fd in {self.fd, self.write_fd}:
+                anyio.notify_closing(fd)
+                os.close(fd)
+            self.fd = self.write_fd = -1
 
 
 async def _open_pty_child(argv: list[str]) -> RawChild:
@@ -206,13 +214,38 @@ async def _open_pty_child(argv: list[str]) -> RawChild:
     finally:
         # The child has its own copies; ours would keep the PTY from hanging up.
         os.close(slave)
-    pty = _PtyMaster(master)
-    return RawChild(process, pty.send, pty.receive, pty.aclose, pty_fd=master)
+    pty = _FdEnds(master, master)
+    return RawChild(process, pty.send, pty.receive, pty.aclose, pty_fd=master, read_fd=master)
 
 
-async def spawn_raw(argv: list[str], *, pty: bool = False) -> RawChild:
-    """Start one child and return once it shows its first prompt."""
-    child = await (_open_pty_child(argv) if pty else _open_pipe_child(argv))
+async def _open_fd_pipe_child(argv: list[str]) -> RawChild:
+    """Pipes whose parent ends are plain descriptors (no stream or transport on them), for a
+    contender that reads them its own way (``RawChild.read_fd``)."""
+    child_in, ours_in = os.pipe()
+    ours_out, child_out = os.pipe()
+    try:
+        process = await anyio.open_process(
+            argv, stdin=child_in, stdout=child_out, stderr=DEVNULL, start_new_session=True
+        )
+    except BaseException:
+        os.close(ours_in)
+        os.close(ours_out)
+        raise
+    finally:
+        os.close(child_in)
+        os.close(child_out)
+    ends = _FdEnds(ours_out, ours_in)
+    return RawChild(process, ends.send, ends.receive, ends.aclose, read_fd=ours_out)
+
+
+async def spawn_raw(argv: list[str], *, pty: bool = False, fd_pipes: bool = False) -> RawChild:
+    """Start one child and return once it shows its first prompt. *fd_pipes*: pipes with no
+    anyio stream on our ends (see :func:`_open_fd_pipe_child`)."""
+    if pty:
+        opening = _open_pty_child(argv)
+    else:
+        opening = _open_fd_pipe_child(argv) if fd_pipes else _open_pipe_child(argv)
+    child = await opening
     try:
         await child.read_prompt()
     except BaseException:
@@ -229,13 +262,13 @@ async def close_all(children: Sequence[RawChild]) -> None:
 
 @asynccontextmanager
 async def raw_fleet(
-    argv: list[str], count: int, *, pty: bool = False
+    argv: list[str], count: int, *, pty: bool = False, fd_pipes: bool = False
 ) -> AsyncIterator[list[RawChild]]:
     """``count`` children started concurrently, all past their first prompt."""
     children: list[RawChild] = []
 
     async def start_one() -> None:
-        children.append(await spawn_raw(argv, pty=pty))
+        children.append(await spawn_raw(argv, pty=pty, fd_pipes=fd_pipes))
 
     try:
         async with anyio.create_task_group() as tg:

@@ -9,15 +9,16 @@ nothing else:
   book it as written, writes it, and awaits the request (with one pass of the loop first when
   it is the only caller, where ``Cluster.send`` gives one: on trio, and on asyncio and uvloop
   through pipes);
-- the reader reads as aimcluster's does (a PTY on asyncio and uvloop through the engine's
-  ``LoopReader``: in the loop's callback, or joined with one caller; pipes there through
-  anyio's streams, which are asyncio's transports; ``wait_readable`` on trio) and feeds each
-  chunk to the ``Exchange``, which frames the reply (a PTY's echo skipped), builds the
-  ``Reply`` and resolves the request.
+- the reader reads as aimcluster's does, from plain descriptors (a PTY's master, or pipes
+  with no anyio stream on them): on asyncio and uvloop through the engine's ``LoopReader``,
+  in the loop's callback, or joined with one caller; on trio with ``wait_readable`` and
+  ``os.read``. It feeds each chunk to the ``Exchange``, which frames the reply (a PTY's echo
+  skipped), builds the ``Reply`` and resolves the request; with one caller it then gives the
+  loop a pass, as aimcluster's reader does with at most one instance busy.
 
 No routing, queue, supervision, instance state, metrics or restarts. Where ``floor`` is past
 1.3x raw, so is any implementation of this design that frames its replies and reads the way
-raw does. The contenders run in turns on one case; figures as in ``bench_closedloop``.
+aimcluster does. The contenders run in turns on one case; figures as in ``bench_closedloop``.
 
 ``--loop-reader`` (asyncio and uvloop, PTY) adds ``floor, loop reader``: the same floor,
 reading the PTY through the event loop's own read transport (``loop.connect_read_pipe`` and
@@ -25,7 +26,7 @@ an ``asyncio.StreamReader``: the descriptor stays registered, and the loop reads
 as it is readable), the experiment that led to ``LoopReader``. On pipes, asyncio's raw
 streams are that transport already.
 
-    python benchmarks/floor_closedloop.py --backend uvloop --transport pty --callers 1
+    python benchmarks/floor_closedloop.py --backend uvloop --transport pipe --callers 8
 """
 
 from __future__ import annotations
@@ -112,10 +113,12 @@ class _FloorChild:
         finally:
             self._callers[0] -= 1
 
-    async def read(self) -> None:
+    async def read(self, alone: bool) -> None:
         while True:
-            if self._exchange.feed(await self._receive()):
-                await anyio.lowlevel.checkpoint()  # as aimcluster's reader does after a reply
+            # A pass after a reply, as aimcluster's reader gives one with at most one instance
+            # busy: here, with one caller.
+            if self._exchange.feed(await self._receive()) and alone:
+                await anyio.lowlevel.checkpoint()
 
 
 async def loop_reader(fd: int) -> tuple[Callable[[], Awaitable[bytes]], asyncio.BaseTransport]:
@@ -147,7 +150,8 @@ def floor_contender(callers: int, calls: int, *, pty: bool, via_loop: bool = Fal
         pass_first = _is_trio(loop) or not pty
         awaiting = [0]
         async with (
-            raw_fleet(child_argv(), callers, pty=pty) as children,
+            # Pipes as aimcluster's: plain descriptors, read its way, not anyio's streams.
+            raw_fleet(child_argv(), callers, pty=pty, fd_pipes=not via_loop) as children,
             anyio.create_task_group() as tg,
         ):
             floors, transports, readers = [], [], []
@@ -157,16 +161,16 @@ def floor_contender(callers: int, calls: int, *, pty: bool, via_loop: bool = Fal
                     assert child.pty_fd is not None
                     receive, transport = await loop_reader(child.pty_fd)
                     transports.append(transport)
-                elif pty and isinstance(loop, asyncio.AbstractEventLoop):
-                    assert child.pty_fd is not None
-                    reader = LoopReader(loop, child.pty_fd, 65536)
+                elif isinstance(loop, asyncio.AbstractEventLoop):
+                    assert child.read_fd is not None
+                    reader = LoopReader(loop, child.read_fd, 65536)
                     readers.append(reader)
                     # aimcluster reads joined with at most one instance busy.
                     receive = functools.partial(reader.receive, eager=callers > 1)
                 floors.append(_FloorChild(child, spec, awaiting, pass_first, receive))
             try:
                 for floor in floors:
-                    tg.start_soon(floor.read)
+                    tg.start_soon(floor.read, callers == 1)
                 yield bench_closedloop.closedloop_step([f.request for f in floors], calls)
             finally:
                 # The readers wait on their children for ever: stop them before the fleet
