@@ -202,20 +202,37 @@ class _FdEnds:
             self.fd = self.write_fd = -1
 
 
-async def _open_pty_child(argv: list[str]) -> RawChild:
-    master, slave = os.openpty()
+async def _open_fd_child(
+    argv: list[str],
+    *,
+    ours: tuple[int, int],
+    theirs: tuple[int, int, int],
+    pty_fd: int | None = None,
+) -> RawChild:
+    """Start *argv* on *theirs* (its stdin, stdout, stderr), with *ours* (read, write) as the
+    parent's ends, plain descriptors read with wait_readable."""
     try:
         process = await anyio.open_process(
-            argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+            argv, stdin=theirs[0], stdout=theirs[1], stderr=theirs[2], start_new_session=True
         )
     except BaseException:
-        os.close(master)
+        for fd in set(ours):
+            os.close(fd)
         raise
     finally:
-        # The child has its own copies; ours would keep the PTY from hanging up.
-        os.close(slave)
-    pty = _FdEnds(master, master)
-    return RawChild(process, pty.send, pty.receive, pty.aclose, pty_fd=master, read_fd=master)
+        # The child has its own copies; ours would keep its input from ending (a pipe's EOF,
+        # a PTY's hang-up).
+        for fd in set(theirs) - {DEVNULL}:
+            os.close(fd)
+    ends = _FdEnds(*ours)
+    return RawChild(process, ends.send, ends.receive, ends.aclose, pty_fd=pty_fd, read_fd=ours[0])
+
+
+async def _open_pty_child(argv: list[str]) -> RawChild:
+    master, slave = os.openpty()
+    return await _open_fd_child(
+        argv, ours=(master, master), theirs=(slave, slave, slave), pty_fd=master
+    )
 
 
 async def _open_fd_pipe_child(argv: list[str]) -> RawChild:
@@ -223,19 +240,9 @@ async def _open_fd_pipe_child(argv: list[str]) -> RawChild:
     contender that reads them its own way (``RawChild.read_fd``)."""
     child_in, ours_in = os.pipe()
     ours_out, child_out = os.pipe()
-    try:
-        process = await anyio.open_process(
-            argv, stdin=child_in, stdout=child_out, stderr=DEVNULL, start_new_session=True
-        )
-    except BaseException:
-        os.close(ours_in)
-        os.close(ours_out)
-        raise
-    finally:
-        os.close(child_in)
-        os.close(child_out)
-    ends = _FdEnds(ours_out, ours_in)
-    return RawChild(process, ends.send, ends.receive, ends.aclose, read_fd=ours_out)
+    return await _open_fd_child(
+        argv, ours=(ours_out, ours_in), theirs=(child_in, child_out, DEVNULL)
+    )
 
 
 async def spawn_raw(argv: list[str], *, pty: bool = False, fd_pipes: bool = False) -> RawChild:
