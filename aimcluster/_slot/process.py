@@ -82,7 +82,8 @@ def _never() -> bool:
 class Busy:
     """How many instances of a cluster are busy (a prompt in flight, or leased), shared by
     them: kept by :meth:`Instance._set_state`, read by the readers. Only how a reader reads
-    depends on it (:meth:`ProcessHandle.receive_joined` at one at most), never what it reads.
+    depends on it (:meth:`ProcessHandle.receive_joined`, and a pass after a reply, at one at
+    most), never what it reads: a count that drifted would cost speed, not a reply.
     """
 
     count: int = 0
@@ -105,7 +106,8 @@ class Process:
     carry_on: Callable[[], bool] = _never
     #: The owner's task must wake wherever it waits (an exit, a breakdown while idle).
     interrupt: Callable[[], None] = _nothing
-    #: The cluster's busy instances: the reader reads joined at one at most.
+    #: The cluster's busy instances: at one at most, the reader reads joined and gives the
+    #: loop a pass after a reply.
     busy: Busy = attrs.field(factory=Busy)
 
     #: Set by the exit watcher once the process is gone and its output read (or by terminate).
