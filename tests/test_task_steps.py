@@ -41,17 +41,47 @@ class _Steps(trio.abc.Instrument):
             self.steps[task] += 1
 
 
+# The line tool as a spec: a prompt ends at the fixed prompt, with no framing of its own.
+PLAIN = aimcluster.ToolSpec(
+    name="plain", argv=[sys.executable, "-u", "-c", LINE_TOOL], ready=r"> $"
+)
+
+
+async def _callers_at_it(counter: _Steps, callers: int) -> Counter[trio.lowlevel.Task]:
+    """Run *callers* tasks each sending PROMPTS prompts in a loop, on as many instances,
+    with *counter* counting from the warm-up's end until the first caller is done (then the
+    others are no longer all at it); return the prompts each caller had answered by then."""
+    answered: Counter[trio.lowlevel.Task] = Counter()
+
+    async def call(cluster: aimcluster.Cluster, name: str) -> None:
+        for n in range(PROMPTS):
+            assert (await cluster.send(f"{name}{n}")).text == f"ok {name}{n}"
+            if counter.counting:
+                answered[trio.lowlevel.current_task()] += 1
+        counter.counting = False
+
+    trio.lowlevel.add_instrument(counter)
+    try:
+        async with aimcluster.launch_cluster(PLAIN, callers) as cluster:
+            for n in range(5):
+                await cluster.send(f"warm {n}")
+            counter.counting = True
+            async with trio.open_nursery() as nursery:
+                for c in range(callers):
+                    nursery.start_soon(call, cluster, f"c{c}-")
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    return answered
+
+
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 @pytest.mark.anyio
 async def test_plain_prompts_wake_only_the_reader_and_the_caller(anyio_backend: str) -> None:
-    spec = aimcluster.ToolSpec(
-        name="plain", argv=[sys.executable, "-u", "-c", LINE_TOOL], ready=r"> $"
-    )
     counter = _Steps()
     caller = trio.lowlevel.current_task()
     trio.lowlevel.add_instrument(counter)
     try:
-        async with aimcluster.launch_cluster(spec, 1) as cluster:
+        async with aimcluster.launch_cluster(PLAIN, 1) as cluster:
             for n in range(5):  # warm-up: the slot reaches its idle loop
                 await cluster.send(f"warm {n}")
             counter.counting = True
@@ -81,32 +111,10 @@ async def test_plain_prompts_wake_only_the_reader_and_the_caller(anyio_backend: 
 @pytest.mark.anyio
 async def test_callers_that_are_not_alone_take_no_pass(anyio_backend: str) -> None:
     """With another send awaiting its reply, a send waits at once: one step per prompt."""
-    spec = aimcluster.ToolSpec(
-        name="plain", argv=[sys.executable, "-u", "-c", LINE_TOOL], ready=r"> $"
-    )
     counter = _Steps()
     # Prompts answered while both callers were at it: once one has finished, the other is
     # alone, and then rightly takes the pass.
-    answered: Counter[trio.lowlevel.Task] = Counter()
-
-    async def call(cluster: aimcluster.Cluster, name: str) -> None:
-        for n in range(PROMPTS):
-            assert (await cluster.send(f"{name}{n}")).text == f"ok {name}{n}"
-            if counter.counting:
-                answered[trio.lowlevel.current_task()] += 1
-        counter.counting = False
-
-    trio.lowlevel.add_instrument(counter)
-    try:
-        async with aimcluster.launch_cluster(spec, 2) as cluster:
-            for n in range(5):
-                await cluster.send(f"warm {n}")
-            counter.counting = True
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(call, cluster, "a")
-                nursery.start_soon(call, cluster, "b")
-    finally:
-        trio.lowlevel.remove_instrument(counter)
+    answered = await _callers_at_it(counter, 2)
     assert len(answered) == 2, answered
     assert min(answered.values()) >= PROMPTS // 4, answered  # both were at it
     # Each ran once per prompt (its reply is in), plus its start and the pass the first to
@@ -123,32 +131,9 @@ async def test_readers_take_no_pass_after_a_reply_with_other_instances_busy(
     """A reader gives the loop a pass after a reply only while at most one instance is busy:
     with eight callers on eight instances, most replies are followed by a wait at once, so
     the readers take well under two steps a prompt (output in, and the pass): 1.2 measured."""
-    spec = aimcluster.ToolSpec(
-        name="plain", argv=[sys.executable, "-u", "-c", LINE_TOOL], ready=r"> $"
-    )
     callers = 8
     counter = _Steps()
-    answered = 0
-
-    async def call(cluster: aimcluster.Cluster, name: str) -> None:
-        nonlocal answered
-        for n in range(PROMPTS):
-            assert (await cluster.send(f"{name}{n}")).text == f"ok {name}{n}"
-            if counter.counting:
-                answered += 1
-        counter.counting = False  # the first to finish ends the count: the rest are fewer
-
-    trio.lowlevel.add_instrument(counter)
-    try:
-        async with aimcluster.launch_cluster(spec, callers) as cluster:
-            for n in range(5):
-                await cluster.send(f"warm {n}")
-            counter.counting = True
-            async with trio.open_nursery() as nursery:
-                for c in range(callers):
-                    nursery.start_soon(call, cluster, f"c{c}-")
-    finally:
-        trio.lowlevel.remove_instrument(counter)
+    answered = sum((await _callers_at_it(counter, callers)).values())
     readers = sum(steps for task, steps in counter.steps.items() if task.name.endswith("._read"))
     assert answered >= callers * PROMPTS // 2, answered
     assert readers <= 1.6 * answered, (readers, answered)
