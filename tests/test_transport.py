@@ -248,24 +248,43 @@ on_asyncio_loops = pytest.mark.parametrize(
 )
 
 
+class _Pipe:
+    """A new pipe: a LoopReader on its read end, and its write end."""
+
+    def __init__(self) -> None:
+        self._read_end, self._write_end = os.pipe()
+        os.set_blocking(self._read_end, False)
+        self.reader = LoopReader(asyncio.get_running_loop(), self._read_end, 1024)
+
+    def write(self, data: bytes) -> None:
+        os.write(self._write_end, data)
+
+    def hang_up(self) -> None:
+        """Close the write end: once what was written is read, the reader meets the end."""
+        os.close(self._write_end)
+        self._write_end = -1
+
+    def close(self) -> None:
+        self.reader.close()
+        os.close(self._read_end)
+        if self._write_end >= 0:
+            os.close(self._write_end)
+
+
 @contextlib.contextmanager
-def loop_reader_on_a_pipe() -> Iterator[tuple[LoopReader, int]]:
-    """A LoopReader on the read end of a new pipe, and the write end."""
-    read_end, write_end = os.pipe()
-    os.set_blocking(read_end, False)
-    reader = LoopReader(asyncio.get_running_loop(), read_end, 1024)
+def loop_reader_on_a_pipe() -> Iterator[tuple[LoopReader, _Pipe]]:
+    """A LoopReader on the read end of a new pipe, and the pipe."""
+    pipe = _Pipe()
     try:
-        yield reader, write_end
+        yield pipe.reader, pipe
     finally:
-        reader.close()
-        os.close(read_end)
-        os.close(write_end)
+        pipe.close()
 
 
 @on_asyncio_loops
 async def test_an_eager_read_keeps_the_descriptor_registered_between_reads() -> None:
     got: list[bytes] = []
-    with loop_reader_on_a_pipe() as (reader, write_end):
+    with loop_reader_on_a_pipe() as (reader, pipe):
 
         async def receive() -> None:
             got.append(await reader.receive(eager=True))
@@ -274,19 +293,19 @@ async def test_an_eager_read_keeps_the_descriptor_registered_between_reads() -> 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(receive)
                 await anyio.wait_all_tasks_blocked()
-                os.write(write_end, b"chunk %d" % n)
+                pipe.write(b"chunk %d" % n)
             assert got[-1] == b"chunk %d" % n
             assert reader._registered  # read in the loop's callback, and still registered
 
 
 @on_asyncio_loops
 async def test_output_nobody_waits_for_stays_in_the_kernel_and_is_read_later() -> None:
-    with loop_reader_on_a_pipe() as (reader, write_end):
-        os.write(write_end, b"first")
+    with loop_reader_on_a_pipe() as (reader, pipe):
+        pipe.write(b"first")
         assert await reader.receive(eager=True) == b"first"
         # Nobody waits now: the loop reports the pipe readable once, and the callback takes
         # it out of the loop rather than spin on it or read what no task would get.
-        os.write(write_end, b"second")
+        pipe.write(b"second")
         with anyio.fail_after(5):
             while reader._registered:
                 await anyio.lowlevel.checkpoint()
@@ -298,12 +317,12 @@ async def test_output_nobody_waits_for_stays_in_the_kernel_and_is_read_later() -
 
 @on_asyncio_loops
 async def test_a_joined_read_is_done_by_the_task_a_pass_after_the_wake_up() -> None:
-    with loop_reader_on_a_pipe() as (reader, write_end):
-        os.write(write_end, b"echo")
+    with loop_reader_on_a_pipe() as (reader, pipe):
+        pipe.write(b"echo")
         assert await reader.receive(eager=False) == b"echo"
         # As anyio.wait_readable: registered for the wait only.
         assert not reader._registered
-        os.write(write_end, b"then eager")
+        pipe.write(b"then eager")
         assert await reader.receive(eager=True) == b"then eager"
 
 
@@ -313,10 +332,7 @@ async def test_a_chunk_read_for_a_cancelled_receive_goes_to_the_next() -> None:
     ran (asyncio's own cancellation; anyio's waits for the task to take what it was given).
     The chunk must not be lost, nor the end of the stream met in the callback. The callback
     is run by hand to make that window."""
-    read_end, write_end = os.pipe()
-    os.set_blocking(read_end, False)
-    reader = LoopReader(asyncio.get_running_loop(), read_end, 1024)
-    try:
+    with loop_reader_on_a_pipe() as (reader, pipe):
 
         async def cancelled_after_the_callback() -> None:
             task = asyncio.ensure_future(reader.receive(eager=True))
@@ -329,28 +345,22 @@ async def test_a_chunk_read_for_a_cancelled_receive_goes_to_the_next() -> None:
             with pytest.raises(asyncio.CancelledError):
                 await task
 
-        os.write(write_end, b"read for nobody")
+        pipe.write(b"read for nobody")
         await cancelled_after_the_callback()
         assert await reader.receive(eager=True) == b"read for nobody"
-        os.write(write_end, b"next")
+        pipe.write(b"next")
         assert await reader.receive(eager=True) == b"next"
-        os.close(write_end)
-        write_end = -1
+        pipe.hang_up()
         await cancelled_after_the_callback()
         with pytest.raises(anyio.EndOfStream):
             await reader.receive(eager=True)
-    finally:
-        reader.close()
-        os.close(read_end)
-        if write_end >= 0:
-            os.close(write_end)
 
 
 @on_asyncio_loops
 async def test_a_spurious_wake_up_leaves_the_receive_waiting() -> None:
     """The loop reported the descriptor readable, but nothing was there to read."""
     got: list[bytes] = []
-    with loop_reader_on_a_pipe() as (reader, write_end):
+    with loop_reader_on_a_pipe() as (reader, pipe):
 
         async def receive() -> None:
             got.append(await reader.receive(eager=True))
@@ -361,7 +371,7 @@ async def test_a_spurious_wake_up_leaves_the_receive_waiting() -> None:
             reader._ready()  # nothing in the pipe: EAGAIN
             assert reader._waiter is not None
             assert not reader._waiter.done()
-            os.write(write_end, b"real")
+            pipe.write(b"real")
         assert got == [b"real"]
 
 
@@ -384,7 +394,7 @@ async def test_a_loop_reader_reports_a_hung_up_pty_as_the_end(eager: bool) -> No
 
 @on_asyncio_loops
 async def test_closing_a_loop_reader_ends_its_wait_and_leaves_the_loop() -> None:
-    with loop_reader_on_a_pipe() as (reader, write_end):
+    with loop_reader_on_a_pipe() as (reader, pipe):
         ended: list[type[BaseException]] = []
 
         async def receive() -> None:
@@ -400,7 +410,7 @@ async def test_closing_a_loop_reader_ends_its_wait_and_leaves_the_loop() -> None
         assert ended == [anyio.EndOfStream]
         assert not reader._registered
         # Not read after close, even with output waiting.
-        os.write(write_end, b"late")
+        pipe.write(b"late")
         with pytest.raises(anyio.EndOfStream):
             await reader.receive(eager=True)
 
@@ -408,19 +418,13 @@ async def test_closing_a_loop_reader_ends_its_wait_and_leaves_the_loop() -> None
 @on_asyncio_loops
 @pytest.mark.parametrize("eager", [True, False], ids=["eager", "joined"])
 async def test_a_loop_reader_reports_the_end_of_the_stream(eager: bool) -> None:
-    read_end, write_end = os.pipe()
-    os.set_blocking(read_end, False)
-    reader = LoopReader(asyncio.get_running_loop(), read_end, 1024)
-    try:
-        os.write(write_end, b"last")
-        os.close(write_end)
+    with loop_reader_on_a_pipe() as (reader, pipe):
+        pipe.write(b"last")
+        pipe.hang_up()
         assert await reader.receive(eager=eager) == b"last"
         with pytest.raises(anyio.EndOfStream):
             await reader.receive(eager=eager)
         assert not reader._registered  # a hung-up descriptor stays readable: not in the loop
-    finally:
-        reader.close()
-        os.close(read_end)
 
 
 @on_asyncio_loops
