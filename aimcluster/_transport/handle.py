@@ -85,8 +85,6 @@ class _FdProcess(ProcessHandle):
         # EAGAIN or, through a pty, took only the echo of the prompt just written, and cost
         # 4-8% more CPU per call from 8 callers on (benchmarks/README.md). Waiting first
         # also yields on every read, so that a flood cannot keep the other tasks from running.
-        if self._closed:
-            raise anyio.EndOfStream
         readers = self._readers
         if readers is not None:
             return await readers[fd].receive(eager=eager)

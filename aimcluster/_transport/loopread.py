@@ -73,14 +73,14 @@ class LoopReader:
         :raises anyio.EndOfStream: at the end of the stream, or once :meth:`close` was called
         """
         while True:
+            if self._closed:
+                raise anyio.EndOfStream
             carried = self._carried
             if carried is not None:
                 self._carried = None
                 if isinstance(carried, BaseException):
                     raise carried
                 return carried
-            if self._closed:
-                raise anyio.EndOfStream
             loop = self._loop
             self._eager = eager
             if not self._registered:
