@@ -113,7 +113,7 @@ class RawChild:
         return bytes(buffer)
 
     async def request(self, line: str) -> str:
-        await self._send(line.encode() + b"\n")
+        await self.write_line(line)
         return (await self.read_prompt()).decode()
 
     async def send(self, data: bytes) -> None:
