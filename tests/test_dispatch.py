@@ -630,6 +630,48 @@ async def test_an_idle_instance_is_offered_an_item_and_gets_it_either_way(takes:
         await dispatcher.put(Item("b"))
 
 
+async def test_has_room_says_whether_put_would_queue_at_once() -> None:
+    # The cluster queues a prompt with put_nowait() where has_room says put() would not wait:
+    # never past max_pending, never ahead of a producer in line, never once closed.
+    dispatcher = Dispatcher(1, max_pending=2)
+    assert dispatcher.has_room
+    dispatcher.put_nowait(Item("a"))
+    assert dispatcher.has_room
+    dispatcher.put_nowait(Item("b"))
+    assert not dispatcher.has_room  # full
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dispatcher.put, Item("c"))
+        await anyio.wait_all_tasks_blocked()
+        assert await dispatcher.get(0) is not None  # a slot frees: "c" is granted it
+        assert not dispatcher.has_room
+        assert await dispatcher.get(0) is not None  # "b"; "c" is queued now
+        assert dispatcher.has_room
+    dispatcher.close()
+    assert not dispatcher.has_room
+
+
+async def test_an_item_an_idle_instance_takes_at_once_holds_no_slot() -> None:
+    # Taken by an offer, an item never waits in a queue: it takes no slot, and one it holds
+    # from a wait in put() is freed as it is taken.
+    dispatcher = Dispatcher(1, max_pending=1)
+    taken = Item("taken")
+    assert dispatcher.park(0, lambda item: True, lambda: None)
+    dispatcher.put_nowait(taken)
+    assert not taken.holds_slot
+    assert dispatcher.queued() == 0
+    dispatcher.put_nowait(Item("queued"))  # the one slot
+    assert not dispatcher.has_room
+    waiter = Item("waited")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dispatcher.put, waiter)
+        await anyio.wait_all_tasks_blocked()
+        assert await dispatcher.get(0) is not None  # the slot goes to the waiting put()
+        assert dispatcher.park(0, lambda item: True, lambda: None)
+    assert not waiter.holds_slot  # offered, taken, and its slot freed
+    assert dispatcher.queued() == 0
+    assert dispatcher.has_room
+
+
 async def test_an_offer_never_lets_an_item_jump_the_queue() -> None:
     dispatcher = Dispatcher(2, max_pending=10)
     first = Item("first")

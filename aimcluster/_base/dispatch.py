@@ -98,18 +98,16 @@ class Dispatcher:
 
         Producers that wait get room in the order they came.
         """
+        if self.has_room:
+            # The usual case: no pass of the event loop on the hot path.
+            self.put_nowait(item)
+            return False
         if self._closed:
             raise ClusterClosedError("the cluster is shut down")
-        waited = False
-        if self._waiting or self._pending >= self._max_pending:
-            await self._wait_for_slot()
-            waited = True
-            if self._closed:
-                self._pending -= 1
-                raise ClusterClosedError("the cluster is shut down")
-        else:
-            # With room (the usual case) no pass of the event loop on the hot path.
-            self._pending += 1
+        await self._wait_for_slot()
+        if self._closed:
+            self._pending -= 1
+            raise ClusterClosedError("the cluster is shut down")
         item.holds_slot = True
         if item.target is not None and item.target >= len(self._private):
             # Its instance was scaled away while we waited for room.
@@ -120,7 +118,14 @@ class Dispatcher:
                 )
             item.target = None
         self.put_nowait(item)
-        return waited
+        return True
+
+    @property
+    def has_room(self) -> bool:
+        """Whether :meth:`put` would queue an item at once: open, fewer than ``max_pending``
+        items queued, and no producer waiting (they get room in the order they came). Then
+        :meth:`put_nowait` does the same as :meth:`put`, without a coroutine."""
+        return not self._closed and not self._waiting and self._pending < self._max_pending
 
     async def _wait_for_slot(self) -> None:
         """Wait in line until a slot is granted to us; on return we hold it."""
@@ -147,11 +152,9 @@ class Dispatcher:
 
     def put_nowait(self, item: Queued) -> None:
         """Queue *item* without waiting: for requeues and moves, which must never block a
-        worker. It takes a slot all the same (past ``max_pending`` if need be), so that the
-        queue's count stays true and producers wait for it."""
-        if not item.holds_slot:
-            item.holds_slot = True
-            self._pending += 1
+        worker. Unless an idle instance takes it at once, it takes a slot all the same (past
+        ``max_pending`` if need be), so that the queue's count stays true and producers wait
+        for it."""
         if self._closed:
             # A worker requeueing during shutdown: nobody would ever take it.
             self._release(item)
@@ -167,12 +170,17 @@ class Dispatcher:
         if index is not None:
             idle = self._idle[index]
             if idle.offer is not None and idle.offer(item):
+                # Taken at once: it never waits in a queue, so it needs no slot (one it holds,
+                # from a wait in put(), is freed).
                 del self._idle[index]
                 self._release(item)
                 if not idle.parked:  # a parked task waits for the reply as it is
                     idle.item = item
                     idle.wake()
                 return
+        if not item.holds_slot:
+            item.holds_slot = True
+            self._pending += 1
         if item.target is None:
             self._shared.append(item)
             self._wake_any()

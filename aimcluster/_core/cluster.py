@@ -392,14 +392,29 @@ class Cluster:
         request.deadline = None if timeout is None else self._clock() + timeout
         return request
 
+    def _enqueue_now(self, item: Item, tool: str | None) -> bool:
+        """Queue *item* at once, where that is how :meth:`_enqueue` would queue it; return
+        whether it did. One pool, with room in its queue (the common case, on every
+        prompt): routed in place, with nothing to fail over to and no coroutine."""
+        pool = self._single_pool
+        if pool is None or tool is not None or item.pinned or not pool.dispatcher.has_room:
+            return False
+        self._route_in(pool, item)
+        pool.dispatcher.put_nowait(item)
+        return True
+
+    def _route_in(self, pool: PoolState, item: Item) -> None:
+        if not pool.healthy:
+            raise self._fleet.no_healthy(pool, None)
+        item.target, item.pool = self._fleet.router.route(item.key, pool.healthy), pool.name
+
     async def _enqueue(self, item: Item, tool: str | None = None) -> None:
+        if self._enqueue_now(item, tool):
+            return
         pool = self._single_pool
         if pool is not None and tool is None and not item.pinned:
-            # One pool (the common case, on every prompt): routed in place, and nothing to
-            # fail over to.
-            if not pool.healthy:
-                raise self._fleet.no_healthy(pool, None)
-            item.target, item.pool = self._fleet.router.route(item.key, pool.healthy), pool.name
+            # One pool, and no room in its queue: wait for it (put() raises if it is closed).
+            self._route_in(pool, item)
             if await pool.dispatcher.put(item):
                 self._fleet.recheck(item, pool)
             return
@@ -435,7 +450,8 @@ class Cluster:
             prompt, key=key, instance=instance, timeout=timeout, retries=retries, tool=tool
         )
         try:
-            await self._enqueue(request, tool)
+            if not self._enqueue_now(request, tool):
+                await self._enqueue(request, tool)
             return await self._await_reply(request)
         except anyio.get_cancelled_exc_class():
             request.abandon()
