@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+import time
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
+
+from aimcluster._base import logs
+from aimcluster._base.logs import LazyLogger
 
 # Run in a fresh interpreter: structlog's configuration is process-wide.
 PROGRAM = """
@@ -70,3 +78,70 @@ def test_events_go_to_the_structlog_the_app_configured(tmp_path: Path, backend: 
     assert result.returncode == 0, result.stderr
     assert result.stdout == "hi\n"
     assert "cluster_started" in result.stderr
+
+
+# -- LazyLogger, in this process (it does no I/O of its own) ---------------------------------
+
+
+@pytest.fixture
+def standard_logger(caplog: pytest.LogCaptureFixture) -> Iterator[logging.Logger]:
+    """A standard logger with a handler (caplog's, on the root), structlog unconfigured."""
+    assert not structlog.is_configured()
+    logger = logging.getLogger("aimcluster.lazy-test")
+    try:
+        yield logger
+    finally:
+        logger.setLevel(logging.NOTSET)
+
+
+def events(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage().split()[0] for record in caplog.records]
+
+
+def test_a_lazy_logger_drops_debug_events_below_the_level_and_passes_the_rest(
+    standard_logger: logging.Logger, caplog: pytest.LogCaptureFixture
+) -> None:
+    standard_logger.setLevel(logging.INFO)
+    log = LazyLogger("aimcluster.lazy-test")
+    log.debug("dropped")
+    log.info("kept")
+    log.debug("dropped again")  # known dropped now, without asking the configuration
+    log.warning("also_kept")
+    assert events(caplog) == ["event='kept'", "event='also_kept'"]
+
+
+def test_a_lazy_logger_follows_a_level_lowered_later_within_a_recheck(
+    standard_logger: logging.Logger,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    standard_logger.setLevel(logging.INFO)
+    log = LazyLogger("aimcluster.lazy-test")
+    log.info("first")
+    standard_logger.setLevel(logging.DEBUG)
+    log.debug("dropped")  # within the recheck interval: still the INFO logger
+    now[0] += logs._RECHECK
+    log.debug("kept")
+    assert events(caplog) == ["event='first'", "event='kept'"]
+
+
+def test_a_lazy_logger_follows_structlog_configured_later_at_once(
+    standard_logger: logging.Logger,
+) -> None:
+    standard_logger.setLevel(logging.INFO)
+    log = LazyLogger("aimcluster.lazy-test")
+    log.debug("dropped")
+    seen: list[str] = []
+
+    def capture(logger: object, method: str, event: MutableMapping[str, Any]) -> str:
+        seen.append(event["event"])
+        raise structlog.DropEvent
+
+    structlog.configure(processors=[capture])
+    try:
+        log.debug("configured")  # no recheck interval to wait for
+    finally:
+        structlog.reset_defaults()
+    assert seen == ["configured"]

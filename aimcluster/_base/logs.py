@@ -71,7 +71,7 @@ class LazyLogger:
     itself.
     """
 
-    __slots__ = ("_configured", "_context", "_logger", "_name", "_recheck_at")
+    __slots__ = ("_configured", "_context", "_level", "_logger", "_name", "_recheck_at")
 
     def __init__(self, name: str, context: dict[str, Any] | None = None) -> None:
         self._name = name
@@ -79,6 +79,8 @@ class LazyLogger:
         self._logger: Any = None
         self._configured = False
         self._recheck_at = -math.inf
+        # The level below which what it stands for drops events (NOTSET: unknown, none).
+        self._level = logging.NOTSET
 
     def _current(self) -> Any:
         now = time.monotonic()
@@ -87,7 +89,19 @@ class LazyLogger:
             self._logger = default_logger(self._name).bind(**self._context)
             self._configured = configured
             self._recheck_at = now + _RECHECK
+            level = getattr(self._logger, "get_effective_level", None)
+            self._level = level() if callable(level) else logging.NOTSET
         return self._logger
+
+    def _drops(self, level: int) -> bool:
+        """Whether what it stands for now drops events at *level*, known without asking the
+        configuration again: the per-prompt DEBUG events of an application that logs at
+        INFO or above, or not at all, then cost no call into structlog."""
+        return (
+            level < self._level
+            and time.monotonic() < self._recheck_at
+            and structlog.is_configured() is self._configured
+        )
 
     def bind(self, **values: Any) -> Any:
         """A logger with *values* added to the context. Once the application has configured
@@ -107,9 +121,18 @@ class LazyLogger:
     try_unbind = unbind
 
     def debug(self, event: str, *args: Any, **kw: Any) -> Any:
+        # _drops(DEBUG) in place: an instance logs two DEBUG events on every prompt.
+        if (
+            self._level > logging.DEBUG
+            and time.monotonic() < self._recheck_at
+            and structlog.is_configured() is self._configured
+        ):
+            return None
         return self._current().debug(event, *args, **kw)
 
     def info(self, event: str, *args: Any, **kw: Any) -> Any:
+        if self._drops(logging.INFO):
+            return None
         return self._current().info(event, *args, **kw)
 
     def warning(self, event: str, *args: Any, **kw: Any) -> Any:
