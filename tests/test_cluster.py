@@ -8,6 +8,7 @@ import signal
 import sys
 
 import anyio
+import anyio.lowlevel
 import attrs
 import pytest
 import structlog
@@ -15,6 +16,7 @@ from structlog.testing import capture_logs
 
 import aimcluster
 from aimcluster import tools
+from aimcluster._core.cluster import _loop_clock
 
 from .conftest import alive, wait_gone
 
@@ -36,6 +38,14 @@ async def test_multiline_output_keeps_inner_newlines(cluster_factory) -> None:
     cluster = await cluster_factory("python")
     reply = await cluster.send("print('a\\nb')")
     assert reply.text == "a\nb"
+
+
+async def test_the_cluster_reads_the_clock_anyio_reads() -> None:
+    # Deadlines made with it are compared with anyio's (cancel scopes): one clock.
+    clock = _loop_clock(anyio.lowlevel.current_token())
+    before = anyio.current_time()
+    now = clock()
+    assert before <= now <= anyio.current_time()
 
 
 async def test_async_with_returns_once_every_instance_is_ready() -> None:

@@ -14,6 +14,7 @@ the slots.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sys
 import threading
@@ -173,7 +174,7 @@ class Cluster:
         )
         # anyio.current_time() and anyio.Event() without looking the backend up at every
         # call: a prompt reads the clock three times, and send() waits on an event.
-        self._clock = self._fleet.clock = token.backend_class.current_time
+        self._clock = self._fleet.clock = _loop_clock(token)
         self._new_event = token.backend_class.create_event
         self._pass_first = _is_trio(token.native_token) or not any(
             described.tool.pty for described in self._pool_specs
@@ -780,6 +781,17 @@ def _is_trio(native_token: object) -> bool:
     trio's. trio is not imported unless something already did: on asyncio it may never be."""
     trio = sys.modules.get("trio")
     return trio is not None and isinstance(native_token, trio.lowlevel.TrioToken)
+
+
+def _loop_clock(token: anyio.lowlevel.EventLoopToken) -> Callable[[], float]:
+    """The clock ``anyio.current_time()`` reads in the loop of *token*, called directly: the
+    loop's ``time()`` on asyncio, ``trio.current_time`` on trio."""
+    native = token.native_token
+    if isinstance(native, asyncio.AbstractEventLoop):
+        return native.time
+    if _is_trio(native):
+        return sys.modules["trio"].current_time  # type: ignore[no-any-return]
+    return token.backend_class.current_time
 
 
 def _result_or_error(request: Request) -> Reply | AimclusterError:
