@@ -94,6 +94,24 @@ async def test_sticky_key_goes_back_to_its_instance_after_a_restart(cluster_fact
     assert wait_gone([old_pid]) == []
 
 
+async def test_wait_for_sees_the_per_prompt_flips_between_ready_and_busy(
+    cluster_factory,
+) -> None:
+    # Nobody watching, an instance does not report these flips: a wait_for must still see
+    # them, each one, however often the instance flipped before it started waiting.
+    cluster = await cluster_factory("mock", count=1)
+    for n in range(3):
+        assert (await cluster.send(f"/echo {n}")).text == str(n)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cluster.send, "/sleep 0.5")
+            busy = await cluster.wait_for(lambda m: m.instances[0].state == "busy")
+            assert busy.instances[0].in_flight == 1
+            ready = await cluster.wait_for(lambda m: m.instances[0].state == "ready")
+            assert ready.instances[0].in_flight == 0
+        assert (await cluster.send("/echo after")).text == "after"
+
+
 async def test_sticky_send_without_key_falls_back_to_least_busy(cluster_factory) -> None:
     cluster = await cluster_factory("mock", count=2, routing="sticky")
     async with anyio.create_task_group() as tg:

@@ -108,9 +108,12 @@ class Cluster:
         self._pass_first = False
 
     def _on_state(self, instance: Instance) -> None:
+        """*instance* changed state: every change while a wait_for waits (Busy.watched),
+        else all but the per-prompt flips between ready and busy."""
         if self._changed is not None:
             self._changed.set()
             self._changed = None
+            self._fleet.busy.watched = False
         if instance.state not in (InstanceState.READY, InstanceState.BUSY):
             # Not the per-prompt flip, which cannot change which instances are healthy.
             self._fleet.state_changed(instance)
@@ -667,6 +670,7 @@ class Cluster:
             while not predicate(metrics := self.metrics()):
                 if self._changed is None:
                     self._changed = anyio.Event()
+                    self._fleet.busy.watched = True
                 await self._changed.wait()
         return metrics
 

@@ -324,13 +324,19 @@ class Instance:
 
     def _set_state(self, state: InstanceState) -> None:
         old = self.state
-        if state is not old:
-            self.state = state
-            if state is InstanceState.BUSY:
-                self.busy.count += 1
-            elif old is InstanceState.BUSY:
-                self.busy.count -= 1
-            self.on_state(self)
+        if state is old:
+            return
+        self.state = state
+        busy = self.busy
+        if state is InstanceState.BUSY:
+            busy.count += 1
+            if old is InstanceState.READY and not busy.watched:
+                return  # the per-prompt flip, which nobody watches now
+        elif old is InstanceState.BUSY:
+            busy.count -= 1
+            if state is InstanceState.READY and not busy.watched:
+                return
+        self.on_state(self)
 
     # -- one process ----------------------------------------------------------------------
 

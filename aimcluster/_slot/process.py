@@ -87,6 +87,10 @@ class Busy:
     """
 
     count: int = 0
+    #: Whether the cluster wants to hear of the per-prompt flips between ready and busy (a
+    #: ``wait_for`` waits for a state change). Without it an instance tells the cluster only
+    #: of its other changes, the ones that can change which instances are healthy.
+    watched: bool = False
 
 
 def _nothing() -> None:
