@@ -29,7 +29,7 @@ goes out past the slot's task, from the task at hand (:meth:`Instance._try_begin
   that very request, knows it is written already (``begun``) and only waits for its reply.
 * *the reader's next write*: while the task waits for a plain reply (``_pipeline`` set), or
   has yet to take an offer's prompt from ``get`` (``_offered`` set: it then goes straight to
-  that wait), the reader, having completed the reply, calls back (:meth:`Instance._carry_on`):
+  that wait), the reader, having completed the reply, calls back (:meth:`Instance._replied`):
   it writes the next queued prompt itself or, with none queued, leaves the slot idle in the
   dispatcher's books (``park``) with its task still asleep on the event queue. A put then
   writes its prompt itself (the offer again), or wakes the task with ``WAKE`` when the task
@@ -490,23 +490,14 @@ class Instance:
 
         The task waits for a plain reply (``_pipeline``), or is on its way to: an offer's
         prompt answered before the task took it from ``get``. That task goes straight to the
-        wait for whatever is in flight then (``begun``), so the reader may carry on for it."""
-        return (self._pipeline or self._offered is not None) and self._carry_on()
-
-    def _interrupt(self) -> None:
-        """The process exited, or its output broke down while idle: wake the task wherever it
-        waits. If it waits elsewhere (writing a prompt, say), the dispatcher's interrupt stays
-        pending for this slot's next get, which then returns None once: harmless."""
-        self.dispatcher.interrupt(self.slot)
-        if self._lease_wait is not None:
-            self._lease_wait.cancel()
-
-    def _carry_on(self) -> bool:
-        """Having just completed the reply the task waits for, write the next queued prompt
-        or, with none queued, leave the instance idle, in the dispatcher's books, with the task
-        still parked: a put then writes its prompt itself (the offer), or wakes the task with
-        ``WAKE``. Either way the task sleeps through a stream of plain prompts. False if the
-        task has something to do first."""
+        wait for whatever is in flight then (``begun``), so the reader may carry on for it:
+        write the next queued prompt or, with none queued, leave the instance idle, in the
+        dispatcher's books, with the task still parked. A put then writes its prompt itself
+        (the offer), or wakes the task with ``WAKE``. Either way the task sleeps through a
+        stream of plain prompts. False if the task waits elsewhere, or has something to do
+        first."""
+        if not self._pipeline and self._offered is None:
+            return False
         item = self.dispatcher.peek(self.slot)
         if item is not None:
             if not self._try_begin(item):
@@ -528,8 +519,16 @@ class Instance:
         self._set_state(InstanceState.READY)
         return True
 
+    def _interrupt(self) -> None:
+        """The process exited, or its output broke down while idle: wake the task wherever it
+        waits. If it waits elsewhere (writing a prompt, say), the dispatcher's interrupt stays
+        pending for this slot's next get, which then returns None once: harmless."""
+        self.dispatcher.interrupt(self.slot)
+        if self._lease_wait is not None:
+            self._lease_wait.cancel()
+
     def _wake_task(self) -> None:
-        """Wake the task parked by _carry_on: there is work it must take itself, or an
+        """Wake the task parked by _replied: there is work it must take itself, or an
         interrupt."""
         if self._process is not None:
             self._process.wake()
