@@ -451,7 +451,8 @@ class Exchange:
         if self._counted:
             self.completed += 1
             self.latencies.append(elapsed)
-        self.limiter.succeeded()
+        if self.limiter.streak:
+            self.limiter.succeeded()
         self.log.debug("reply_received", elapsed=elapsed, key=request.key)
         request.resolve(reply)
 

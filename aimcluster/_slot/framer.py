@@ -133,6 +133,10 @@ class Framer(_CappedFramer):
         "_window",
     )
 
+    # Set by discard(), which __init__ calls.
+    _expect: int | None
+    _tail: str
+
     def __init__(
         self,
         ready: str,
@@ -162,19 +166,8 @@ class Framer(_CappedFramer):
         self._window = window
         super().__init__(max_bytes=max_bytes, encoding=encoding)
         self._chunks: list[str] = []
-        self._tail = ""
         self._last_prompt = ""
-        self._clear_expectations()
-
-    def _clear_expectations(self) -> None:
-        self._expect: int | None = None
-        self._expecting = False
-        self._echo = ""
-        self._echo_at = 0
-        self._echo_seen = ""
-        self._echo_tty = ""
-        self._repeats = 0
-        self._held = ""
+        self.discard()
 
     def begin(self, *, seq: int | None = None, echo: str = "", repeats: int = 0) -> None:
         """A prompt's input is about to be written; call before writing it.
@@ -318,7 +311,15 @@ class Framer(_CappedFramer):
         self._tail = ""
         self._nbytes = 0
         self._candidate = None
-        self._clear_expectations()
+        # What begin() said (set here, in place, at every reply: one call less each).
+        self._expect = None
+        self._expecting = False
+        self._echo = ""
+        self._echo_at = 0
+        self._echo_seen = ""
+        self._echo_tty = ""
+        self._repeats = 0
+        self._held = ""
 
     def tail(self) -> str:
         """The last ``window`` characters or so of the buffered output."""
