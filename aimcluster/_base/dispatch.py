@@ -248,7 +248,10 @@ class Dispatcher:
         there is none or an interrupt is pending."""
         if self._interrupted and index in self._interrupted:
             return None
-        return self._head(self._private[index]) or self._head(self._shared)
+        private, shared = self._private[index], self._shared
+        if not private and not shared:
+            return None  # the usual case, as a reader carries on after a reply
+        return self._head(private) or self._head(shared)
 
     def remove(self, index: int, item: Queued) -> None:
         """Take *item*, which :meth:`peek` has just returned for *index*, off its queue."""
