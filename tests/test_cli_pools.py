@@ -174,9 +174,13 @@ def test_a_rate_limited_tool_hands_its_jobs_to_the_next_and_none_runs_twice(
     moved = sorted(r["item"] for r in journal if r["failovers"])
     assert moved, "the first job went to the rate-limited tool and had to move"
     assert all(r["failovers"] in ([], ["limited"]) for r in journal)
-    # 'limited' answered none of them: what reached it is what moved (each once at most).
+    # 'limited' answered none of them: whatever reached it moved, and none reached it twice.
+    # A job can also move without reaching it: queued behind the one in flight there when
+    # the 429 came, it moved with it, unsent.
     reached = (tmp_path / "limited.log").read_text().splitlines()
-    assert sorted(reached) == [f"/echo {item}" for item in moved]
+    assert reached, "the first job reached the rate-limited tool"
+    assert len(set(reached)) == len(reached)
+    assert set(reached) <= {f"/echo {item}" for item in moved}
 
     summary = report(tmp_path)["summary"]
     assert summary["failovers"] == [

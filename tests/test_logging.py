@@ -85,13 +85,19 @@ def test_events_go_to_the_structlog_the_app_configured(tmp_path: Path, backend: 
 
 @pytest.fixture
 def standard_logger(caplog: pytest.LogCaptureFixture) -> Iterator[logging.Logger]:
-    """A standard logger with a handler (caplog's, on the root), structlog unconfigured."""
-    assert not structlog.is_configured()
+    """A standard logger with a handler (caplog's, on the root), structlog unconfigured
+    (as it was put back afterwards: the command line's tests configure it)."""
+    saved = structlog.get_config() if structlog.is_configured() else None
+    structlog.reset_defaults()
     logger = logging.getLogger("aimcluster.lazy-test")
     try:
         yield logger
     finally:
         logger.setLevel(logging.NOTSET)
+        if saved is None:
+            structlog.reset_defaults()
+        else:
+            structlog.configure(**saved)
 
 
 def events(caplog: pytest.LogCaptureFixture) -> list[str]:
