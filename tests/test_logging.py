@@ -85,8 +85,9 @@ def test_events_go_to_the_structlog_the_app_configured(tmp_path: Path, backend: 
 
 @pytest.fixture
 def standard_logger(caplog: pytest.LogCaptureFixture) -> Iterator[logging.Logger]:
-    """A standard logger with a handler (caplog's, on the root), structlog unconfigured
-    (as it was put back afterwards: the command line's tests configure it)."""
+    """A standard logger with a handler (caplog's, on the root), and structlog unconfigured
+    for the test; afterwards structlog is put back as it was (the command line's tests
+    configure it)."""
     saved = structlog.get_config() if structlog.is_configured() else None
     structlog.reset_defaults()
     logger = logging.getLogger("aimcluster.lazy-test")
