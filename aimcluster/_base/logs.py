@@ -93,16 +93,6 @@ class LazyLogger:
             self._level = level() if callable(level) else logging.NOTSET
         return self._logger
 
-    def _drops(self, level: int) -> bool:
-        """Whether what it stands for now drops events at *level*, known without asking the
-        configuration again: the per-prompt DEBUG events of an application that logs at
-        INFO or above, or not at all, then cost no call into structlog."""
-        return (
-            level < self._level
-            and time.monotonic() < self._recheck_at
-            and structlog.is_configured() is self._configured
-        )
-
     def bind(self, **values: Any) -> Any:
         """A logger with *values* added to the context. Once the application has configured
         structlog, that is what it configured, bound (as structlog's own loggers bind): the
@@ -121,7 +111,9 @@ class LazyLogger:
     try_unbind = unbind
 
     def debug(self, event: str, *args: Any, **kw: Any) -> Any:
-        # _drops(DEBUG) in place: an instance logs two DEBUG events on every prompt.
+        # Dropped by what it stands for, known without asking the configuration again: an
+        # instance logs two DEBUG events on every prompt, which then cost no call into
+        # structlog for an application that logs at INFO or above, or not at all.
         if (
             self._level > logging.DEBUG
             and time.monotonic() < self._recheck_at
@@ -131,8 +123,6 @@ class LazyLogger:
         return self._current().debug(event, *args, **kw)
 
     def info(self, event: str, *args: Any, **kw: Any) -> Any:
-        if self._drops(logging.INFO):
-            return None
         return self._current().info(event, *args, **kw)
 
     def warning(self, event: str, *args: Any, **kw: Any) -> Any:
