@@ -6,7 +6,8 @@ task per child, and a caller that writes its line and awaits the reply the reade
 nothing else:
 
 - the caller makes a ``Request``, checks the prompt, has the child's ``Exchange`` encode it and
-  book it as written, writes it, and awaits the request (with one pass of the loop first when
+  book it as written, writes it, and awaits the request on the loop's own event, with the
+  loop's own clock, as the cluster does (with one pass of the loop first when
   it is the only caller, where ``Cluster.send`` gives one: on trio, and on asyncio and uvloop
   through pipes);
 - the reader reads as aimcluster's does, from plain descriptors (a PTY's master, or pipes
@@ -78,16 +79,20 @@ class _FloorChild:
         # Private modules on purpose: the floor is the engine's own per-prompt code.
         from aimcluster._base.ratelimit import RateLimiter
         from aimcluster._base.request import Request
+        from aimcluster._core.cluster import _loop_clock, _loop_event
         from aimcluster._core.pool import check_prompt
         from aimcluster._slot.exchange import Exchange
 
         self._request_type, self._check = Request, check_prompt
+        # The clock and the event the cluster uses, found once, as it does.
+        token = anyio.lowlevel.current_token()
+        self._new_event = _loop_event(token)
         log = structlog.get_logger("aimcluster").bind()
         self._exchange = Exchange(
             spec=spec,  # type: ignore[arg-type]
             index=0,
             tool="echo",
-            clock=anyio.current_time,
+            clock=_loop_clock(token),
             limiter=RateLimiter(),
             log=log,
             failover=None,
@@ -109,7 +114,7 @@ class _FloorChild:
         try:
             if self._pass and self._callers[0] == 1:
                 await anyio.lowlevel.checkpoint()
-            return str((await request.wait()).text)
+            return str((await request.wait(self._new_event)).text)
         finally:
             self._callers[0] -= 1
 

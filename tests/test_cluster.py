@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 import aimcluster
 from aimcluster import tools
-from aimcluster._core.cluster import _loop_clock
+from aimcluster._core.cluster import _loop_clock, _loop_event
 
 from .conftest import alive, wait_gone
 
@@ -46,6 +46,22 @@ async def test_the_cluster_reads_the_clock_anyio_reads() -> None:
     before = anyio.current_time()
     now = clock()
     assert before <= now <= anyio.current_time()
+
+
+async def test_the_cluster_waits_on_the_event_anyio_wraps() -> None:
+    # The loop's own event, as anyio.Event makes it: cancelled by anyio's scopes, and woken
+    # by a set() from another task.
+    event = _loop_event(anyio.lowlevel.current_token())()
+    assert type(event).__module__.split(".")[0] in ("asyncio", "trio")
+    with anyio.move_on_after(0.01) as scope:
+        await event.wait()
+    assert scope.cancelled_caught
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(event.wait)
+        await anyio.lowlevel.checkpoint()
+        event.set()
+    with anyio.fail_after(1):
+        await event.wait()  # already set: at once
 
 
 async def test_async_with_returns_once_every_instance_is_ready() -> None:

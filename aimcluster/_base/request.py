@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import attrs
@@ -12,7 +12,16 @@ import attrs
 from .errors import PromptCancelledError, ReplyTimeoutError
 from .usage import Usage
 
-__all__ = ["Reply", "Request", "RequestState", "Ticket"]
+__all__ = ["Event", "Reply", "Request", "RequestState", "Ticket"]
+
+
+class Event(Protocol):
+    """What a request waits on: :class:`anyio.Event`, or the event it wraps in the running
+    loop (``asyncio.Event``, ``trio.Event``), which the cluster makes directly."""
+
+    def set(self) -> object: ...
+
+    async def wait(self) -> object: ...
 
 
 @attrs.frozen(kw_only=True)
@@ -77,7 +86,7 @@ class Request:
     #: Whether the request holds one of the cluster's ``max_pending`` queue slots.
     holds_slot: bool = False
     # Created only when someone waits: map() and read_any() use callbacks instead.
-    _event: anyio.Event | None = attrs.field(init=False, default=None)
+    _event: Event | None = attrs.field(init=False, default=None)
     _result: Reply | BaseException | None = attrs.field(init=False, default=None)
     _callbacks: list[Callable[[Request], None]] = attrs.field(init=False, factory=list)
 
@@ -123,12 +132,12 @@ class Request:
     def exception(self) -> BaseException | None:
         return self._result if isinstance(self._result, BaseException) else None
 
-    async def wait(self, new_event: Callable[[], anyio.Event] = anyio.Event) -> Reply:
+    async def wait(self, new_event: Callable[[], Event] = anyio.Event) -> Reply:
         """Wait for the result, enforcing the deadline while the request is still queued.
 
         Once the request is in flight its worker enforces the deadline (it must also restart
         the instance), so past that point this only waits. *new_event*: how to make the
-        event to wait on (the cluster passes its backend's, found once).
+        event to wait on (the cluster passes its loop's own, found once).
         """
         if self.done:
             return self.result()

@@ -34,7 +34,7 @@ from .._base.lease import LeaseRequest, Session
 from .._base.logs import library_logger
 from .._base.metrics import ClusterMetrics
 from .._base.policy import RestartPolicy
-from .._base.request import Reply, Request, Ticket
+from .._base.request import Event, Reply, Request, Ticket
 from .._base.routing import make_router
 from .._base.spec import ToolSpec
 from .._base.statedir import StateDirectory, uses_state
@@ -101,7 +101,7 @@ class Cluster:
         self._owner_loop: object = None
         self._current_loop: Callable[[], object] = _no_loop
         self._clock: Callable[[], float] = anyio.current_time
-        self._new_event: Callable[[], anyio.Event] = anyio.Event
+        self._new_event: Callable[[], Event] = anyio.Event
         # Callers awaiting a reply in send() or a lease's send(), and whether one alone gives
         # the event loop a pass before it sleeps on its reply (see _await_reply).
         self._awaiting = 0
@@ -178,7 +178,7 @@ class Cluster:
         # anyio.current_time() and anyio.Event() without looking the backend up at every
         # call: a prompt reads the clock three times, and send() waits on an event.
         self._clock = self._fleet.clock = _loop_clock(token)
-        self._new_event = token.backend_class.create_event
+        self._new_event = _loop_event(token)
         self._pass_first = _is_trio(token.native_token) or not any(
             described.tool.pty for described in self._pool_specs
         )
@@ -796,6 +796,21 @@ def _loop_clock(token: anyio.lowlevel.EventLoopToken) -> Callable[[], float]:
     if _is_trio(native):
         return sys.modules["trio"].current_time  # type: ignore[no-any-return]
     return token.backend_class.current_time
+
+
+def _loop_event(token: anyio.lowlevel.EventLoopToken) -> Callable[[], Event]:
+    """The event class ``anyio.Event`` wraps in the loop of *token*, made directly:
+    ``asyncio.Event`` on asyncio, ``trio.Event`` on trio. The wrapper forwards ``wait`` and
+    ``set``, at six Python calls a prompt; the one thing it adds, a checkpoint on waiting for
+    an event already set, ``Request.wait`` does not need (it returns at once when done). A
+    request's event is made, awaited and set in that loop only: ``send`` checks its caller,
+    and the reader that sets it runs there."""
+    native = token.native_token
+    if isinstance(native, asyncio.AbstractEventLoop):
+        return asyncio.Event
+    if _is_trio(native):
+        return sys.modules["trio"].Event  # type: ignore[no-any-return]
+    return token.backend_class.create_event
 
 
 def _result_or_error(request: Request) -> Reply | AimclusterError:
