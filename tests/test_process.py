@@ -207,9 +207,13 @@ async def test_the_reader_hands_a_reply_to_the_task_unless_the_owner_carries_on(
     async with process.watched():
         assert isinstance(await process.next_event(), Frame)  # the start-up prompt
         request = write(process, exchange, "one")
+        assert (await request.wait()).text == "ok one"
+        # The reply waits in the queue for the owner, which must look before the next prompt.
+        assert process.events_pending
+        assert not process.writable_now
         event = await process.next_event()
         assert isinstance(event, Frame)
-        assert request.result().text == "ok one"
+        assert process.writable_now
         assert owner.replies == 1
         owner.carry_on_answer = True
         request = write(process, exchange, "two")

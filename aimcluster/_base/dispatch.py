@@ -173,7 +173,8 @@ class Dispatcher:
                 # Taken at once: it never waits in a queue, so it needs no slot (one it holds,
                 # from a wait in put(), is freed).
                 del self._idle[index]
-                self._release(item)
+                if item.holds_slot:
+                    self._release(item)
                 if not idle.parked:  # a parked task waits for the reply as it is
                     idle.item = item
                     idle.wake()

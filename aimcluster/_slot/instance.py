@@ -851,7 +851,7 @@ class Instance:
         ):
             return False
         process = self._process
-        if process is None or not process.writable_now or process.events_pending:
+        if process is None or not process.writable_now:
             return False  # gone, or someone waits to write, or output waits to be looked at
         if self.limiter.paused or self._replacement_due():
             return False

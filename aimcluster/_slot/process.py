@@ -224,7 +224,17 @@ class Process:
                     # Output is a sign of life: push the watchdog back, never past the deadline.
                     scope.deadline = exchange.watchdog()
                 outcomes = exchange.feed(data)
-                if outcomes and await self._hand_over(outcomes) and busy.count <= 1:
+                if not outcomes:
+                    continue
+                if len(outcomes) == 1 and type(outcomes[0]) is Frame:
+                    # The usual reply, as _hand_over takes it, without a coroutine when the
+                    # owner's task need not wake.
+                    replied = True
+                    if not self.carry_on():
+                        await self._to_owner(outcomes[0])
+                else:
+                    replied = await self._hand_over(outcomes)
+                if replied and busy.count <= 1:
                     # Let whoever a reply went to run before this waits for more output: the
                     # caller writes its next prompt first. One pass per reply, no polling.
                     # Measured: waiting at once instead makes a single caller's round trip
@@ -247,12 +257,7 @@ class Process:
                 replied = True
                 if outcome is outcomes[-1] and self.carry_on():
                     continue  # the owner's task does not need to wake
-                # The task learns from the queue that the exchange is over. Hand over without
-                # a checkpoint when there is room.
-                try:
-                    events.send_nowait(outcome)
-                except anyio.WouldBlock:
-                    await events.send(outcome)
+                await self._to_owner(outcome)
             elif isinstance(outcome, Answer):
                 try:
                     await self.write(outcome.data)
@@ -274,6 +279,14 @@ class Process:
                     self.interrupt()
                 await events.send(outcome)
         return replied
+
+    async def _to_owner(self, frame: Frame) -> None:
+        """The owner's task learns from the queue that the exchange is over. Without a
+        checkpoint when there is room."""
+        try:
+            self._events.send_nowait(frame)
+        except anyio.WouldBlock:
+            await self._events.send(frame)
 
     async def _read_stderr(self, eof: anyio.Event) -> None:
         """Keep the tail of a separate stderr for error reports, and log it."""
@@ -371,9 +384,15 @@ class Process:
 
     @property
     def writable_now(self) -> bool:
-        """Whether :meth:`try_write` may write: it runs, nothing is left to send, and no task
-        waits to write (the owner's, or the reader answering a question)."""
-        return self.exit_code is None and not self._unsent and not self._write_lock.locked()
+        """Whether :meth:`try_write` may write a prompt: it runs, nothing is left to send, no
+        task waits to write (the owner's, or the reader answering a question), and no event
+        waits for the owner (output it must look at before the next prompt)."""
+        return (
+            self.exit_code is None
+            and not self._unsent
+            and not self._write_lock.locked()
+            and not self._events.pending
+        )
 
     def try_write(self, data: bytes) -> int:
         """Write what can be written of *data* without waiting; return how much. The rest,
