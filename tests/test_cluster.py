@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 import aimcluster
 from aimcluster import tools
-from aimcluster._core.cluster import _loop_clock, _loop_event
+from aimcluster._core.cluster import _loop_clock, _loop_event, _loop_lookup
 
 from .conftest import alive, wait_gone
 
@@ -46,6 +46,12 @@ async def test_the_cluster_reads_the_clock_anyio_reads() -> None:
     before = anyio.current_time()
     now = clock()
     assert before <= now <= anyio.current_time()
+
+
+async def test_the_cluster_finds_its_loop_as_anyio_does() -> None:
+    # The caller check compares what this returns with the token's native token.
+    token = anyio.lowlevel.current_token()
+    assert _loop_lookup(token)() is token.native_token
 
 
 async def test_the_cluster_waits_on_the_event_anyio_wraps() -> None:

@@ -167,7 +167,7 @@ class Cluster:
         for described in self._pool_specs:
             self._transport.check(described.tool)
         token = anyio.lowlevel.current_token()
-        self._current_loop = token.backend_class.current_token
+        self._current_loop = _loop_lookup(token)
         self._owner_loop = token.native_token
         self._owner_thread = threading.get_ident()
         self._closed = anyio.Event()
@@ -276,13 +276,14 @@ class Cluster:
 
     def _check_caller(self) -> None:
         """Raise :class:`RuntimeError` unless called in the thread and event loop that
-        entered the cluster. On the data path: two comparisons when all is well."""
-        if threading.get_ident() == self._owner_thread:
-            try:
-                if self._current_loop() is self._owner_loop:
-                    return
-            except RuntimeError:
-                pass  # this thread runs no event loop (any more)
+        entered the cluster. On the data path: one look-up and one comparison when all is
+        well. The running loop is the thread's own, so the owner's loop is the owner's
+        thread as well; the thread is told apart only for the error."""
+        try:
+            if self._current_loop() is self._owner_loop:
+                return
+        except RuntimeError:
+            pass  # this thread runs no event loop (any more)
         raise self._wrong_caller()
 
     def _wrong_caller(self) -> RuntimeError:
@@ -796,6 +797,19 @@ def _loop_clock(token: anyio.lowlevel.EventLoopToken) -> Callable[[], float]:
     if _is_trio(native):
         return sys.modules["trio"].current_time  # type: ignore[no-any-return]
     return token.backend_class.current_time
+
+
+def _loop_lookup(token: anyio.lowlevel.EventLoopToken) -> Callable[[], object]:
+    """What anyio's ``current_token`` of *token*'s backend calls, called directly:
+    ``asyncio.get_running_loop`` (a C function) on asyncio, trio's ``current_trio_token`` on
+    trio. Each returns the native token of *token* in its loop, and raises
+    :class:`RuntimeError` where no loop of its kind runs."""
+    native = token.native_token
+    if isinstance(native, asyncio.AbstractEventLoop):
+        return asyncio.get_running_loop
+    if _is_trio(native):
+        return sys.modules["trio"].lowlevel.current_trio_token  # type: ignore[no-any-return]
+    return token.backend_class.current_token
 
 
 def _loop_event(token: anyio.lowlevel.EventLoopToken) -> Callable[[], Event]:

@@ -67,12 +67,14 @@ class FrameDesync(Exception):
 class _CappedFramer:
     """What both framers share: incremental decoding, and the cap on one reply's bytes."""
 
-    __slots__ = ("_dead", "_decoder", "_max_bytes", "_nbytes")
+    __slots__ = ("_dead", "_decoder", "_max_bytes", "buffered_bytes")
 
     def __init__(self, *, max_bytes: int, encoding: str) -> None:
         self._max_bytes = max_bytes
         self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
-        self._nbytes = 0
+        #: Bytes of the reply buffered so far; only the framer sets it. An attribute, not a
+        #: property: the slot's fast path reads it before every prompt.
+        self.buffered_bytes = 0
         self._dead = False
 
     def _take(self, data: bytes) -> str | None:
@@ -83,10 +85,10 @@ class _CappedFramer:
         """
         if self._dead:
             return None
-        self._nbytes += len(data)
-        if self._nbytes > self._max_bytes:
+        self.buffered_bytes += len(data)
+        if self.buffered_bytes > self._max_bytes:
             self._dead = True
-            size, partial = self._nbytes, self.partial()
+            size, partial = self.buffered_bytes, self.partial()
             self.discard()
             raise FrameOverflow(size, partial)
         return self._decoder.decode(data)
@@ -309,7 +311,7 @@ class Framer(_CappedFramer):
         :meth:`begin` said about it."""
         self._chunks.clear()
         self._tail = ""
-        self._nbytes = 0
+        self.buffered_bytes = 0
         self._candidate = None
         # What begin() said (set here, in place, at every reply: one call less each).
         self._expect = None
@@ -328,10 +330,6 @@ class Framer(_CappedFramer):
     def partial(self) -> str:
         """The output buffered since the last ready prompt (for error reports)."""
         return "".join(self._chunks)
-
-    @property
-    def buffered_bytes(self) -> int:
-        return self._nbytes
 
 
 class JsonlFramer(_CappedFramer):
@@ -427,7 +425,7 @@ class JsonlFramer(_CappedFramer):
             )
         self._events.clear()
         self._raw.clear()
-        self._nbytes = 0
+        self.buffered_bytes = 0
         return frame
 
     def discard(self) -> None:
@@ -435,7 +433,7 @@ class JsonlFramer(_CappedFramer):
         self._events.clear()
         self._raw.clear()
         self._line.clear()
-        self._nbytes = 0
+        self.buffered_bytes = 0
 
     def partial(self) -> str:
         """The output buffered since the last reply (for error reports)."""
@@ -444,10 +442,6 @@ class JsonlFramer(_CappedFramer):
     def events(self) -> tuple[Event, ...]:
         """The events buffered since the last reply."""
         return tuple(self._events)
-
-    @property
-    def buffered_bytes(self) -> int:
-        return self._nbytes
 
 
 _CRLF = re.compile(r"\r+\n")
