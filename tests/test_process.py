@@ -311,6 +311,29 @@ async def test_what_a_fast_write_leaves_waits_for_the_owner_and_blocks_fast_writ
     assert await process.terminate(graceful=False) == (-signal.SIGKILL, "sigkill")
 
 
+async def test_a_task_waiting_to_write_blocks_fast_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The reader answering a question, say, while the input has no room.
+    spec, owner = tool(), Owner()
+    process, handle, _ = await start(spec, owner)
+    entered, room = anyio.Event(), anyio.Event()
+
+    async def send_when_there_is_room(data: bytes) -> None:
+        entered.set()
+        await room.wait()
+        handle.written += data
+
+    monkeypatch.setattr(handle, "send", send_when_there_is_room)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(process.write, b"yes\n")
+        await entered.wait()
+        assert not process.writable_now
+        room.set()
+    assert process.writable_now
+    assert handle.written == b"yes\n"
+    process.kill()
+    await process.terminate(graceful=False)
+
+
 async def test_a_graceful_stop_sends_the_exit_command_then_sigterm() -> None:
     def deaf(handle: FakeHandle, line: str) -> None:
         pass  # ignores even the exit command

@@ -119,6 +119,9 @@ class Process:
     _stderr_tail: bytearray = attrs.field(init=False, factory=bytearray)
     #: Held while a task waits to write: one waiter per fd at a time.
     _write_lock: anyio.Lock = attrs.field(init=False, factory=lambda: anyio.Lock(fast_acquire=True))
+    # Tasks in write(), holding the lock or waiting for it: what writable_now asks before
+    # every prompt, kept as a number (the lock's locked() is a call, two on trio).
+    _writers: int = attrs.field(init=False, default=0)
     #: The end of a prompt :meth:`try_write` could not write at once: the owner sends it.
     _unsent: bytes = attrs.field(init=False, default=b"")
     #: From the reader and the exit watcher to the owner's task.
@@ -390,7 +393,7 @@ class Process:
         return (
             self.exit_code is None
             and not self._unsent
-            and not self._write_lock.locked()
+            and not self._writers
             and not self._events.pending
         )
 
@@ -417,8 +420,12 @@ class Process:
 
         :raises anyio.BrokenResourceError: if the process no longer reads its input
         """
-        async with self._write_lock:
-            await self.handle.send(data)
+        self._writers += 1
+        try:
+            async with self._write_lock:
+                await self.handle.send(data)
+        finally:
+            self._writers -= 1
 
     # -- the end -------------------------------------------------------------------------------
 
