@@ -12,10 +12,10 @@ import attrs
 from .errors import PromptCancelledError, ReplyTimeoutError
 from .usage import Usage
 
-__all__ = ["Event", "Reply", "Request", "RequestState", "Ticket"]
+__all__ = ["Reply", "Request", "RequestEvent", "RequestState", "Ticket"]
 
 
-class Event(Protocol):
+class RequestEvent(Protocol):
     """What a request waits on: :class:`anyio.Event`, or the event it wraps in the running
     loop (``asyncio.Event``, ``trio.Event``), which the cluster makes directly."""
 
@@ -86,7 +86,7 @@ class Request:
     #: Whether the request holds one of the cluster's ``max_pending`` queue slots.
     holds_slot: bool = False
     # Created only when someone waits: map() and read_any() use callbacks instead.
-    _event: Event | None = attrs.field(init=False, default=None)
+    _event: RequestEvent | None = attrs.field(init=False, default=None)
     _result: Reply | BaseException | None = attrs.field(init=False, default=None)
     _callbacks: list[Callable[[Request], None]] = attrs.field(init=False, factory=list)
 
@@ -132,7 +132,7 @@ class Request:
     def exception(self) -> BaseException | None:
         return self._result if isinstance(self._result, BaseException) else None
 
-    async def wait(self, new_event: Callable[[], Event] = anyio.Event) -> Reply:
+    async def wait(self, new_event: Callable[[], RequestEvent] = anyio.Event) -> Reply:
         """Wait for the result, enforcing the deadline while the request is still queued.
 
         Once the request is in flight its worker enforces the deadline (it must also restart

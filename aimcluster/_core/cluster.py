@@ -34,7 +34,7 @@ from .._base.lease import LeaseRequest, Session
 from .._base.logs import library_logger
 from .._base.metrics import ClusterMetrics
 from .._base.policy import RestartPolicy
-from .._base.request import Event, Reply, Request, Ticket
+from .._base.request import Reply, Request, RequestEvent, Ticket
 from .._base.routing import make_router
 from .._base.spec import ToolSpec
 from .._base.statedir import StateDirectory, uses_state
@@ -101,7 +101,7 @@ class Cluster:
         self._owner_loop: object = None
         self._current_loop: Callable[[], object] = _no_loop
         self._clock: Callable[[], float] = anyio.current_time
-        self._new_event: Callable[[], Event] = anyio.Event
+        self._new_event: Callable[[], RequestEvent] = anyio.Event
         # Callers awaiting a reply in send() or a lease's send(), and whether one alone gives
         # the event loop a pass before it sleeps on its reply (see _await_reply).
         self._awaiting = 0
@@ -812,7 +812,7 @@ def _loop_lookup(token: anyio.lowlevel.EventLoopToken) -> Callable[[], object]:
     return token.backend_class.current_token
 
 
-def _loop_event(token: anyio.lowlevel.EventLoopToken) -> Callable[[], Event]:
+def _loop_event(token: anyio.lowlevel.EventLoopToken) -> Callable[[], RequestEvent]:
     """The event class ``anyio.Event`` wraps in the loop of *token*, made directly:
     ``asyncio.Event`` on asyncio, ``trio.Event`` on trio. The wrapper forwards ``wait`` and
     ``set``, at six Python calls a prompt; the one thing it adds, a checkpoint on waiting for
