@@ -79,20 +79,20 @@ class _FloorChild:
         # Private modules on purpose: the floor is the engine's own per-prompt code.
         from aimcluster._base.ratelimit import RateLimiter
         from aimcluster._base.request import Request
-        from aimcluster._core.cluster import _loop_clock, _loop_event
+        from aimcluster._core.cluster import _loop_natives
         from aimcluster._core.pool import check_prompt
         from aimcluster._slot.exchange import Exchange
 
         self._request_type, self._check = Request, check_prompt
         # The clock and the event the cluster uses, found once, as it does.
-        token = anyio.lowlevel.current_token()
-        self._new_event = _loop_event(token)
+        natives = _loop_natives(anyio.lowlevel.current_token())
+        self._new_event = natives.new_event
         log = structlog.get_logger("aimcluster").bind()
         self._exchange = Exchange(
             spec=spec,  # type: ignore[arg-type]
             index=0,
             tool="echo",
-            clock=_loop_clock(token),
+            clock=natives.clock,
             limiter=RateLimiter(),
             log=log,
             failover=None,

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 import aimcluster
 from aimcluster import tools
-from aimcluster._core.cluster import _loop_clock, _loop_event, _loop_lookup
+from aimcluster._core.cluster import _loop_natives
 
 from .conftest import alive, wait_gone
 
@@ -42,7 +42,7 @@ async def test_multiline_output_keeps_inner_newlines(cluster_factory) -> None:
 
 async def test_the_cluster_reads_the_clock_anyio_reads() -> None:
     # Deadlines made with it are compared with anyio's (cancel scopes): one clock.
-    clock = _loop_clock(anyio.lowlevel.current_token())
+    clock = _loop_natives(anyio.lowlevel.current_token()).clock
     before = anyio.current_time()
     now = clock()
     assert before <= now <= anyio.current_time()
@@ -51,13 +51,13 @@ async def test_the_cluster_reads_the_clock_anyio_reads() -> None:
 async def test_the_cluster_finds_its_loop_as_anyio_does() -> None:
     # The caller check compares what this returns with the token's native token.
     token = anyio.lowlevel.current_token()
-    assert _loop_lookup(token)() is token.native_token
+    assert _loop_natives(token).current_token() is token.native_token
 
 
 async def test_the_cluster_waits_on_the_event_anyio_wraps() -> None:
     # The loop's own event, as anyio.Event makes it: cancelled by anyio's scopes, and woken
     # by a set() from another task.
-    event = _loop_event(anyio.lowlevel.current_token())()
+    event = _loop_natives(anyio.lowlevel.current_token()).new_event()
     assert type(event).__module__.split(".")[0] in ("asyncio", "trio")
     with anyio.move_on_after(0.01) as scope:
         await event.wait()

@@ -21,7 +21,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import Literal, overload
+from typing import Literal, NamedTuple, overload
 
 import anyio
 import anyio.lowlevel
@@ -167,7 +167,8 @@ class Cluster:
         for described in self._pool_specs:
             self._transport.check(described.tool)
         token = anyio.lowlevel.current_token()
-        self._current_loop = _loop_lookup(token)
+        natives = _loop_natives(token)
+        self._current_loop = natives.current_token
         self._owner_loop = token.native_token
         self._owner_thread = threading.get_ident()
         self._closed = anyio.Event()
@@ -175,10 +176,8 @@ class Cluster:
         self._completed_in, self._completed_out = anyio.create_memory_object_stream[Request](
             math.inf
         )
-        # anyio.current_time() and anyio.Event() without looking the backend up at every
-        # call: a prompt reads the clock three times, and send() waits on an event.
-        self._clock = self._fleet.clock = _loop_clock(token)
-        self._new_event = _loop_event(token)
+        self._clock = self._fleet.clock = natives.clock
+        self._new_event = natives.new_event
         self._pass_first = _is_trio(token.native_token) or not any(
             described.tool.pty for described in self._pool_specs
         )
@@ -788,43 +787,35 @@ def _is_trio(native_token: object) -> bool:
     return trio is not None and isinstance(native_token, trio.lowlevel.TrioToken)
 
 
-def _loop_clock(token: anyio.lowlevel.EventLoopToken) -> Callable[[], float]:
-    """The clock ``anyio.current_time()`` reads in the loop of *token*, called directly: the
-    loop's ``time()`` on asyncio, ``trio.current_time`` on trio."""
+class _LoopNatives(NamedTuple):
+    """What anyio calls in the running loop for three things the data path does, to be
+    called directly: anyio finds the backend at every call, or wraps what it finds."""
+
+    #: What ``anyio.current_time()`` reads: the loop's ``time()`` on asyncio,
+    #: ``trio.current_time`` on trio. A prompt reads it three times.
+    clock: Callable[[], float]
+    #: What ``anyio.Event()`` wraps: ``asyncio.Event``, ``trio.Event``. The wrapper forwards
+    #: ``wait`` and ``set``, at six Python calls a prompt; the one thing it adds, a
+    #: checkpoint on waiting for an event already set, ``Request.wait`` does not need (it
+    #: returns at once when done). A request's event is made, awaited and set in the
+    #: cluster's loop only: ``send`` checks its caller, and the reader that sets it runs there.
+    new_event: Callable[[], RequestEvent]
+    #: What the backend's ``current_token`` calls: ``asyncio.get_running_loop`` (a C
+    #: function), trio's ``current_trio_token``. It returns the native token of the loop it
+    #: runs in, and raises :class:`RuntimeError` where no loop of its kind runs.
+    current_token: Callable[[], object]
+
+
+def _loop_natives(token: anyio.lowlevel.EventLoopToken) -> _LoopNatives:
+    """The :class:`_LoopNatives` of the loop of *token*; anyio's own for another backend."""
     native = token.native_token
     if isinstance(native, asyncio.AbstractEventLoop):
-        return native.time
+        return _LoopNatives(native.time, asyncio.Event, asyncio.get_running_loop)
     if _is_trio(native):
-        return sys.modules["trio"].current_time  # type: ignore[no-any-return]
-    return token.backend_class.current_time
-
-
-def _loop_lookup(token: anyio.lowlevel.EventLoopToken) -> Callable[[], object]:
-    """What anyio's ``current_token`` of *token*'s backend calls, called directly:
-    ``asyncio.get_running_loop`` (a C function) on asyncio, trio's ``current_trio_token`` on
-    trio. Each returns the native token of *token* in its loop, and raises
-    :class:`RuntimeError` where no loop of its kind runs."""
-    native = token.native_token
-    if isinstance(native, asyncio.AbstractEventLoop):
-        return asyncio.get_running_loop
-    if _is_trio(native):
-        return sys.modules["trio"].lowlevel.current_trio_token  # type: ignore[no-any-return]
-    return token.backend_class.current_token
-
-
-def _loop_event(token: anyio.lowlevel.EventLoopToken) -> Callable[[], RequestEvent]:
-    """The event class ``anyio.Event`` wraps in the loop of *token*, made directly:
-    ``asyncio.Event`` on asyncio, ``trio.Event`` on trio. The wrapper forwards ``wait`` and
-    ``set``, at six Python calls a prompt; the one thing it adds, a checkpoint on waiting for
-    an event already set, ``Request.wait`` does not need (it returns at once when done). A
-    request's event is made, awaited and set in that loop only: ``send`` checks its caller,
-    and the reader that sets it runs there."""
-    native = token.native_token
-    if isinstance(native, asyncio.AbstractEventLoop):
-        return asyncio.Event
-    if _is_trio(native):
-        return sys.modules["trio"].Event  # type: ignore[no-any-return]
-    return token.backend_class.create_event
+        trio = sys.modules["trio"]
+        return _LoopNatives(trio.current_time, trio.Event, trio.lowlevel.current_trio_token)
+    backend = token.backend_class
+    return _LoopNatives(backend.current_time, backend.create_event, backend.current_token)
 
 
 def _result_or_error(request: Request) -> Reply | AimclusterError:
