@@ -86,7 +86,7 @@ class _FloorChild:
         self._request_type, self._check = Request, check_prompt
         # The clock and the event the cluster uses, found once, as it does.
         natives = _loop_natives(anyio.lowlevel.current_token())
-        self._new_event = natives.new_event
+        self._new_event, self._new_future = natives.new_event, natives.new_future
         log = structlog.get_logger("aimcluster").bind()
         self._exchange = Exchange(
             spec=spec,  # type: ignore[arg-type]
@@ -114,7 +114,7 @@ class _FloorChild:
         try:
             if self._pass and self._callers[0] == 1:
                 await anyio.lowlevel.checkpoint()
-            return str((await request.wait(self._new_event)).text)
+            return str((await request.wait(self._new_event, self._new_future)).text)
         finally:
             self._callers[0] -= 1
 

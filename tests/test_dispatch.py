@@ -17,6 +17,7 @@ from aimcluster._base.errors import (
     ReplyTimeoutError,
 )
 from aimcluster._base.request import Reply, Request, RequestState, Ticket
+from aimcluster._core.cluster import _loop_natives
 
 pytestmark = pytest.mark.anyio
 
@@ -543,6 +544,33 @@ async def test_wait_before_the_deadline_returns_the_reply() -> None:
     request.resolve(reply)
 
     assert await request.wait() is reply
+
+
+async def test_the_sender_waits_on_the_loop_s_own_future_or_event() -> None:
+    # What Cluster.send passes: on asyncio a future for the sender alone; on trio no future,
+    # and the request waits on trio's event.
+    natives = _loop_natives(anyio.lowlevel.current_token())
+    request, reply = make_request(), make_reply()
+    replies: list[Reply] = []
+
+    async def sender() -> None:
+        replies.append(await request.wait(natives.new_event, natives.new_future))
+
+    with anyio.fail_after(HANG_GUARD):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sender)
+            await anyio.wait_all_tasks_blocked()
+            request.resolve(reply)
+    assert replies == [reply]
+
+    # A sender cancelled while it waits leaves the request to be resolved as usual.
+    request = make_request()
+    with anyio.move_on_after(0.01) as scope:
+        await request.wait(natives.new_event, natives.new_future)
+    assert scope.cancelled_caught
+    request.abandon()
+    with pytest.raises(PromptCancelledError):
+        request.result()
 
 
 async def test_abandon_resolves_with_prompt_cancelled_error() -> None:

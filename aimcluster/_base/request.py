@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Callable, Generator
 from typing import Any, Protocol
@@ -87,6 +88,8 @@ class Request:
     holds_slot: bool = False
     # Created only when someone waits: map() and read_any() use callbacks instead.
     _event: RequestEvent | None = attrs.field(init=False, default=None)
+    # Or, on asyncio, a bare future for the one task that sends the prompt and awaits it.
+    _future: asyncio.Future[None] | None = attrs.field(init=False, default=None)
     _result: Reply | BaseException | None = attrs.field(init=False, default=None)
     _callbacks: list[Callable[[Request], None]] = attrs.field(init=False, factory=list)
 
@@ -117,6 +120,9 @@ class Request:
         self._result = result
         if self._event is not None:
             self._event.set()
+        future = self._future
+        if future is not None and not future.done():  # done: its waiter was cancelled
+            future.set_result(None)
         if self._callbacks:  # submit() (for read_any) and map(); not a plain send
             for callback in self._callbacks:
                 callback(self)
@@ -132,14 +138,29 @@ class Request:
     def exception(self) -> BaseException | None:
         return self._result if isinstance(self._result, BaseException) else None
 
-    async def wait(self, new_event: Callable[[], RequestEvent] = anyio.Event) -> Reply:
+    async def wait(
+        self,
+        new_event: Callable[[], RequestEvent] = anyio.Event,
+        new_future: Callable[[], asyncio.Future[None]] | None = None,
+    ) -> Reply:
         """Wait for the result, enforcing the deadline while the request is still queued.
 
         Once the request is in flight its worker enforces the deadline (it must also restart
         the instance), so past that point this only waits. *new_event*: how to make the
         event to wait on (the cluster passes its loop's own, found once).
+
+        *new_future*: the running asyncio loop's ``create_future``, from the task that sent
+        the prompt, which alone waits for it. Without a deadline, it waits on a bare future
+        rather than an event: no waiter list and no coroutine of the event's, five Python
+        calls a prompt. Only for that one task: were two to await one future, cancelling
+        one would cancel the future under the other.
         """
         if self.done:
+            return self.result()
+        if new_future is not None and self.deadline is None:
+            assert self._future is None, "the sender alone awaits the future"
+            future = self._future = new_future()
+            await future
             return self.result()
         if self._event is None:
             self._event = new_event()

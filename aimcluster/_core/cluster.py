@@ -102,6 +102,7 @@ class Cluster:
         self._current_loop: Callable[[], object] = _no_loop
         self._clock: Callable[[], float] = anyio.current_time
         self._new_event: Callable[[], RequestEvent] = anyio.Event
+        self._new_future: Callable[[], asyncio.Future[None]] | None = None
         # Callers awaiting a reply in send() or a lease's send(), and whether one alone gives
         # the event loop a pass before it sleeps on its reply (see _await_reply).
         self._awaiting = 0
@@ -151,7 +152,7 @@ class Cluster:
         try:
             if self._pass_due(request):
                 await anyio.lowlevel.checkpoint()
-            return await request.wait(self._new_event)
+            return await request.wait(self._new_event, self._new_future)
         finally:
             self._awaiting -= 1
 
@@ -177,7 +178,7 @@ class Cluster:
             math.inf
         )
         self._clock = self._fleet.clock = natives.clock
-        self._new_event = natives.new_event
+        self._new_event, self._new_future = natives.new_event, natives.new_future
         self._pass_first = _is_trio(token.native_token) or not any(
             described.tool.pty for described in self._pool_specs
         )
@@ -464,7 +465,7 @@ class Cluster:
                 await self._enqueue(request, tool)
             if self._pass_due(request):
                 await anyio.lowlevel.checkpoint()
-            return await request.wait(self._new_event)
+            return await request.wait(self._new_event, self._new_future)
         except anyio.get_cancelled_exc_class():
             request.abandon()
             raise
@@ -800,6 +801,9 @@ class _LoopNatives(NamedTuple):
     #: returns at once when done). A request's event is made, awaited and set in the
     #: cluster's loop only: ``send`` checks its caller, and the reader that sets it runs there.
     new_event: Callable[[], RequestEvent]
+    #: ``loop.create_future`` on asyncio, for the task that sends a prompt and alone awaits
+    #: its request (see :meth:`Request.wait`); ``None`` elsewhere.
+    new_future: Callable[[], asyncio.Future[None]] | None
     #: What the backend's ``current_token`` calls: ``asyncio.get_running_loop`` (a C
     #: function), trio's ``current_trio_token``. It returns the native token of the loop it
     #: runs in, and raises :class:`RuntimeError` where no loop of its kind runs.
@@ -810,12 +814,14 @@ def _loop_natives(token: anyio.lowlevel.EventLoopToken) -> _LoopNatives:
     """The :class:`_LoopNatives` of the loop of *token*; anyio's own for another backend."""
     native = token.native_token
     if isinstance(native, asyncio.AbstractEventLoop):
-        return _LoopNatives(native.time, asyncio.Event, asyncio.get_running_loop)
+        return _LoopNatives(
+            native.time, asyncio.Event, native.create_future, asyncio.get_running_loop
+        )
     if _is_trio(native):
         trio = sys.modules["trio"]
-        return _LoopNatives(trio.current_time, trio.Event, trio.lowlevel.current_trio_token)
+        return _LoopNatives(trio.current_time, trio.Event, None, trio.lowlevel.current_trio_token)
     backend = token.backend_class
-    return _LoopNatives(backend.current_time, backend.create_event, backend.current_token)
+    return _LoopNatives(backend.current_time, backend.create_event, None, backend.current_token)
 
 
 def _result_or_error(request: Request) -> Reply | AimclusterError:
