@@ -12,6 +12,8 @@ from abc import ABCMeta, abstractmethod
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._base.spec import ToolSpec
 
 __all__ = ["ProcessHandle", "Transport"]
@@ -44,12 +46,29 @@ class ProcessHandle(metaclass=ABCMeta):
 
         The slot asks for this while at most one instance of the cluster is busy, where a
         second read and wake-up for the rest would cost more than the pass, and for
-        :meth:`receive`, which may read as soon as the output is readable, otherwise. The
-        default is :meth:`receive`.
+        :meth:`receive_into` (or :meth:`receive`, for a tool whose replies are timed), which
+        may read as soon as the output is readable, otherwise. The default is
+        :meth:`receive`.
 
         :raises anyio.EndOfStream: when the output ends
         """
         return await self.receive()
+
+    async def receive_into(self, take: Callable[[bytes], bool]) -> None:
+        """Give each chunk of output to *take* until it returns True.
+
+        *take* deals with a chunk without waiting, and returns True when the task that called
+        this must act on what it kept. A transport that reads in the event loop's callback may
+        call *take* there, while the task sleeps: then a chunk that needs nothing of the task
+        costs no wake-up. The slot asks for this while more than one instance of the cluster
+        is busy (see :meth:`receive_joined`), unless the tool's replies are timed (a stall
+        watchdog, a settle time). The default calls *take* on each :meth:`receive`, in the
+        task.
+
+        :raises anyio.EndOfStream: when the output ends
+        """
+        while not take(await self.receive()):
+            pass
 
     async def receive_stderr(self) -> bytes:
         """Return the next chunk of the separate stderr stream, if there is one.

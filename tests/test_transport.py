@@ -8,8 +8,8 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Iterator
-from typing import NoReturn
+from collections.abc import Coroutine, Iterator
+from typing import Any, NoReturn
 
 import anyio
 import attrs
@@ -354,6 +354,119 @@ async def test_a_chunk_read_for_a_cancelled_receive_goes_to_the_next() -> None:
         await cancelled_after_the_callback()
         with pytest.raises(anyio.EndOfStream):
             await reader.receive(eager=True)
+
+
+@on_asyncio_loops
+async def test_receive_into_gives_each_chunk_to_take_in_the_loop_s_callback() -> None:
+    """The task sleeps through every chunk take keeps, and wakes once, when take asks."""
+    taken: list[tuple[bytes, asyncio.Task[object] | None]] = []
+
+    def take(data: bytes) -> bool:
+        taken.append((data, asyncio.current_task()))
+        return data == b"last"
+
+    with loop_reader_on_a_pipe() as (reader, pipe):
+        woken: list[int] = []
+
+        async def receive() -> None:
+            await reader.receive_into(take)
+            woken.append(len(taken))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(receive)
+            await anyio.wait_all_tasks_blocked()
+            for chunk in (b"one", b"two", b"last"):
+                pipe.write(chunk)
+                with anyio.fail_after(5):
+                    while not taken or taken[-1][0] != chunk:
+                        await anyio.lowlevel.checkpoint()
+                await anyio.wait_all_tasks_blocked()
+                assert woken == ([3] if chunk == b"last" else [])
+        assert [data for data, _ in taken] == [b"one", b"two", b"last"]
+        assert [task for _, task in taken] == [None] * 3  # the loop's callback, no task
+        # Then as receive(): what comes next waits in the kernel for the next read.
+        pipe.write(b"after")
+        assert await reader.receive(eager=True) == b"after"
+
+
+@on_asyncio_loops
+async def test_an_error_take_raises_ends_receive_into_with_it() -> None:
+    def take(data: bytes) -> bool:
+        raise ValueError(f"cannot take {data!r}")
+
+    with loop_reader_on_a_pipe() as (reader, pipe):
+        pipe.write(b"bad")
+        with pytest.raises(ValueError, match="cannot take b'bad'"):
+            await reader.receive_into(take)
+        assert not reader._registered
+        pipe.write(b"good")
+        assert await reader.receive(eager=True) == b"good"
+
+
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
+async def test_a_cancelled_receive_into_loses_nothing() -> None:
+    """What a cancelled receive() had read goes to take, and the end of the stream met for a
+    cancelled receive_into() goes to the next read. The callback is run by hand, as in the
+    test above for receive()."""
+    taken: list[bytes] = []
+
+    def take(data: bytes) -> bool:
+        taken.append(data)
+        return True
+
+    with loop_reader_on_a_pipe() as (reader, pipe):
+
+        async def cancelled_after_the_callback(wait: Coroutine[Any, Any, object]) -> None:
+            task = asyncio.ensure_future(wait)
+            await anyio.wait_all_tasks_blocked()
+            reader._unregister()  # the loop must not run the callback itself
+            reader._ready()
+            assert reader._waiter is not None
+            assert reader._waiter.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        pipe.write(b"read for a receive()")
+        await cancelled_after_the_callback(reader.receive(eager=True))
+        await reader.receive_into(take)
+        assert taken == [b"read for a receive()"]
+        pipe.hang_up()
+        await cancelled_after_the_callback(reader.receive_into(take))
+        with pytest.raises(anyio.EndOfStream):
+            await reader.receive(eager=True)
+        assert taken == [b"read for a receive()"]
+
+
+async def test_a_handle_gives_its_output_to_take_on_every_loop(anyio_backend_name: str) -> None:
+    """Through a real child: on asyncio take runs in the loop's callback, on trio in the task
+    (anyio.wait_readable). Either way it sees all the output, in order, and its True ends the
+    wait."""
+    argv = [sys.executable, "-u", "-c", LINE_TOOL]
+    spec = aimcluster.ToolSpec(name="echo", argv=argv, ready="> ")
+    handle = await aimcluster.LocalTransport().spawn(spec, instance=0)
+    assert isinstance(handle, _FdProcess)
+    output = bytearray()
+    in_a_task: set[bool] = set()
+
+    def take(data: bytes) -> bool:
+        output.extend(data)
+        if anyio_backend_name == "asyncio":
+            in_a_task.add(asyncio.current_task() is not None)
+        return output.endswith(b"ok three\n> ")
+
+    try:
+        assert handle._input is not None
+        os.write(handle._input, b"one\ntwo\nthree\n")
+        with anyio.fail_after(10):
+            await handle.receive_into(take)
+        assert output == b"> ok one\n> ok two\n> ok three\n> "
+        assert in_a_task <= {False}
+    finally:
+        handle.kill_all()
+        with anyio.fail_after(10):
+            await handle.wait()
+        await handle.aclose()
 
 
 @on_asyncio_loops

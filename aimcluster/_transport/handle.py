@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -77,6 +77,12 @@ class _FdProcess(ProcessHandle):
 
     def receive_joined(self) -> Coroutine[Any, Any, bytes]:
         return self._read(self._output, eager=False)
+
+    def receive_into(self, take: Callable[[bytes], bool]) -> Coroutine[Any, Any, None]:
+        readers = self._readers
+        if readers is not None:
+            return readers[self._output].receive_into(take)
+        return super().receive_into(take)  # trio: take is called in the task
 
     async def receive_stderr(self) -> bytes:
         if self._errors is None:
