@@ -22,7 +22,7 @@ from aimcluster._base.request import Request
 from aimcluster._slot.exchange import Exchange
 from aimcluster._slot.framer import Frame
 from aimcluster._slot.outcomes import Desync
-from aimcluster._slot.process import EXITED, WAKE, Busy, Process
+from aimcluster._slot.process import _FRAME_BUFFER, EXITED, WAKE, Busy, Process
 from aimcluster.abc import ProcessHandle, Transport
 
 pytestmark = pytest.mark.anyio
@@ -242,6 +242,32 @@ async def test_the_reader_reads_joined_with_one_instance_busy_at_most() -> None:
             await anyio.wait_all_tasks_blocked()
             assert handle.reads[before:] == [way]
     assert handle.reads[0] == "joined"
+    await process.terminate(graceful=False)
+
+
+async def test_from_two_busy_on_the_reader_takes_output_where_it_is_read() -> None:
+    """With more than one instance busy, output goes through ProcessHandle.receive_into (in
+    the loop's callback on asyncio; the fake calls take in the task). A reply the owner does
+    not carry on from is queued for its task; with the queue full, the reader waits for room
+    and asks the owner again, and no reply is lost or reordered."""
+    spec, owner, busy = tool(), Owner(), Busy(count=2)
+    process, handle, exchange = await start(spec, owner, busy=busy)
+    async with process.watched():
+        assert isinstance(await process.next_event(), Frame)  # the start-up prompt
+        # One more reply than the queue holds, none of them looked at by the owner's task.
+        prompts = [f"p{n}" for n in range(_FRAME_BUFFER + 1)]
+        for prompt in prompts:
+            request = write(process, exchange, prompt)
+            assert (await request.wait()).text == f"ok {prompt}"
+        await anyio.wait_all_tasks_blocked()
+        # The last one waits with the reader, which asked the owner twice about it.
+        assert owner.replies == len(prompts) + 1
+        texts = [(await process.next_event()) for _ in prompts]
+        assert [frame.text for frame in texts if isinstance(frame, Frame)] == [
+            f"ok {prompt}\n" for prompt in prompts
+        ]
+        assert not process.events_pending
+    assert set(handle.reads) == {"eager"}
     await process.terminate(graceful=False)
 
 

@@ -13,6 +13,12 @@ an event queue (:meth:`Process.next_event`), and tells its owner two things thro
 * *interrupt*, when the owner's task must wake wherever it waits: the process exited, or its
   output broke down while no prompt was in flight.
 
+While more than one instance of the cluster is busy, the reader deals with each chunk where
+it is read (:meth:`Process._take`, through :meth:`ProcessHandle.receive_into`): on asyncio in
+the event loop's callback, with the reader's task asleep. The reply goes to its caller and
+the owner carries on from there, as the task would have done it, and the task wakes only
+for what needs a wait: an answer to write, a breakdown, a queue of events that is full.
+
 A one-shot tool's prompt runs one process through the same reader and exit watcher: the
 exchange keeps its output, and the exit (or an overflow, or the reply's deadline) ends it.
 """
@@ -52,6 +58,9 @@ EOF_GRACE = 1.0
 # Events the reader may queue for the owner's task. Frames a tool prints at start-up, before
 # its first input, are dropped past that; later ones restart it (Exchange.feed).
 _FRAME_BUFFER = 16
+
+# What a read of the output raises once it is over.
+_ENDED = (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError)
 
 
 class Signal(enum.Enum):
@@ -128,6 +137,8 @@ class Process:
     _events: Channel[Event] = attrs.field(
         init=False, factory=lambda: Channel[Event](_FRAME_BUFFER, senders=2)
     )
+    #: What :meth:`_take` left for the reader's task to act on.
+    _taken: Sequence[Outcome] = attrs.field(init=False, default=())
     #: The owner's wait for a reply with a deadline or stall watchdog; output pushes it back.
     _reply_scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
     #: Waits the exit watcher ends (see :meth:`until_exit`).
@@ -198,8 +209,20 @@ class Process:
         exchange, handle, busy = self.exchange, self.handle, self.busy
         stall = self.spec.stall_timeout
         settle = exchange.settle
+        # Whether output can be dealt with where it is read (_take): not with a timer to keep.
+        takeable = stall is None and settle is None
         try:
             while True:
+                if takeable and busy.count > 1:
+                    try:
+                        await handle.receive_into(self._take)
+                    except _ENDED:
+                        await self._hand_over(exchange.eof())
+                        return
+                    taken, self._taken = self._taken, ()
+                    if taken:
+                        await self._hand_over(taken)
+                    continue
                 data = b""
                 # With one instance of the cluster busy at most, the event loop has a pass to
                 # spare, and a reply read with its echo saves a wake-up; with more, read as
@@ -216,7 +239,7 @@ class Process:
                             data = await receive()
                     else:
                         data = await receive()
-                except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                except _ENDED:
                     await self._hand_over(exchange.eof())
                     return
                 if not data:
@@ -249,6 +272,28 @@ class Process:
         finally:
             eof.set()
             self._events.close_sender()
+
+    def _take(self, data: bytes) -> bool:
+        """Deal with *data*, output just read, as far as that takes no wait; return True if
+        the reader's task must act: on what it left in ``_taken``, or to read joined again
+        (one instance busy at most). On asyncio this runs in the event loop's callback, with
+        the task asleep (:meth:`ProcessHandle.receive_into`): a stream of plain prompts, each
+        answered by the reply that completes the last, wakes no task of the slot's."""
+        outcomes = self.exchange.feed(data)
+        if not outcomes:
+            return False
+        if len(outcomes) == 1 and type(outcomes[0]) is Frame:
+            if not self.carry_on():
+                try:
+                    self._events.send_nowait(outcomes[0])
+                except anyio.WouldBlock:
+                    # The task waits for room. carry_on said no and changed nothing, so
+                    # _hand_over may ask it again.
+                    self._taken = outcomes
+                    return True
+            return self.busy.count <= 1
+        self._taken = outcomes
+        return True
 
     async def _hand_over(self, outcomes: Sequence[Outcome]) -> bool:
         """Act on what the output meant; return whether it completed a reply."""
@@ -297,7 +342,7 @@ class Process:
             while True:
                 try:
                     data = await self.handle.receive_stderr()
-                except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                except _ENDED:
                     return
                 self._stderr_tail += data
                 del self._stderr_tail[:-8192]
