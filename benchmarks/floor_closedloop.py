@@ -12,10 +12,11 @@ nothing else:
   through pipes);
 - the reader reads as aimcluster's does, from plain descriptors (a PTY's master, or pipes
   with no anyio stream on them): on asyncio and uvloop through the engine's ``LoopReader``,
-  in the loop's callback, or joined with one caller; on trio with ``wait_readable`` and
-  ``os.read``. It feeds each chunk to the ``Exchange``, which frames the reply (a PTY's echo
-  skipped), builds the ``Reply`` and resolves the request; with one caller it then gives the
-  loop a pass, as aimcluster's reader does with at most one instance busy.
+  joined with one caller, and from 8 on in the loop's callback, where it also feeds the
+  exchange (``receive_into``); on trio with ``wait_readable`` and ``os.read``. It feeds each
+  chunk to the ``Exchange``, which frames the reply (a PTY's echo skipped), builds the
+  ``Reply`` and resolves the request; with one caller it then gives the loop a pass, as
+  aimcluster's reader does with at most one instance busy.
 
 No routing, queue, supervision, instance state, metrics or restarts. Where ``floor`` is past
 1.3x raw, so is any implementation of this design that frames its replies and reads the way
@@ -75,6 +76,7 @@ class _FloorChild:
         callers: list[int],
         pass_first: bool,
         receive: Callable[[], Awaitable[bytes]] | None = None,
+        receive_into: Callable[[Callable[[bytes], bool]], Awaitable[None]] | None = None,
     ) -> None:
         # Private modules on purpose: the floor is the engine's own per-prompt code.
         from aimcluster._base.ratelimit import RateLimiter
@@ -100,6 +102,7 @@ class _FloorChild:
         self._exchange.reset(log)
         self._child, self._spec = child, spec
         self._receive = child.receive if receive is None else receive
+        self._receive_into = receive_into
         self._callers, self._pass = callers, pass_first  # callers awaiting, shared by the fleet
 
     async def request(self, line: str) -> str:
@@ -118,7 +121,14 @@ class _FloorChild:
         finally:
             self._callers[0] -= 1
 
+    def _take(self, data: bytes) -> bool:
+        self._exchange.feed(data)
+        return False  # nothing for the task, ever
+
     async def read(self, alone: bool) -> None:
+        if self._receive_into is not None:
+            await self._receive_into(self._take)  # until cancelled
+            return
         while True:
             # A pass after a reply, as aimcluster's reader gives one with at most one instance
             # busy: here, with one caller.
@@ -161,7 +171,7 @@ def floor_contender(callers: int, calls: int, *, pty: bool, via_loop: bool = Fal
         ):
             floors, transports, readers = [], [], []
             for child in children:
-                receive = None
+                receive = receive_into = None
                 if via_loop:
                     assert child.pty_fd is not None
                     receive, transport = await loop_reader(child.pty_fd)
@@ -170,9 +180,13 @@ def floor_contender(callers: int, calls: int, *, pty: bool, via_loop: bool = Fal
                     assert child.read_fd is not None
                     reader = LoopReader(loop, child.read_fd, 65536)
                     readers.append(reader)
-                    # aimcluster reads joined with at most one instance busy.
-                    receive = functools.partial(reader.receive, eager=callers > 1)
-                floors.append(_FloorChild(child, spec, awaiting, pass_first, receive))
+                    # aimcluster reads joined with at most one instance busy, and takes
+                    # the output in the loop's callback with more.
+                    if callers > 1:
+                        receive_into = reader.receive_into
+                    else:
+                        receive = functools.partial(reader.receive, eager=False)
+                floors.append(_FloorChild(child, spec, awaiting, pass_first, receive, receive_into))
             try:
                 for floor in floors:
                     tg.start_soon(floor.read, callers == 1)
