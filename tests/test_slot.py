@@ -333,6 +333,22 @@ def test_max_age_and_probes_wake_the_idle_slot_when_they_are_due() -> None:
     assert upkeep.recycle_reason() == "max_age"
 
 
+def test_a_restart_or_retirement_asked_for_makes_the_process_due_until_acted_on() -> None:
+    upkeep = Upkeep(tool(), Clock())
+    upkeep.start()
+    assert not upkeep.due()
+    upkeep.request_restart()
+    upkeep.start()  # a process started before the slot took the request: still asked for
+    assert upkeep.due()
+    assert upkeep.take_restart_request()
+    assert not upkeep.take_restart_request()
+    assert not upkeep.due()
+    upkeep.retire()
+    upkeep.start()
+    assert upkeep.due()
+    assert upkeep.retiring  # for good
+
+
 def test_jitter_spreads_max_prompts_and_a_one_shot_slot_is_never_recycled() -> None:
     clock = Clock()
     spec = tool(max_prompts=100, recycle_jitter=0.1)

@@ -176,8 +176,6 @@ class Instance:
     _budget: RestartBudget | None = attrs.field(init=False, default=None)
     _life_scope: anyio.CancelScope = attrs.field(init=False, factory=anyio.CancelScope)
     _stopping: bool = attrs.field(init=False, default=False)
-    _retiring: bool = attrs.field(init=False, default=False)
-    _restart_requested: bool = attrs.field(init=False, default=False)
     _plog: structlog.typing.FilteringBoundLogger = attrs.field(init=False)
     #: Set while a lease holds the instance: its prompts are never requeued, as they need the
     #: state built up in this process. The scope is its wait for the next prompt.
@@ -226,12 +224,12 @@ class Instance:
 
     def request_restart(self) -> None:
         """Restart gracefully once the current prompt or lease is done."""
-        self._restart_requested = True
+        self._upkeep.request_restart()
         self._wake_idle()
 
     def retire(self) -> None:
         """Take no new work, finish the current prompt or lease, then stop gracefully."""
-        self._retiring = True
+        self._upkeep.retire()
         self._wake_idle()
 
     def _wake_idle(self) -> None:
@@ -240,7 +238,7 @@ class Instance:
     @property
     def healthy(self) -> bool:
         """Whether the slot can still take work (possibly after a restart)."""
-        return not self._retiring and self.state not in (
+        return not self._upkeep.retiring and self.state not in (
             InstanceState.FAILED,
             InstanceState.STOPPED,
         )
@@ -511,7 +509,7 @@ class Instance:
             or process.exit_code is not None
             or process.events_pending
             or self._upkeep.wake_at != math.inf  # the task waits with a timer
-            or self._replacement_due()
+            or self._upkeep.due()
         ):
             return False
         if not self.dispatcher.park(self.slot, self._try_begin, self._wake_task, peeked=True):
@@ -619,10 +617,9 @@ class Instance:
 
     def _due(self) -> _Ended | None:
         """Whether the process should be replaced (or retired) now that it is idle."""
-        if self._retiring:
+        if self._upkeep.retiring:
             return _Ended.RETIRE
-        if self._restart_requested:
-            self._restart_requested = False
+        if self._upkeep.take_restart_request():
             self._plog.info("instance_recycling", reason="restart requested")
             return _Ended.RECYCLE
         reason = self._upkeep.recycle_reason()
@@ -853,7 +850,7 @@ class Instance:
         process = self._process
         if process is None or not process.writable_now:
             return False  # gone, or someone waits to write, or output waits to be looked at
-        if self.limiter.paused or self._replacement_due():
+        if self.limiter.paused or self._upkeep.due():
             return False
         data = self._exchange.wire(item)
         written = process.try_write(data)
@@ -881,10 +878,6 @@ class Instance:
         while (stray := process.poll_event()) is not None:
             stray_frames += isinstance(stray, Frame)
         return self._exchange.discard_stray(stray_frames)
-
-    def _replacement_due(self) -> bool:
-        """Whether the task has something to do before the next prompt (see _due)."""
-        return self._retiring or self._restart_requested or self._upkeep.due()
 
     def _abandon_in_flight(self, *, counted: int) -> None:
         """The task is leaving (cancelled) with a prompt in flight: that prompt fails."""

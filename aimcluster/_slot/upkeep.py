@@ -2,9 +2,10 @@
 
 An :class:`Upkeep` owns the schedule of one process: how many prompts it served against
 ``max_prompts``, when it reaches ``max_age``, when it is next probed. Both spread by
-``recycle_jitter``, so that instances started together are not all replaced at once. The slot
-asks it between prompts, and its fast paths ask :meth:`Upkeep.due` before they write: a
-process due for anything is left to the slot's task.
+``recycle_jitter``, so that instances started together are not all replaced at once. It also
+keeps what was asked of the slot from outside: a restart, or retirement. The slot asks it
+between prompts, and its fast paths ask :meth:`Upkeep.due` before they write: a process due
+for anything is left to the slot's task.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ class Upkeep:
     clock: Callable[[], float]
     #: Prompts written to this process (probes not counted).
     served: int = attrs.field(init=False, default=0)
+    #: Asked to take no new work and stop once idle (:meth:`retire`); for good.
+    retiring: bool = attrs.field(init=False, default=False)
+    # Asked to restart once idle, until the slot takes the request (take_restart_request).
+    _restart_requested: bool = attrs.field(init=False, default=False)
     #: When an idle slot must wake without work, to probe or recycle (inf: never). Set here
     #: only, with the two times it is the earlier of: the fast paths read it on every prompt.
     wake_at: float = attrs.field(init=False, default=math.inf)
@@ -69,11 +74,26 @@ class Upkeep:
         self._next_probe_at = math.inf if probe is None else self.clock() + probe.interval
         self.wake_at = min(self._next_probe_at, self._recycle_at)
 
+    def retire(self) -> None:
+        self.retiring = True
+
+    def request_restart(self) -> None:
+        self._restart_requested = True
+
+    def take_restart_request(self) -> bool:
+        """Whether a restart was asked for; the request is the caller's from now on."""
+        requested, self._restart_requested = self._restart_requested, False
+        return requested
+
     def due(self) -> bool:
-        """Whether the slot's task has something to do before the next prompt."""
-        # Asked twice per prompt: two comparisons when nothing is scheduled.
-        return self.served >= self._recycle_limit or (
-            self.wake_at != math.inf and self.clock() >= self.wake_at
+        """Whether the slot's task has something to do before the next prompt: act on a
+        request, replace the process, or probe it."""
+        # Asked twice per prompt: four comparisons when nothing is scheduled or asked for.
+        return (
+            self.retiring
+            or self._restart_requested
+            or self.served >= self._recycle_limit
+            or (self.wake_at != math.inf and self.clock() >= self.wake_at)
         )
 
     def recycle_reason(self) -> str | None:
