@@ -25,20 +25,18 @@ class Channel(Generic[T]):
     once the receiver has called :meth:`close`.
     """
 
-    __slots__ = ("_closed", "_items", "_max_items", "_receiver", "_senders", "_space")
+    __slots__ = ("_closed", "_items", "_max_items", "_receiver", "_senders", "_space", "pending")
 
     def __init__(self, max_items: int, *, senders: int = 1) -> None:
         self._items: deque[T] = deque()
+        #: Whether items wait to be received. An attribute, not a property: the slot asks
+        #: twice a prompt (see Process.writable_now).
+        self.pending = False
         self._max_items = max_items
         self._senders = senders
         self._closed = False
         self._receiver: anyio.Event | None = None  # set when an item arrives or senders end
         self._space: anyio.Event | None = None  # set when an item is taken or we close
-
-    @property
-    def pending(self) -> bool:
-        """Whether items wait to be received."""
-        return bool(self._items)
 
     def send_nowait(self, item: T) -> None:
         """Queue *item*.
@@ -51,6 +49,7 @@ class Channel(Generic[T]):
         if len(self._items) >= self._max_items:
             raise anyio.WouldBlock
         self._items.append(item)
+        self.pending = True
         self._wake_receiver()
 
     async def send(self, item: T) -> None:
@@ -78,6 +77,7 @@ class Channel(Generic[T]):
         """
         if self._items:
             item = self._items.popleft()
+            self.pending = bool(self._items)
             space, self._space = self._space, None
             if space is not None:
                 space.set()
@@ -99,6 +99,7 @@ class Channel(Generic[T]):
         """The receiver is done: senders fail from now on, and one waiting to send wakes."""
         self._closed = True
         self._items.clear()
+        self.pending = False
         space, self._space = self._space, None
         if space is not None:
             space.set()
