@@ -563,6 +563,19 @@ async def test_the_sender_waits_on_the_loop_s_own_future_or_event() -> None:
             request.resolve(reply)
     assert replies == [reply]
 
+    # An error ends the wait with that error.
+    request = make_request()
+
+    async def failed_sender() -> None:
+        with pytest.raises(ReplyTimeoutError, match="too slow"):
+            await request.wait(natives.new_event, natives.new_future)
+
+    with anyio.fail_after(HANG_GUARD):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(failed_sender)
+            await anyio.wait_all_tasks_blocked()
+            request.resolve(ReplyTimeoutError("too slow", prompt=request.prompt, instance=0))
+
     # A sender cancelled while it waits leaves the request to be resolved as usual.
     request = make_request()
     with anyio.move_on_after(0.01) as scope:

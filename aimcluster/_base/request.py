@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Protocol
 
 import anyio
@@ -88,8 +88,9 @@ class Request:
     holds_slot: bool = False
     # Created only when someone waits: map() and read_any() use callbacks instead.
     _event: RequestEvent | None = attrs.field(init=False, default=None)
-    # Or, on asyncio, a bare future for the one task that sends the prompt and awaits it.
-    _future: asyncio.Future[None] | None = attrs.field(init=False, default=None)
+    # Or, on asyncio, a bare future for the one task that sends the prompt and awaits it:
+    # it ends with the result, the reply or the error.
+    _future: asyncio.Future[Reply] | None = attrs.field(init=False, default=None)
     _result: Reply | BaseException | None = attrs.field(init=False, default=None)
     _callbacks: list[Callable[[Request], None]] = attrs.field(init=False, factory=list)
 
@@ -103,6 +104,7 @@ class Request:
         return self.state is RequestState.DONE
 
     def abandon(self) -> None:
+        """The sender leaves (cancelled): the request fails unless it is done already."""
         self.abandoned = True
         self.resolve(PromptCancelledError(f"prompt {self.prompt[:60]!r} was cancelled"))
 
@@ -122,7 +124,10 @@ class Request:
             self._event.set()
         future = self._future
         if future is not None and not future.done():  # done: its waiter was cancelled
-            future.set_result(None)
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
         if self._callbacks:  # submit() (for read_any) and map(); not a plain send
             for callback in self._callbacks:
                 callback(self)
@@ -138,11 +143,11 @@ class Request:
     def exception(self) -> BaseException | None:
         return self._result if isinstance(self._result, BaseException) else None
 
-    async def wait(
+    def wait(
         self,
         new_event: Callable[[], RequestEvent] = anyio.Event,
-        new_future: Callable[[], asyncio.Future[None]] | None = None,
-    ) -> Reply:
+        new_future: Callable[[], asyncio.Future[Any]] | None = None,
+    ) -> Awaitable[Reply]:
         """Wait for the result, enforcing the deadline while the request is still queued.
 
         Once the request is in flight its worker enforces the deadline (it must also restart
@@ -150,17 +155,21 @@ class Request:
         event to wait on (the cluster passes its loop's own, found once).
 
         *new_future*: the running asyncio loop's ``create_future``, from the task that sent
-        the prompt, which alone waits for it. Without a deadline, it waits on a bare future
-        rather than an event: no waiter list and no coroutine of the event's, five Python
-        calls a prompt. Only for that one task: were two to await one future, cancelling
-        one would cancel the future under the other.
+        the prompt, which alone waits for it. Without a deadline, the awaitable returned is a
+        bare future that :meth:`resolve` ends with the reply or the error: no coroutine of
+        this method's, no waiter list and no coroutine of an event's, eight Python calls a
+        prompt. Only for that one task: were two to await one future, cancelling one would
+        cancel the future under the other.
         """
-        if self.done:
-            return self.result()
-        if new_future is not None and self.deadline is None:
+        if new_future is not None and self.deadline is None and not self.done:
             assert self._future is None, "the sender alone awaits the future"
-            future = self._future = new_future()
-            await future
+            future: asyncio.Future[Reply] = new_future()
+            self._future = future
+            return future
+        return self._wait(new_event)
+
+    async def _wait(self, new_event: Callable[[], RequestEvent]) -> Reply:
+        if self.done:
             return self.result()
         if self._event is None:
             self._event = new_event()

@@ -21,7 +21,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import Literal, NamedTuple, overload
+from typing import Any, Literal, NamedTuple, overload
 
 import anyio
 import anyio.lowlevel
@@ -102,7 +102,7 @@ class Cluster:
         self._current_loop: Callable[[], object] = _no_loop
         self._clock: Callable[[], float] = anyio.current_time
         self._new_event: Callable[[], RequestEvent] = anyio.Event
-        self._new_future: Callable[[], asyncio.Future[None]] | None = None
+        self._new_future: Callable[[], asyncio.Future[Any]] | None = None
         # Callers awaiting a reply in send() or a lease's send(), and whether one alone gives
         # the event loop a pass before it sleeps on its reply (see _await_reply).
         self._awaiting = 0
@@ -803,7 +803,7 @@ class _LoopNatives(NamedTuple):
     new_event: Callable[[], RequestEvent]
     #: ``loop.create_future`` on asyncio, for the task that sends a prompt and alone awaits
     #: its request (see :meth:`Request.wait`); ``None`` elsewhere.
-    new_future: Callable[[], asyncio.Future[None]] | None
+    new_future: Callable[[], asyncio.Future[Any]] | None
     #: What the backend's ``current_token`` calls: ``asyncio.get_running_loop`` (a C
     #: function), trio's ``current_trio_token``. It returns the native token of the loop it
     #: runs in, and raises :class:`RuntimeError` where no loop of its kind runs.
