@@ -326,6 +326,21 @@ async def test_a_joined_read_is_done_by_the_task_a_pass_after_the_wake_up() -> N
         assert await reader.receive(eager=True) == b"then eager"
 
 
+async def cancel_after_the_callback(reader: LoopReader, wait: Coroutine[Any, Any, object]) -> None:
+    """Run *wait* in a task of its own, run the reader's callback by hand (the loop must not
+    run it itself), then cancel the task with asyncio's own cancel, which does not wait for
+    the task to take what the callback gave it."""
+    task = asyncio.ensure_future(wait)
+    await anyio.wait_all_tasks_blocked()
+    reader._unregister()
+    reader._ready()
+    assert reader._waiter is not None
+    assert reader._waiter.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 @pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
 async def test_a_chunk_read_for_a_cancelled_receive_goes_to_the_next() -> None:
     """The callback read a chunk for the waiting task, and the task was cancelled before it
@@ -333,25 +348,13 @@ async def test_a_chunk_read_for_a_cancelled_receive_goes_to_the_next() -> None:
     The chunk must not be lost, nor the end of the stream met in the callback. The callback
     is run by hand to make that window."""
     with loop_reader_on_a_pipe() as (reader, pipe):
-
-        async def cancelled_after_the_callback() -> None:
-            task = asyncio.ensure_future(reader.receive(eager=True))
-            await anyio.wait_all_tasks_blocked()
-            reader._unregister()  # the loop must not run the callback itself
-            reader._ready()
-            assert reader._waiter is not None
-            assert reader._waiter.done()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-
         pipe.write(b"read for nobody")
-        await cancelled_after_the_callback()
+        await cancel_after_the_callback(reader, reader.receive(eager=True))
         assert await reader.receive(eager=True) == b"read for nobody"
         pipe.write(b"next")
         assert await reader.receive(eager=True) == b"next"
         pipe.hang_up()
-        await cancelled_after_the_callback()
+        await cancel_after_the_callback(reader, reader.receive(eager=True))
         with pytest.raises(anyio.EndOfStream):
             await reader.receive(eager=True)
 
@@ -415,24 +418,12 @@ async def test_a_cancelled_receive_into_loses_nothing() -> None:
         return True
 
     with loop_reader_on_a_pipe() as (reader, pipe):
-
-        async def cancelled_after_the_callback(wait: Coroutine[Any, Any, object]) -> None:
-            task = asyncio.ensure_future(wait)
-            await anyio.wait_all_tasks_blocked()
-            reader._unregister()  # the loop must not run the callback itself
-            reader._ready()
-            assert reader._waiter is not None
-            assert reader._waiter.done()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-
         pipe.write(b"read for a receive()")
-        await cancelled_after_the_callback(reader.receive(eager=True))
+        await cancel_after_the_callback(reader, reader.receive(eager=True))
         await reader.receive_into(take)
         assert taken == [b"read for a receive()"]
         pipe.hang_up()
-        await cancelled_after_the_callback(reader.receive_into(take))
+        await cancel_after_the_callback(reader, reader.receive_into(take))
         with pytest.raises(anyio.EndOfStream):
             await reader.receive(eager=True)
         assert taken == [b"read for a receive()"]

@@ -92,27 +92,15 @@ class LoopReader:
         :raises anyio.EndOfStream: at the end of the stream, or once :meth:`close` was called
         """
         while True:
-            if self._closed:
-                raise anyio.EndOfStream
-            carried = self._carried
-            if carried is not None:
-                self._carried = None
-                if isinstance(carried, BaseException):
-                    raise carried
-                return carried
-            loop = self._loop
-            self._eager, self._take = eager, None
-            if not self._registered:
-                loop.add_reader(self._fd, self._ready)
-                self._registered = True
-            waiter: asyncio.Future[bytes | None] = loop.create_future()
-            self._waiter = waiter
+            if self._closed or self._carried is not None:
+                carried = self._carried_over()
+                if carried is not None:
+                    return carried
+            waiter = self._arm(eager, None)
             try:
                 data = await waiter
             except asyncio.CancelledError:
-                # Cancelled with the chunk already read (the callback ran first): keep it.
-                if waiter.done() and not waiter.cancelled():
-                    self._carried = waiter.exception() or waiter.result()
+                self._keep(waiter)
                 raise
             finally:
                 self._waiter = None
@@ -133,34 +121,49 @@ class LoopReader:
 
         :raises anyio.EndOfStream: at the end of the stream, or once :meth:`close` was called
         """
-        # As receive()'s wait, less the read the task makes: its own coroutine in full, for
-        # one frame less at every wake-up.
+        if self._closed or self._carried is not None:
+            carried = self._carried_over()
+            if carried is not None and take(carried):
+                return
+        waiter = self._arm(True, take)
+        try:
+            await waiter  # None: take asked for the task
+        except asyncio.CancelledError:
+            self._keep(waiter)  # the end of the stream, if met: a chunk went to take
+            raise
+        finally:
+            self._waiter = self._take = None
+
+    def _carried_over(self) -> bytes | None:
+        """What a cancelled receive left (see :meth:`_keep`): a chunk, or its error raised.
+
+        :raises anyio.EndOfStream: once :meth:`close` was called
+        """
         if self._closed:
             raise anyio.EndOfStream
-        carried = self._carried
-        if carried is not None:
-            self._carried = None
-            if isinstance(carried, BaseException):
-                raise carried
-            if take(carried):
-                return
+        carried, self._carried = self._carried, None
+        if isinstance(carried, BaseException):
+            raise carried
+        return carried
+
+    def _arm(
+        self, eager: bool, take: Callable[[bytes], bool] | None
+    ) -> asyncio.Future[bytes | None]:
+        """Register with the loop, if not yet, and make the future a receive waits on."""
+        self._eager, self._take = eager, take
         loop = self._loop
-        self._eager, self._take = True, take
         if not self._registered:
             loop.add_reader(self._fd, self._ready)
             self._registered = True
         waiter: asyncio.Future[bytes | None] = loop.create_future()
         self._waiter = waiter
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            # Cancelled with the end of the stream already met: keep it. A chunk is never
-            # kept: take had it.
-            if waiter.done() and not waiter.cancelled():
-                self._carried = waiter.exception()
-            raise
-        finally:
-            self._waiter = self._take = None
+        return waiter
+
+    def _keep(self, waiter: asyncio.Future[bytes | None]) -> None:
+        """A receive was cancelled: keep what the callback had given it, if anything (a
+        chunk, or the error it met), for the next."""
+        if waiter.done() and not waiter.cancelled():
+            self._carried = waiter.exception() or waiter.result()
 
     def close(self) -> None:
         """Take the descriptor out of the loop, before it is closed; a waiting
