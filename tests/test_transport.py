@@ -460,6 +460,41 @@ async def test_a_handle_gives_its_output_to_take_on_every_loop(anyio_backend_nam
         await handle.aclose()
 
 
+async def test_take_writing_the_next_input_gets_every_answer_in_order() -> None:
+    """As the reader carrying on with a queue of prompts: take writes the next line as each
+    answer completes. On trio the handle then reads first after a pass, and waits only if
+    nothing is there (both happen, as the child is quick or not); every answer comes, in
+    order, and none is read twice."""
+    argv = [sys.executable, "-u", "-c", LINE_TOOL]
+    spec = aimcluster.ToolSpec(name="echo", argv=argv, ready="> ")
+    handle = await aimcluster.LocalTransport().spawn(spec, instance=0)
+    assert isinstance(handle, _FdProcess)
+    lines = [f"line {n}" for n in range(200)]
+    output = bytearray()
+    answered = 0
+
+    def take(data: bytes) -> bool:
+        nonlocal answered
+        output.extend(data)
+        while answered < len(lines) and output.endswith(f"ok {lines[answered]}\n> ".encode()):
+            answered += 1
+            if answered == len(lines):
+                return True
+            assert handle.try_send(f"{lines[answered]}\n".encode()) > 0
+        return False
+
+    try:
+        assert handle.try_send(f"{lines[0]}\n".encode()) > 0
+        with anyio.fail_after(30):
+            await handle.receive_into(take)
+        assert output == b"> " + b"".join(f"ok {line}\n> ".encode() for line in lines)
+    finally:
+        handle.kill_all()
+        with anyio.fail_after(10):
+            await handle.wait()
+        await handle.aclose()
+
+
 @on_asyncio_loops
 async def test_a_spurious_wake_up_leaves_the_receive_waiting() -> None:
     """The loop reported the descriptor readable, but nothing was there to read."""

@@ -36,10 +36,20 @@ class _FdProcess(ProcessHandle):
     system call and no pass of the event loop (a stream wrapper takes a checkpoint on every
     call), on every backend. A read waits first: on asyncio through a :class:`.LoopReader`,
     which keeps the descriptor registered with the loop, elsewhere with
-    ``anyio.wait_readable`` (see :meth:`_read`).
+    ``anyio.wait_readable`` (see :meth:`_read`), except after output that made the reader
+    write the next input (see :meth:`_take_in_task`).
     """
 
-    __slots__ = ("_cgroup", "_closed", "_errors", "_input", "_output", "_process", "_readers")
+    __slots__ = (
+        "_cgroup",
+        "_closed",
+        "_errors",
+        "_input",
+        "_output",
+        "_process",
+        "_readers",
+        "_sent",
+    )
 
     def __init__(
         self,
@@ -56,6 +66,8 @@ class _FdProcess(ProcessHandle):
         # None when stderr is merged into the output (at the OS level, in order).
         self._errors = errors
         self._closed = False
+        # Writes try_send made: how the trio reader sees that take() wrote the next input.
+        self._sent = 0
         # On asyncio (uvloop included), the readers of the output and of a separate stderr.
         # Made here, in the event loop the handle is used in.
         self._readers: dict[int, LoopReader] | None = None
@@ -82,7 +94,28 @@ class _FdProcess(ProcessHandle):
         readers = self._readers
         if readers is not None:
             return readers[self._output].receive_into(take)
-        return super().receive_into(take)  # trio: take is called in the task
+        return self._take_in_task(self._output, take)
+
+    async def _take_in_task(self, fd: int, take: Callable[[bytes], bool]) -> None:
+        # trio: take runs in the task. Output that had take write the next input (the reader
+        # carrying on with a queued prompt) is followed by that input's answer, after the
+        # child's turn: give the loop a pass and read what is there, as trio's own streams
+        # read, and wait only if nothing is. Otherwise wait first, as _read says. Measured on
+        # bench_throughput.py (a queue of prompts, the reader writing each next one): 0.84-0.85x
+        # raw at 8 instances and 0.90-0.95x at 64, from 0.70-0.75x waiting first; the closed
+        # loop, where the reader writes nothing, the same.
+        data = await self._wait_and_read(fd)
+        while True:
+            sent = self._sent
+            if take(data):
+                return
+            maybe: bytes | None = None
+            if self._sent != sent:
+                await anyio.lowlevel.checkpoint()
+                if self._closed:
+                    raise anyio.EndOfStream
+                maybe = read_chunk(fd, _READ_SIZE)
+            data = await self._wait_and_read(fd) if maybe is None else maybe
 
     async def receive_stderr(self) -> bytes:
         if self._errors is None:
@@ -143,9 +176,11 @@ class _FdProcess(ProcessHandle):
         if fd is None or self._closed:
             return 0
         try:
-            return os.write(fd, data)
+            written = os.write(fd, data)
         except OSError:
             return 0  # full, or broken (then send() reports it)
+        self._sent += 1
+        return written
 
     async def wait(self) -> int:
         return await self._process.wait()
