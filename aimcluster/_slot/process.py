@@ -21,6 +21,10 @@ for what needs a wait: an answer to write, a breakdown, a queue of events that i
 
 A one-shot tool's prompt runs one process through the same reader and exit watcher: the
 exchange keeps its output, and the exit (or an overflow, or the reply's deadline) ends it.
+
+The module is a little past the 500-line guide, on purpose: the reader's two ways of reading
+(in its task, and where output is read) share its state and its hand-over to the owner, and
+split apart they would reach into each other's fields.
 """
 
 from __future__ import annotations
