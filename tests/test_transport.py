@@ -406,6 +406,36 @@ async def test_an_error_take_raises_ends_receive_into_with_it() -> None:
         assert await reader.receive(eager=True) == b"good"
 
 
+@on_asyncio_loops
+async def test_take_cancelling_its_own_wait_neither_breaks_the_loop_nor_loses_its_error() -> None:
+    """take cancels the scope its task waits in (the waiter is then done), and asks for the
+    task or raises: no result is set on the done waiter, and the error goes to the next
+    receive."""
+    with loop_reader_on_a_pipe() as (reader, pipe):
+        with anyio.CancelScope() as scope:
+
+            def take_and_ask(data: bytes) -> bool:
+                scope.cancel()
+                return True
+
+            pipe.write(b"one")
+            await reader.receive_into(take_and_ask)
+        assert scope.cancelled_caught
+        with anyio.CancelScope() as scope:
+
+            def take_and_fail(data: bytes) -> bool:
+                scope.cancel()
+                raise ValueError(f"cannot take {data!r}")
+
+            pipe.write(b"two")
+            await reader.receive_into(take_and_fail)
+        assert scope.cancelled_caught
+        with pytest.raises(ValueError, match="cannot take b'two'"):
+            await reader.receive(eager=True)
+        pipe.write(b"three")
+        assert await reader.receive(eager=True) == b"three"
+
+
 @pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
 async def test_a_cancelled_receive_into_loses_nothing() -> None:
     """What a cancelled receive() had read goes to take, and the end of the stream met for a

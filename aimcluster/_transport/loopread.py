@@ -203,9 +203,14 @@ class LoopReader:
         if take is None:
             waiter.set_result(data)
             return
+        # take may cancel the task it would wake (its waiter is then done): its error, if it
+        # raises one, is kept for the next receive then, as _keep keeps one.
         try:
-            if take(data):
+            if take(data) and not waiter.done():
                 waiter.set_result(None)
         except Exception as exc:  # the task raises it, as it would had it called take itself
             self._unregister()
-            waiter.set_exception(exc)
+            if waiter.done():
+                self._carried = exc
+            else:
+                waiter.set_exception(exc)
