@@ -454,13 +454,7 @@ class Cluster:
         :param retries: re-send up to this many times if the instance crashes or stalls
             before the reply is complete (prompts to agents are not idempotent: opt in)
         """
-        # _check_caller and _pass_due, in place, as _await_reply's body is: a call less each.
-        try:
-            in_its_loop = self._current_loop() is self._owner_loop
-        except RuntimeError:
-            in_its_loop = False  # this thread runs no event loop of the cluster's kind
-        if not in_its_loop:
-            raise self._wrong_caller()
+        self._check_caller()
         request = self._new_request(
             prompt, key=key, instance=instance, timeout=timeout, retries=retries, tool=tool
         )
@@ -469,7 +463,7 @@ class Cluster:
         try:
             if not self._enqueue_now(request, tool):
                 await self._enqueue(request, tool)
-            if self._pass_first and self._awaiting == 1 and not request.done:
+            if self._pass_due(request):
                 await anyio.lowlevel.checkpoint()
             return await request.wait(self._new_event, self._new_future)
         except anyio.get_cancelled_exc_class():

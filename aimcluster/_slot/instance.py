@@ -514,12 +514,7 @@ class Instance:
             return False
         if not self.dispatcher.park(self.slot, self._try_begin, self._wake_task, peeked=True):
             return False
-        if self.state is InstanceState.BUSY and not self.busy.watched:
-            # The per-prompt flip, as _set_state makes it, in place (see _mark_sent).
-            self.state = InstanceState.READY
-            self.busy.count -= 1
-        else:
-            self._set_state(InstanceState.READY)
+        self._set_state(InstanceState.READY)
         return True
 
     def _interrupt(self) -> None:
@@ -894,14 +889,7 @@ class Instance:
         counted = 0 if internal else 1
         self._upkeep.count(counted)
         self._exchange.written(request, counted=not internal)
-        if self.state is InstanceState.READY and not self.busy.watched:
-            # The per-prompt flip, as _set_state makes it, in place: the fast paths make it
-            # twice a prompt (here and in _replied), and a call less each is 1-2% of a prompt's
-            # CPU from 8 callers on (benchmarks/README.md).
-            self.state = InstanceState.BUSY
-            self.busy.count += 1
-        else:
-            self._set_state(InstanceState.BUSY)
+        self._set_state(InstanceState.BUSY)
         return counted
 
     def _crash_error(self, request: Request | None, what: str) -> InstanceCrashedError:
