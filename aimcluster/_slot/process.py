@@ -253,17 +253,11 @@ class Process:
                 if stall is not None and scope is not None:
                     # Output is a sign of life: push the watchdog back, never past the deadline.
                     scope.deadline = exchange.watchdog()
-                outcomes = exchange.feed(data)
-                if not outcomes:
-                    continue
-                if len(outcomes) == 1 and type(outcomes[0]) is Frame:
-                    # The usual reply, as _hand_over takes it, without a coroutine when the
-                    # owner's task need not wake.
-                    replied = True
-                    if not self.carry_on():
-                        await self._to_owner(outcomes[0])
-                else:
-                    replied = await self._hand_over(outcomes)
+                if not self._take(data):
+                    continue  # nothing left for this task (see _take)
+                taken, self._taken = self._taken, ()
+                # Nothing left to act on: _take handed a reply over, with one busy at most.
+                replied = await self._hand_over(taken) if taken else True
                 if replied and busy.count <= 1:
                     # Let whoever a reply went to run before this waits for more output: the
                     # caller writes its next prompt first. One pass per reply, no polling.
