@@ -33,7 +33,7 @@ from .._base.errors import (
     ReplyTimeoutError,
 )
 from .._base.framing import PromptFraming, compile_ready
-from .._base.request import Reply, Request, RequestState
+from .._base.request import QUEUED, SENT, Reply, Request
 from .._base.usage import Usage
 from .framer import Frame, FrameDesync, FrameOverflow, Framer, JsonlFramer, clean_reply
 from .outcomes import (
@@ -305,7 +305,7 @@ class Exchange:
     def written(self, request: Request, *, counted: bool) -> None:
         """*request* was written: its reply is awaited from now on. Not *counted*: an internal
         prompt (a probe), left out of the metrics and never attempted again."""
-        request.state = RequestState.SENT
+        request.state = SENT
         request.attempts += 1
         if counted:
             self.sent += 1
@@ -492,11 +492,11 @@ class Exchange:
             match=match.group()[:200],
             key=request.key,
         )
-        request.state = RequestState.QUEUED
+        request.state = QUEUED
         if self.failover is not None and self.failover(request):
             return True
         if request.rate_limited > self.spec.rate_limit_retries:
-            request.state = RequestState.SENT
+            request.state = SENT
             return False
         self._resend = request
         return True

@@ -117,6 +117,11 @@ class InstanceState(enum.StrEnum):
     STOPPED = "stopped"
 
 
+# The two states of every prompt's flips, as module constants (see request.py's QUEUED):
+# a prompt reads them seven times.
+_READY, _BUSY = InstanceState.READY, InstanceState.BUSY
+
+
 class _Ended(enum.Enum):
     """Why a process's service ended."""
 
@@ -326,13 +331,13 @@ class Instance:
             return
         self.state = state
         busy = self.busy
-        if state is InstanceState.BUSY:
+        if state is _BUSY:
             busy.count += 1
-            if old is InstanceState.READY and not busy.watched:
+            if old is _READY and not busy.watched:
                 return  # the per-prompt flip, which nobody watches now
-        elif old is InstanceState.BUSY:
+        elif old is _BUSY:
             busy.count -= 1
-            if state is InstanceState.READY and not busy.watched:
+            if state is _READY and not busy.watched:
                 return
         self.on_state(self)
 
@@ -514,7 +519,7 @@ class Instance:
             return False
         if not self.dispatcher.park(self.slot, self._try_begin, self._wake_task, peeked=True):
             return False
-        self._set_state(InstanceState.READY)
+        self._set_state(_READY)
         return True
 
     def _interrupt(self) -> None:
@@ -889,7 +894,7 @@ class Instance:
         counted = 0 if internal else 1
         self._upkeep.count(counted)
         self._exchange.written(request, counted=not internal)
-        self._set_state(InstanceState.BUSY)
+        self._set_state(_BUSY)
         return counted
 
     def _crash_error(self, request: Request | None, what: str) -> InstanceCrashedError:
