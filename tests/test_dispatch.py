@@ -9,7 +9,7 @@ import anyio
 import attrs
 import pytest
 
-from aimcluster._base.dispatch import Dispatcher
+from aimcluster._base.dispatch import Dispatcher, Parking
 from aimcluster._base.errors import (
     ClusterClosedError,
     NoHealthyInstancesError,
@@ -696,7 +696,7 @@ async def test_an_item_an_idle_instance_takes_at_once_holds_no_slot() -> None:
     # from a wait in put() is freed as it is taken.
     dispatcher = Dispatcher(1, max_pending=1)
     taken = Item("taken")
-    assert dispatcher.park(0, lambda item: True, lambda: None)
+    assert dispatcher.park(0, Parking(lambda item: True, lambda: None))
     dispatcher.put_nowait(taken)
     assert not taken.holds_slot
     assert dispatcher.queued() == 0
@@ -707,7 +707,7 @@ async def test_an_item_an_idle_instance_takes_at_once_holds_no_slot() -> None:
         tg.start_soon(dispatcher.put, waiter)
         await anyio.wait_all_tasks_blocked()
         assert await dispatcher.get(0) is not None  # the slot goes to the waiting put()
-        assert dispatcher.park(0, lambda item: True, lambda: None)
+        assert dispatcher.park(0, Parking(lambda item: True, lambda: None))
     assert not waiter.holds_slot  # offered, taken, and its slot freed
     assert dispatcher.queued() == 0
     assert dispatcher.has_room
@@ -723,10 +723,10 @@ async def test_an_offer_never_lets_an_item_jump_the_queue() -> None:
         calls.append(item)
         return True
 
-    assert dispatcher.park(1, offer, lambda: None) is False  # an item waits for it
+    assert dispatcher.park(1, Parking(offer, lambda: None)) is False  # an item waits for it
     assert await take(dispatcher, 0) is first
     woken: list[str] = []
-    assert dispatcher.park(1, offer, lambda: woken.append("woken")) is True
+    assert dispatcher.park(1, Parking(offer, lambda: woken.append("woken"))) is True
     second, third = Item("second"), Item("third", target=0)
     dispatcher.put_nowait(second)
     assert calls == [second]  # the parked instance took it; its task was not woken
@@ -739,19 +739,20 @@ async def test_an_offer_never_lets_an_item_jump_the_queue() -> None:
 async def test_a_parked_instance_is_woken_for_what_it_refuses_and_for_interrupts() -> None:
     dispatcher = Dispatcher(1, max_pending=10)
     woken: list[str] = []
-    assert dispatcher.park(0, lambda item: False, lambda: woken.append("wake"))
+    assert dispatcher.park(0, Parking(lambda item: False, lambda: woken.append("wake")))
     dispatcher.put_nowait(Item("refused"))
     assert woken == ["wake"]
     assert dispatcher.peek(0) is not None  # queued for the task to take
     assert await take(dispatcher, 0) is not None
 
-    assert dispatcher.park(0, lambda item: False, lambda: woken.append("interrupt"))
+    assert dispatcher.park(0, Parking(lambda item: False, lambda: woken.append("interrupt")))
     dispatcher.interrupt(0)
     assert woken == ["wake", "interrupt"]
-    assert dispatcher.park(0, lambda item: True, lambda: None) is False  # interrupt pending
+    # An interrupt is pending.
+    assert dispatcher.park(0, Parking(lambda item: True, lambda: None)) is False
     assert await take(dispatcher, 0) is None
 
-    assert dispatcher.park(0, lambda item: True, lambda: None)
+    assert dispatcher.park(0, Parking(lambda item: True, lambda: None))
     dispatcher.unpark(0)
     dispatcher.put_nowait(Item("after"))  # no offer once unparked
     assert dispatcher.queued() == 1
@@ -954,8 +955,8 @@ async def test_no_offer_while_an_earlier_item_waits_in_the_shared_queue() -> Non
         offered.append(item)
         return True
 
-    assert dispatcher.park(0, lambda item: False, lambda: woken.append(0))
-    assert dispatcher.park(1, take_it, lambda: woken.append(1))
+    assert dispatcher.park(0, Parking(lambda item: False, lambda: woken.append(0)))
+    assert dispatcher.park(1, Parking(take_it, lambda: woken.append(1)))
     a, b = Item("a"), Item("b")
     dispatcher.put_nowait(a)
     assert woken == [0]

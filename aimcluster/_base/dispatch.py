@@ -28,7 +28,7 @@ import anyio
 
 from .errors import ClusterClosedError
 
-__all__ = ["Dispatcher", "Offer", "Queued"]
+__all__ = ["Dispatcher", "Offer", "Parking", "Queued"]
 
 
 class Queued(Protocol):
@@ -60,6 +60,17 @@ class _Idle:
         self.wake = wake
         self.parked = parked
         self.item: Queued | None = None  # what an offer took for get()
+
+
+class Parking(_Idle):
+    """What :meth:`Dispatcher.park` records for an instance whose task waits elsewhere: made
+    once by the instance and handed in at every park, as nothing changes it (a reader parks
+    its instance after most replies)."""
+
+    __slots__ = ()
+
+    def __init__(self, offer: Offer, wake: Callable[[], None]) -> None:
+        super().__init__(offer, wake, parked=True)
 
 
 class _Producer:
@@ -223,19 +234,17 @@ class Dispatcher:
             if idle.item is not None:
                 return idle.item
 
-    def park(
-        self, index: int, offer: Offer, wake: Callable[[], None], *, peeked: bool = False
-    ) -> bool:
+    def park(self, index: int, parking: Parking, *, peeked: bool = False) -> bool:
         """Count instance *index* as idle while its task waits elsewhere: a put offers it the
-        item, then calls *wake* if it did not take it. Refused (False) if an item or an
-        interrupt is waiting for it already (*peeked*: the caller has just found that
-        :meth:`peek` returns ``None``, with nothing run since)."""
+        item (``parking.offer``), then calls ``parking.wake`` if it did not take it. Refused
+        (False) if an item or an interrupt is waiting for it already (*peeked*: the caller
+        has just found that :meth:`peek` returns ``None``, with nothing run since)."""
         if not peeked and self.peek(index) is not None:
             return False
         if index in self._interrupted:
             return False
         assert index not in self._idle
-        self._idle[index] = _Idle(offer, wake, parked=True)
+        self._idle[index] = parking
         return True
 
     def unpark(self, index: int) -> None:

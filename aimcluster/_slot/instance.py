@@ -77,6 +77,7 @@ import anyio
 import attrs
 from anyio.abc import TaskStatus
 
+from .._base.dispatch import Parking
 from .._base.errors import (
     AimclusterError,
     ClusterClosedError,
@@ -193,12 +194,15 @@ class Instance:
     _offered: Request | None = attrs.field(init=False, default=None)
     #: When the process is due to be recycled or probed.
     _upkeep: Upkeep = attrs.field(init=False)
+    #: What the dispatcher records while the reader leaves the instance idle (see _replied).
+    _parking: Parking = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._plog = self.log.bind(instance=self.index, pid=None)
         if self.policy is not None:
             self._budget = RestartBudget(self.policy)
         self._upkeep = Upkeep(self.spec, self.clock)
+        self._parking = Parking(self._try_begin, self._wake_task)
         self._exchange = (OneshotExchange if self.spec.oneshot else Exchange)(
             spec=self.spec,
             index=self.index,
@@ -517,7 +521,7 @@ class Instance:
             or self._upkeep.due()
         ):
             return False
-        if not self.dispatcher.park(self.slot, self._try_begin, self._wake_task, peeked=True):
+        if not self.dispatcher.park(self.slot, self._parking, peeked=True):
             return False
         self._set_state(_READY)
         return True
