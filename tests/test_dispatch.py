@@ -758,6 +758,39 @@ async def test_a_parked_instance_is_woken_for_what_it_refuses_and_for_interrupts
     assert dispatcher.queued() == 1
 
 
+async def test_one_parking_serves_every_park_of_its_instance() -> None:
+    # The slot makes its Parking once and parks it after each reply: an offer that takes an
+    # item, a wake for one it refuses and an unpark each leave it fit for the next park.
+    dispatcher = Dispatcher(1, max_pending=10)
+    taken: list[object] = []
+    woken: list[str] = []
+    accept = [True]
+
+    def offer(item: object) -> bool:
+        if accept[0]:
+            taken.append(item)
+        return accept[0]
+
+    parking = Parking(offer, lambda: woken.append("wake"))
+    first, second = Item("first"), Item("second")
+    assert dispatcher.park(0, parking)
+    dispatcher.put_nowait(first)
+    assert dispatcher.park(0, parking)  # after the offer took the last one
+    dispatcher.put_nowait(second)
+    assert taken == [first, second]
+    assert dispatcher.park(0, parking)
+    dispatcher.unpark(0)
+    assert dispatcher.park(0, parking)
+    accept[0] = False
+    refused = Item("refused")
+    dispatcher.put_nowait(refused)
+    assert woken == ["wake"]
+    assert dispatcher.park(0, parking) is False  # the refused item waits for the task
+    assert await take(dispatcher, 0) is refused
+    assert dispatcher.park(0, parking)
+    assert dispatcher.queued() == 0
+
+
 async def test_peek_and_remove_take_the_head_in_get_order() -> None:
     dispatcher = Dispatcher(2, max_pending=10)
     dead = Item("dead", target=0, abandoned=True)
