@@ -79,16 +79,17 @@ class _FloorChild:
         receive_into: Callable[[Callable[[bytes], bool]], Awaitable[None]] | None = None,
     ) -> None:
         # Private modules on purpose: the floor is the engine's own per-prompt code.
+        from aimcluster._base.natives import loop_natives
         from aimcluster._base.ratelimit import RateLimiter
         from aimcluster._base.request import Request
-        from aimcluster._core.cluster import _loop_natives
         from aimcluster._core.pool import check_prompt
         from aimcluster._slot.exchange import Exchange
 
         self._request_type, self._check = Request, check_prompt
         # The clock and the event the cluster uses, found once, as it does.
-        natives = _loop_natives(anyio.lowlevel.current_token())
+        natives = loop_natives(anyio.lowlevel.current_token())
         self._new_event, self._new_future = natives.new_event, natives.new_future
+        self._checkpoint = natives.checkpoint
         log = structlog.get_logger("aimcluster").bind()
         self._exchange = Exchange(
             spec=spec,  # type: ignore[arg-type]
@@ -116,7 +117,7 @@ class _FloorChild:
         self._callers[0] += 1
         try:
             if self._pass and self._callers[0] == 1:
-                await anyio.lowlevel.checkpoint()
+                await self._checkpoint()
             return str((await request.wait(self._new_event, self._new_future)).text)
         finally:
             self._callers[0] -= 1
@@ -133,7 +134,7 @@ class _FloorChild:
             # A pass after a reply, as aimcluster's reader gives one with at most one instance
             # busy: here, with one caller.
             if self._exchange.feed(await self._receive()) and alone:
-                await anyio.lowlevel.checkpoint()
+                await self._checkpoint()
 
 
 async def loop_reader(fd: int) -> tuple[Callable[[], Awaitable[bytes]], asyncio.BaseTransport]:
@@ -158,11 +159,11 @@ def floor_contender(callers: int, calls: int, *, pty: bool, via_loop: bool = Fal
     async def open_() -> AsyncIterator[Step]:
         spec = child_spec(pty=pty)
         # The engine's own test, so that the floor takes the pass exactly where send does.
-        from aimcluster._core.cluster import _is_trio
+        from aimcluster._base.natives import is_trio
         from aimcluster._transport.loopread import LoopReader
 
         loop = anyio.lowlevel.current_token().native_token
-        pass_first = _is_trio(loop) or not pty
+        pass_first = is_trio(loop) or not pty
         awaiting = [0]
         async with (
             # Pipes as aimcluster's: plain descriptors, read its way, not anyio's streams.

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 import aimcluster
 from aimcluster import tools
-from aimcluster._core.cluster import _loop_natives
+from aimcluster._base.natives import loop_natives
 
 from .conftest import alive, wait_gone
 
@@ -42,7 +42,7 @@ async def test_multiline_output_keeps_inner_newlines(cluster_factory) -> None:
 
 async def test_the_cluster_reads_the_clock_anyio_reads() -> None:
     # Deadlines made with it are compared with anyio's (cancel scopes): one clock.
-    clock = _loop_natives(anyio.lowlevel.current_token()).clock
+    clock = loop_natives(anyio.lowlevel.current_token()).clock
     before = anyio.current_time()
     now = clock()
     assert before <= now <= anyio.current_time()
@@ -51,13 +51,34 @@ async def test_the_cluster_reads_the_clock_anyio_reads() -> None:
 async def test_the_cluster_finds_its_loop_as_anyio_does() -> None:
     # The caller check compares what this returns with the token's native token.
     token = anyio.lowlevel.current_token()
-    assert _loop_natives(token).current_token() is token.native_token
+    assert loop_natives(token).current_token() is token.native_token
+
+
+async def test_the_cluster_passes_the_loop_as_anyio_does() -> None:
+    # The pass a lone caller and a reader take: other tasks run, and a cancelled scope
+    # cancels it, as anyio.lowlevel.checkpoint() does.
+    checkpoint = loop_natives(anyio.lowlevel.current_token()).checkpoint
+    ran: list[str] = []
+
+    async def other() -> None:
+        ran.append("other")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(other)
+        await checkpoint()
+        assert ran == ["other"]
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await checkpoint()
+        ran.append("not cancelled")
+    assert scope.cancelled_caught
+    assert ran == ["other"]
 
 
 async def test_the_cluster_waits_on_the_event_anyio_wraps() -> None:
     # The loop's own event, as anyio.Event makes it: cancelled by anyio's scopes, and woken
     # by a set() from another task.
-    event = _loop_natives(anyio.lowlevel.current_token()).new_event()
+    event = loop_natives(anyio.lowlevel.current_token()).new_event()
     assert type(event).__module__.split(".")[0] in ("asyncio", "trio")
     with anyio.move_on_after(0.01) as scope:
         await event.wait()

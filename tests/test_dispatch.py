@@ -16,8 +16,8 @@ from aimcluster._base.errors import (
     PromptCancelledError,
     ReplyTimeoutError,
 )
+from aimcluster._base.natives import loop_natives
 from aimcluster._base.request import Reply, Request, RequestState, Ticket
-from aimcluster._core.cluster import _loop_natives
 
 pytestmark = pytest.mark.anyio
 
@@ -549,7 +549,7 @@ async def test_wait_before_the_deadline_returns_the_reply() -> None:
 async def test_the_sender_waits_on_the_loop_s_own_future_or_event() -> None:
     # What Cluster.send passes: on asyncio a future for the sender alone; on trio no future,
     # and the request waits on trio's event.
-    natives = _loop_natives(anyio.lowlevel.current_token())
+    natives = loop_natives(anyio.lowlevel.current_token())
     request, reply = make_request(), make_reply()
     replies: list[Reply] = []
 

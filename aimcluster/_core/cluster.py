@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import Any, Literal, NamedTuple, overload
+from typing import Any, Literal, overload
 
 import anyio
 import anyio.lowlevel
@@ -33,6 +32,7 @@ from .._base.errors import AimclusterError, ClusterClosedError, StartupError, si
 from .._base.lease import LeaseRequest, Session
 from .._base.logs import library_logger
 from .._base.metrics import ClusterMetrics
+from .._base.natives import is_trio, loop_natives
 from .._base.policy import RestartPolicy
 from .._base.request import Reply, Request, RequestEvent, Ticket
 from .._base.routing import make_router
@@ -103,6 +103,7 @@ class Cluster:
         self._clock: Callable[[], float] = anyio.current_time
         self._new_event: Callable[[], RequestEvent] = anyio.Event
         self._new_future: Callable[[], asyncio.Future[Any]] | None = None
+        self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
         # Callers awaiting a reply in send() or a lease's send(), and whether one alone gives
         # the event loop a pass before it sleeps on its reply (see _await_reply).
         self._awaiting = 0
@@ -151,7 +152,7 @@ class Cluster:
         self._awaiting += 1
         try:
             if self._pass_due(request):
-                await anyio.lowlevel.checkpoint()
+                await self._checkpoint()
             return await request.wait(self._new_event, self._new_future)
         finally:
             self._awaiting -= 1
@@ -168,7 +169,7 @@ class Cluster:
         for described in self._pool_specs:
             self._transport.check(described.tool)
         token = anyio.lowlevel.current_token()
-        natives = _loop_natives(token)
+        natives = loop_natives(token)
         self._current_loop = natives.current_token
         self._owner_loop = token.native_token
         self._owner_thread = threading.get_ident()
@@ -179,7 +180,8 @@ class Cluster:
         )
         self._clock = self._fleet.clock = natives.clock
         self._new_event, self._new_future = natives.new_event, natives.new_future
-        self._pass_first = _is_trio(token.native_token) or not any(
+        self._checkpoint = natives.checkpoint
+        self._pass_first = is_trio(token.native_token) or not any(
             described.tool.pty for described in self._pool_specs
         )
         async with AsyncExitStack() as stack:
@@ -464,7 +466,7 @@ class Cluster:
             if not self._enqueue_now(request, tool):
                 await self._enqueue(request, tool)
             if self._pass_due(request):
-                await anyio.lowlevel.checkpoint()
+                await self._checkpoint()
             return await request.wait(self._new_event, self._new_future)
         except anyio.get_cancelled_exc_class():
             request.abandon()
@@ -779,49 +781,6 @@ class _Launch(TaskStatus[None]):
 
 def _no_loop() -> object:
     raise RuntimeError("not entered")
-
-
-def _is_trio(native_token: object) -> bool:
-    """Whether the loop of *native_token* (anyio's ``current_token().native_token``) is
-    trio's. trio is not imported unless something already did: on asyncio it may never be."""
-    trio = sys.modules.get("trio")
-    return trio is not None and isinstance(native_token, trio.lowlevel.TrioToken)
-
-
-class _LoopNatives(NamedTuple):
-    """What anyio calls in the running loop for three things the data path does, to be
-    called directly: anyio finds the backend at every call, or wraps what it finds."""
-
-    #: What ``anyio.current_time()`` reads: the loop's ``time()`` on asyncio,
-    #: ``trio.current_time`` on trio. A prompt reads it three times.
-    clock: Callable[[], float]
-    #: What ``anyio.Event()`` wraps: ``asyncio.Event``, ``trio.Event``. The wrapper forwards
-    #: ``wait`` and ``set``, at six Python calls a prompt; the one thing it adds, a
-    #: checkpoint on waiting for an event already set, ``Request.wait`` does not need (it
-    #: returns at once when done). A request's event is made, awaited and set in the
-    #: cluster's loop only: ``send`` checks its caller, and the reader that sets it runs there.
-    new_event: Callable[[], RequestEvent]
-    #: ``loop.create_future`` on asyncio, for the task that sends a prompt and alone awaits
-    #: its request (see :meth:`Request.wait`); ``None`` elsewhere.
-    new_future: Callable[[], asyncio.Future[Any]] | None
-    #: What the backend's ``current_token`` calls: ``asyncio.get_running_loop`` (a C
-    #: function), trio's ``current_trio_token``. It returns the native token of the loop it
-    #: runs in, and raises :class:`RuntimeError` where no loop of its kind runs.
-    current_token: Callable[[], object]
-
-
-def _loop_natives(token: anyio.lowlevel.EventLoopToken) -> _LoopNatives:
-    """The :class:`_LoopNatives` of the loop of *token*; anyio's own for another backend."""
-    native = token.native_token
-    if isinstance(native, asyncio.AbstractEventLoop):
-        return _LoopNatives(
-            native.time, asyncio.Event, native.create_future, asyncio.get_running_loop
-        )
-    if _is_trio(native):
-        trio = sys.modules["trio"]
-        return _LoopNatives(trio.current_time, trio.Event, None, trio.lowlevel.current_trio_token)
-    backend = token.backend_class
-    return _LoopNatives(backend.current_time, backend.create_event, None, backend.current_token)
 
 
 def _result_or_error(request: Request) -> Reply | AimclusterError:

@@ -42,6 +42,7 @@ import attrs
 
 from .._base.channel import Channel
 from .._base.errors import StartupError
+from .._base.natives import loop_natives
 from .._base.redact import redact_argv
 from .framer import Frame
 from .outcomes import BREAKDOWNS, Answer, Breakdown, Outcome, Unsolicited
@@ -213,6 +214,7 @@ class Process:
         exchange, handle, busy = self.exchange, self.handle, self.busy
         stall = self.spec.stall_timeout
         settle = exchange.settle
+        checkpoint = loop_natives(anyio.lowlevel.current_token()).checkpoint
         # Whether output can be dealt with where it is read (_take): not with a timer to keep.
         takeable = stall is None and settle is None
         try:
@@ -266,7 +268,7 @@ class Process:
                     # pass is a step for nothing: in turns on one cluster, 8 and 64 callers,
                     # every loop, pipes and PTYs, 5-12% less CPU per call without it, and p50
                     # 0.92-1.00x.
-                    await anyio.lowlevel.checkpoint()
+                    await checkpoint()
         finally:
             eof.set()
             self._events.close_sender()
