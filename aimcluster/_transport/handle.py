@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
+from .._base.natives import loop_natives
 from ..abc import ProcessHandle
 from .containment import _kill_session, _signal_group
 from .loopread import LoopReader, read_chunk
@@ -42,6 +43,7 @@ class _FdProcess(ProcessHandle):
 
     __slots__ = (
         "_cgroup",
+        "_checkpoint",
         "_closed",
         "_errors",
         "_input",
@@ -71,7 +73,10 @@ class _FdProcess(ProcessHandle):
         # On asyncio (uvloop included), the readers of the output and of a separate stderr.
         # Made here, in the event loop the handle is used in.
         self._readers: dict[int, LoopReader] | None = None
-        loop = anyio.lowlevel.current_token().native_token
+        token = anyio.lowlevel.current_token()
+        # The loop's own pass, for the trio reader's read after a write (_take_in_task).
+        self._checkpoint = loop_natives(token).checkpoint
+        loop = token.native_token
         if isinstance(loop, asyncio.AbstractEventLoop):
             self._readers = {
                 fd: LoopReader(loop, fd, _READ_SIZE) for fd in (output, errors) if fd is not None
@@ -111,7 +116,7 @@ class _FdProcess(ProcessHandle):
                 return
             maybe: bytes | None = None
             if self._sent != sent:
-                await anyio.lowlevel.checkpoint()
+                await self._checkpoint()
                 if self._closed:
                     raise anyio.EndOfStream
                 maybe = read_chunk(fd, _READ_SIZE)
